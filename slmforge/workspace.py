@@ -1,0 +1,92 @@
+"""The local workspace: a SQLite registry of datasets, tokenizers, runs and models, plus their files.
+
+Each artifact directory also carries a small manifest (`slmforge.json`: kind, source, data hash,
+metrics), so an artifact copied elsewhere still says what it is. The workspace lives in
+`$SLMFORGE_HOME` (default `~/.slmforge`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmforge.fsutil import write_json
+
+MANIFEST = "slmforge.json"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    source TEXT,
+    data_hash TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+def home() -> Path:
+    return Path(os.environ.get("SLMFORGE_HOME", Path.home() / ".slmforge")).expanduser()
+
+
+def connect() -> sqlite3.Connection:
+    root = home()
+    root.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(root / "workspace.db", timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_SCHEMA)
+    return con
+
+
+@dataclass
+class Artifact:
+    kind: str
+    name: str
+    path: str
+    created: float
+    source: str | None
+    data_hash: str | None
+    metrics: dict
+
+
+def register(
+    kind: str,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    source: str | None = None,
+    data_hash: str | None = None,
+    metrics: dict | None = None,
+) -> Artifact:
+    """Record an artifact (replacing any earlier record at the same path) and write its manifest."""
+    path = Path(path).resolve()
+    art = Artifact(kind, name or path.name, str(path), time.time(), source, data_hash, metrics or {})
+    if path.is_dir():
+        write_json(path / MANIFEST, {"kind": kind, "name": art.name, "created": art.created,
+                                     "source": source, "data_hash": data_hash, "metrics": art.metrics})
+    with connect() as con:
+        con.execute("DELETE FROM artifacts WHERE path = ?", (art.path,))
+        con.execute(
+            "INSERT INTO artifacts (kind, name, path, created, source, data_hash, metrics) VALUES (?,?,?,?,?,?,?)",
+            (kind, art.name, art.path, art.created, source, data_hash, json.dumps(art.metrics, default=str)),
+        )
+    return art
+
+
+def list_artifacts(kind: str | None = None) -> list[Artifact]:
+    with connect() as con:
+        q = "SELECT kind, name, path, created, source, data_hash, metrics FROM artifacts"
+        rows = con.execute(q + (" WHERE kind = ?" if kind else "") + " ORDER BY created", (kind,) if kind else ())
+        return [Artifact(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+
+def read_manifest(path: str | Path) -> dict:
+    p = Path(path) / MANIFEST
+    return json.loads(p.read_text()) if p.exists() else {}
