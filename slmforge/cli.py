@@ -15,7 +15,7 @@ from rich.console import Console
 
 from slmforge.errors import SlmError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 app = typer.Typer(
@@ -60,13 +60,213 @@ def main() -> None:
 # ---------------------------------------------------------------- tokenizer
 
 
+@tokenizer_app.command("train")
+def tokenizer_train(
+    data: str = typer.Argument(..., help="Dataset dir from `slm data ingest`, or one .txt/.jsonl file."),
+    vocab_size: int = typer.Option(8192, "--vocab-size", help="Tokens in the vocabulary (260 … 262144)."),
+    out_dir: str | None = typer.Option(
+        None, "--out", help="Where to write it [default: $SLMFORGE_HOME/tokenizers/<data>-<vocab-size>]."
+    ),
+    min_frequency: int = typer.Option(2, "--min-frequency", help="Merge only pairs seen this often."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Train a byte-level BPE tokenizer (ChatML special tokens and chat template) on your data."""
+    from rich.table import Table
+
+    from slmforge import workspace
+    from slmforge.tokenizer import TokenizerConfig, train_tokenizer
+
+    if out_dir is None:
+        out_dir = str(workspace.home() / "tokenizers" / f"{Path(data).stem}-{vocab_size}")
+    result = train_tokenizer(TokenizerConfig(data, out_dir, vocab_size, min_frequency, overwrite))
+    table = Table(title="tokenizer", show_header=False)
+    table.add_row("path", result["path"])
+    table.add_row("vocab size", str(result["vocab_size"]))
+    table.add_row(f"bytes/token ({result['bytes_per_token_split']})", f"{result['bytes_per_token']:.3f}")
+    table.add_row("seconds", f"{result['seconds']:.1f}")
+    out.print(table)
+
+
 # ---------------------------------------------------------------- models: pull, generate, chat
+
+
+@app.command("pull")
+def pull_cmd(
+    name: str = typer.Argument(..., help="A catalog name, e.g. smollm2-135m-instruct or minilm-l6."),
+    force: bool = typer.Option(False, "--force", help="Rebuild it even if it is already pulled."),
+) -> None:
+    """Make an offline catalog model a local transformers directory (once) and print its path."""
+    import time
+
+    from slmforge.hub import pull
+
+    started = time.perf_counter()
+    path = pull(name, force=force)
+    console.print(f"{name} ready in {time.perf_counter() - started:.1f} s", highlight=False)
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
+_MAX_NEW = typer.Option(128, "--max-new-tokens", help="Stop after this many new tokens.")
+_TEMPERATURE = typer.Option(0.0, "--temperature", help="0 = greedy; higher samples more freely.")
+_TOP_K = typer.Option(0, "--top-k", help="Sample only among the k likeliest tokens (0 = off).")
+_TOP_P = typer.Option(1.0, "--top-p", help="Sample only within this probability mass (1 = off).")
+_SEED = typer.Option(0, "--seed", help="Seed for sampling.")
+_SYSTEM = typer.Option(None, "--system", help="A system message.")
+_THREADS = typer.Option(None, "--threads", help="Torch threads [default: the free cores].")
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Argument(..., help="A catalog name, model directory, or hub id."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt."),
+    max_new_tokens: int = _MAX_NEW,
+    temperature: float = _TEMPERATURE,
+    top_k: int = _TOP_K,
+    top_p: float = _TOP_P,
+    seed: int = _SEED,
+    chat: bool = typer.Option(True, "--chat/--no-chat", help="Apply the model's chat template."),
+    system: str | None = _SYSTEM,
+    threads: int | None = _THREADS,
+    device: str = _DEVICE,
+) -> None:
+    """Generate text from a prompt, streaming it to stdout."""
+    from slmforge.generate import GenerateConfig, generate_completion
+
+    cfg = GenerateConfig(
+        model, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, system, threads, device
+    )
+
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    done = generate_completion(cfg, on_text=write)
+    write("\n")
+    stop = "end of text" if done.stopped_at_eos else "token limit"
+    console.print(
+        f"[dim]{len(done.token_ids)} tokens in {done.seconds:.2f} s ({done.tokens_per_s:.1f} tok/s, "
+        f"first token {done.first_token_seconds:.2f} s), stopped at {stop}[/dim]",
+        highlight=False,
+    )
+
+
+@app.command("chat")
+def chat_cmd(
+    model: str = typer.Argument(..., help="A catalog name, model directory, or hub id."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest reply, in tokens."),
+    temperature: float = _TEMPERATURE,
+    top_k: int = _TOP_K,
+    top_p: float = _TOP_P,
+    seed: int = _SEED,
+    system: str | None = _SYSTEM,
+    threads: int | None = _THREADS,
+    device: str = _DEVICE,
+) -> None:
+    """Chat with a model in the terminal (/reset forgets the conversation, /exit leaves)."""
+    from slmforge.generate import GenerateConfig, chat
+
+    cfg = GenerateConfig(
+        model, "", max_new_tokens, temperature, top_k, top_p, seed, True, system, threads, device
+    )
+    console.print("[dim]chatting; /reset forgets the conversation, /exit leaves[/dim]")
+    chat(cfg)
 
 
 # ---------------------------------------------------------------- pretrain
 
 
+@app.command()
+def pretrain(
+    data: str = typer.Option(..., "--data", help="Dataset dir from `slm data ingest`."),
+    out: str = typer.Option(..., "--out", "-o", help="Run dir (config, metrics.jsonl, loss.png, ckpt/, model/)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer dir (fresh models)."),
+    depth: str = typer.Option("4", "--depth", help="Ladder depth 2-32 or nano/micro/mini/small/base."),
+    init: Optional[str] = typer.Option(None, "--init", help="Continue pretraining this HF causal LM."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training sequence."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per micro-batch per process."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default from the ladder)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Warmup steps (default 5%, ≤200)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Training tokens (default: 20 per parameter)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training."),
+    eval_every: int = typer.Option(100, "--eval-every", help="Steps between val loss / bits-per-byte."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where it pays), bf16 or fp32."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    log_every: int = typer.Option(1, "--log-every", help="Steps between log lines."),
+) -> None:
+    """Pretrain a Llama model from scratch on the depth ladder, or continue pretraining one (--init).
+
+    Runs multi-process unchanged under `torchrun --nproc_per_node N` (DDP; gloo on CPU, nccl on GPU).
+    """
+    from slmforge.pretrain import PretrainConfig
+    from slmforge.pretrain import pretrain as run
+
+    cfg = PretrainConfig(data=data, out=out, tokenizer=tokenizer, depth=depth, init=init, seq_len=seq_len,
+                         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
+                         max_steps=max_steps, tokens=tokens, max_minutes=max_minutes, eval_every=eval_every,
+                         checkpoint_every=checkpoint_every, precision=precision, compile=compile, threads=threads,
+                         device=device, seed=seed, resume=resume, overwrite=overwrite, log_every=log_every)
+    result = run(cfg)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        _table("pretrain", {"model": result.model_dir, "params": f"{result.params / 1e6:.2f}M",
+                            "steps": result.steps, "tokens": f"{result.tokens:,}",
+                            "train loss": f"{result.train_loss:.4f}",
+                            **({"val loss": f"{result.val['loss']:.4f}", "val bpb": f"{result.val['bpb']:.4f}",
+                                "val perplexity": f"{result.val['perplexity']:.2f}"} if result.val else {}),
+                            "time": f"{result.elapsed_s:.0f}s"})
+
+
+def _table(title: str, rows: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        table.add_row(str(k), str(v))
+    out.print(table)
+
+
 # ---------------------------------------------------------------- workspace, quickstart
+
+
+@app.command("ls")
+def ls(kind: Optional[str] = typer.Argument(None, help="Only this kind: dataset, tokenizer, run, model.")) -> None:
+    """List the workspace: datasets, tokenizers, runs and models with their key metrics."""
+    import datetime
+
+    from rich.table import Table
+
+    from slmforge import workspace
+
+    arts = workspace.list_artifacts(kind)
+    if not arts:
+        out.print(f"nothing registered yet in {workspace.home()}" + (f" of kind {kind!r}" if kind else ""))
+        return
+    table = Table(title=f"workspace {workspace.home()}")
+    for col in ("kind", "name", "created", "key metrics", "path"):
+        table.add_column(col, overflow="fold")
+    for a in arts:
+        shown = ", ".join(f"{k}={_fmt(k, v)}" for k, v in a.metrics.items() if k in _SHOWN)
+        created = datetime.datetime.fromtimestamp(a.created).strftime("%Y-%m-%d %H:%M")
+        table.add_row(a.kind, a.name, created, shown, a.path)
+    out.print(table)
+
+
+_SHOWN = ("params", "val_bpb", "val_loss", "val_perplexity", "steps", "train_docs", "val_docs", "vocab_size",
+          "bytes_per_token", "accuracy")
+
+
+def _fmt(key: str, v) -> str:
+    if key == "params" and isinstance(v, (int, float)):
+        return f"{v / 1e6:.1f}M"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":

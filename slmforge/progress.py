@@ -1,0 +1,59 @@
+"""Progress bars with rate and ETA for every long job (rich, on stderr)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task):
+        self._p, self._t = progress, task
+
+    def advance(self, n: float = 1) -> None:
+        if self._p is not None:
+            self._p.advance(self._t, n)
+
+    def update(self, **kw) -> None:
+        if self._p is not None:
+            self._p.update(self._t, **kw)
+
+    def print(self, *args, **kw) -> None:
+        (self._p.console if self._p is not None else stderr).print(*args, **kw)
+
+
+@contextlib.contextmanager
+def bar(description: str, total: float | None, unit: str = "it", enabled: bool = True) -> Iterator[_Bar]:
+    """A rich progress bar (count or bytes, rate, elapsed, ETA); a silent stand-in when disabled."""
+    if not enabled:
+        yield _Bar(None, None)
+        return
+    rate = TransferSpeedColumn() if unit == "B" else TextColumn("{task.fields[rate]}")
+    count = TaskProgressColumn() if unit == "B" else MofNCompleteColumn()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        count,
+        rate,
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=False,
+    ) as p:
+        task = p.add_task(description, total=total, rate="")
+        yield _Bar(p, task)
