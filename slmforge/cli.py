@@ -169,8 +169,14 @@ def chat_cmd(
     cfg = GenerateConfig(
         model, "", max_new_tokens, temperature, top_k, top_p, seed, True, system, threads, device
     )
-    console.print("[dim]chatting; /reset forgets the conversation, /exit leaves[/dim]")
-    chat(cfg)
+    banner = ["[dim]chatting; /reset forgets the conversation, /exit leaves[/dim]"]
+
+    def read(prompt: str) -> str:
+        while banner:  # once the model has loaded
+            console.print(banner.pop())
+        return input(prompt)
+
+    chat(cfg, read=read)
 
 
 # ---------------------------------------------------------------- pretrain

@@ -1,0 +1,316 @@
+"""Text generation with our own decode loop: KV cache, greedy or seeded sampling, streaming text.
+
+The loop talks to the model through a tiny step interface (`prefill(ids)` then `next(token)`, each
+returning next-token logits), so a faster backend (ONNX Runtime, CTranslate2) can stand in for
+`TorchStep` unchanged. Greedy output equals transformers' `generate(do_sample=False)` token for token.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slmforge import hub, runtime
+from slmforge.errors import SlmError
+
+
+@dataclass
+class GenerateConfig:
+    """What `slm generate` and `slm chat` need.
+
+    model: a catalog name (`slm pull`), a local model directory, or a hub id.
+    temperature: 0 picks the most likely token (greedy); above 0 samples, with top_k (0 = off) and
+    top_p (1 = off) limiting the candidates, reproducibly for a given seed.
+    chat: wrap the prompt in the tokenizer's chat template when it has one.
+    threads: torch threads (default: the free cores, never more).
+    """
+
+    model: str
+    prompt: str = ""
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    chat: bool = True
+    system: str | None = None
+    threads: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class Completion:
+    """One generated reply and how it went."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    stopped_at_eos: bool = False
+    seconds: float = 0.0  # prefill + decode
+    first_token_seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) -> str:
+    """Generate a reply to `cfg.prompt`, passing each stable piece of text to `on_text`; return the text."""
+    return generate_completion(cfg, on_text).text
+
+
+def generate_completion(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) -> Completion:
+    """`generate`, returning the token ids and timings too."""
+    _check_config(cfg)
+    runtime.set_threads(cfg.threads)
+    model, tokenizer = load(cfg.model, cfg.device)
+    input_ids = prompt_ids(tokenizer, _messages(cfg.system, cfg.prompt), chat=cfg.chat)
+    return complete(TorchStep(model), tokenizer, input_ids, cfg, eos_token_ids(model, tokenizer), on_text)
+
+
+def chat(
+    cfg: GenerateConfig,
+    read: Callable[[str], str] = input,
+    on_text: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """A chat REPL that keeps the conversation; `/exit` (or end of input) leaves, `/reset` forgets."""
+    _check_config(cfg)
+    runtime.set_threads(cfg.threads)
+    model, tokenizer = load(cfg.model, cfg.device)
+    if not getattr(tokenizer, "chat_template", None):
+        raise SlmError(f"{cfg.model} has no chat template; use `slm generate --no-chat` instead")
+    on_text = on_text or _print
+    step, eos = TorchStep(model), eos_token_ids(model, tokenizer)
+    start = _messages(cfg.system, "")[:-1]
+    history = list(start)
+    pending = cfg.prompt
+    while True:
+        if not pending:
+            try:
+                pending = read("> ")
+            except EOFError:
+                break
+        user, pending = pending.strip(), ""
+        if user == "/exit":
+            break
+        if user == "/reset":
+            history = list(start)
+            continue
+        if not user:
+            continue
+        history.append({"role": "user", "content": user})
+        input_ids = prompt_ids(tokenizer, history, chat=True)
+        while _too_long(model, input_ids, cfg) and len(history) > len(start) + 2:  # forget the oldest turn
+            del history[len(start) : len(start) + 2]
+            input_ids = prompt_ids(tokenizer, history, chat=True)
+        reply = complete(step, tokenizer, input_ids, cfg, eos, on_text)
+        on_text("\n")
+        history.append({"role": "assistant", "content": reply.text})
+    return history
+
+
+def load(model: str, device: str = "auto"):
+    """(model, tokenizer) for a catalog name, local directory or .gguf file, or hub id; in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    entry = hub.CATALOG.get(model)
+    if entry is not None and entry.kind != "causal-lm":
+        raise SlmError(f"{model} is an {entry.kind}, not a model that generates text")
+    ref = hub.resolve_model(model)
+    path, kwargs = Path(ref), {}
+    if path.is_file() and path.suffix == ".gguf":
+        ref, kwargs = str(path.parent), {"gguf_file": path.name}
+    elif path.is_file():
+        raise SlmError(f"{model} is a file, not a model directory")
+    elif path.is_dir() and not (path / "config.json").exists():
+        raise SlmError(f"{model} holds no model (no config.json)")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a model that loads in a second is noise
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SlmError(f"could not load a text-generation model from {model}: {cause}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return lm.to(runtime.pick_device(device)).eval(), tokenizer
+
+
+def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
+    """Token ids of the conversation: through the chat template (with the assistant prompt) if asked and
+    available, else the plain text of the messages."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "\n\n".join(m["content"] for m in messages if m["content"])
+    return list(tokenizer(text)["input_ids"])
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a reply: generation_config's EOS ids, the tokenizer's EOS, ChatML's <|im_end|>."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    if "<|im_end|>" in getattr(tokenizer, "all_special_tokens", []):
+        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted({i for i in ids if i is not None})
+
+
+class TorchStep:
+    """The step function behind the decode loop: token ids in, next-token logits out, KV cache kept inside."""
+
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.past = None
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        self.past = None
+        return self._forward(ids)
+
+    def next(self, token: int) -> torch.Tensor:
+        return self._forward([token])
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=x, past_key_values=self.past, use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        return out.logits[0, -1].float()
+
+
+def complete(
+    step,
+    tokenizer,
+    input_ids: list[int],
+    cfg: GenerateConfig,
+    eos_ids: list[int],
+    on_text: Callable[[str], None] | None = None,
+) -> Completion:
+    """The decode loop: prefill the prompt, then pick, stream and feed back one token at a time."""
+    limit = getattr(step, "max_positions", None)
+    if limit and len(input_ids) >= limit:
+        raise SlmError(f"the prompt is {len(input_ids)} tokens; this model reads at most {limit}")
+    max_new = min(cfg.max_new_tokens, limit - len(input_ids)) if limit else cfg.max_new_tokens
+    generator = torch.Generator(device=getattr(step, "device", "cpu")).manual_seed(cfg.seed)
+    stream, eos = TextStream(tokenizer), set(eos_ids)
+    done = Completion(text="", prompt_tokens=len(input_ids))
+    pieces: list[str] = []
+
+    def emit(piece: str) -> None:
+        if piece:
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
+    started = time.perf_counter()
+    logits = step.prefill(input_ids)
+    for _ in range(max_new):
+        token = pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        if not done.token_ids:
+            done.first_token_seconds = time.perf_counter() - started
+        if token in eos:
+            done.stopped_at_eos = True
+            break
+        done.token_ids.append(token)
+        emit(stream.push(token))
+        if len(done.token_ids) == max_new:
+            break
+        logits = step.next(token)
+    emit(stream.flush())
+    done.seconds = time.perf_counter() - started
+    done.text = "".join(pieces)
+    return done
+
+
+def pick_token(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator
+) -> int:
+    """Greedy when temperature is 0; else sample from the softmax at `temperature`, within top-k and top-p."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        outside = probs.cumsum(-1) - probs > top_p  # the mass before this token already reaches top_p
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class TextStream:
+    """Incremental detokenisation: emits text only once it is stable.
+
+    A token may end inside a multi-byte character (which decodes to U+FFFD for now), and SentencePiece
+    decodes a token differently after a prefix; so each new piece is the difference between decoding a
+    short window with and without the new tokens, emitted only when it no longer ends in U+FFFD.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0  # start of the context window decoded with the new tokens
+        self.read_offset = 0  # tokens before this have been emitted
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        return self._take(final=False)
+
+    def flush(self) -> str:
+        """Whatever is left at the end, even an incomplete character."""
+        return self._take(final=True)
+
+    def _take(self, final: bool) -> str:
+        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset :])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_config(cfg: GenerateConfig) -> None:
+    if cfg.max_new_tokens < 1:
+        raise SlmError(f"--max-new-tokens must be at least 1 (got {cfg.max_new_tokens})")
+    if cfg.temperature < 0:
+        raise SlmError(f"--temperature must be 0 (greedy) or more (got {cfg.temperature})")
+    if cfg.top_k < 0:
+        raise SlmError(f"--top-k must be 0 (off) or more (got {cfg.top_k})")
+    if not 0 < cfg.top_p <= 1:
+        raise SlmError(f"--top-p must be in (0, 1] (got {cfg.top_p})")
+
+
+def _messages(system: str | None, prompt: str) -> list[dict]:
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": "user", "content": prompt}]
+
+
+def _too_long(model, input_ids: list[int], cfg: GenerateConfig) -> bool:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return bool(limit) and len(input_ids) + cfg.max_new_tokens > limit
+
+
+def _print(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
