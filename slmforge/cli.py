@@ -57,6 +57,61 @@ def main() -> None:
 # ---------------------------------------------------------------- data
 
 
+@data_app.command("ingest")
+def data_ingest(
+    paths: list[str] = typer.Argument(
+        ..., help="Files or folders (recursive) of .txt .md .rst .html .jsonl .csv documents."
+    ),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Output dir: train.jsonl, val.jsonl, stats.json."),
+    text_field: str = typer.Option("text", "--text-field", help="JSON field with the text in .jsonl files."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text in .csv files."),
+    redact_pii: bool = typer.Option(
+        False, "--redact-pii", help="Replace emails, phones, card numbers, IBANs with [EMAIL] [PHONE] …"
+    ),
+    val_fraction: float = typer.Option(
+        0.05, "--val-fraction", help="Share of documents held out for validation, in [0, 1)."
+    ),
+    near_dup_threshold: float = typer.Option(
+        0.8, "--near-dup-threshold", help="Word 5-gram Jaccard similarity that makes a near duplicate."
+    ),
+    min_chars: int = typer.Option(20, "--min-chars", help="Drop documents shorter than this after cleaning."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the content-hash train/val split."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists and is not empty."),
+) -> None:
+    """Clean, deduplicate and split documents into a JSONL dataset (streams; memory stays flat)."""
+    from rich.table import Table
+
+    from slmforge.data.ingest import IngestConfig, ingest
+
+    cfg = IngestConfig(
+        paths=list(paths),
+        out=out_dir,
+        text_field=text_field,
+        text_column=text_column,
+        redact_pii=redact_pii,
+        val_fraction=val_fraction,
+        near_dup_threshold=near_dup_threshold,
+        min_chars=min_chars,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    s = ingest(cfg, progress=True)
+    skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in s["skipped"].items() if v) or "none"
+    table = Table(title="dataset", show_header=False)
+    table.add_row("out", s["out"])
+    table.add_row("files read", f"{s['files']:,} ({s['input_bytes'] / 1e6:.1f} MB)")
+    table.add_row("documents read", f"{s['documents_read']:,}")
+    table.add_row("skipped", skipped)
+    table.add_row("duplicates", f"{s['exact_duplicates']:,} exact, {s['near_duplicates']:,} near")
+    if s["pii_redacted"]:
+        table.add_row("pii redacted", ", ".join(f"{v} {k}" for k, v in s["pii"].items()))
+    table.add_row("train", f"{s['train_docs']:,} docs, {s['train_chars']:,} chars")
+    table.add_row("val", f"{s['val_docs']:,} docs, {s['val_chars']:,} chars")
+    table.add_row("data hash", s["data_hash"][:16])
+    table.add_row("seconds", f"{s['elapsed_s']:.1f}")
+    out.print(table)
+
+
 # ---------------------------------------------------------------- tokenizer
 
 

@@ -1,0 +1,1 @@
+"""Training data: readers, cleaning, deduplication, ingest."""
