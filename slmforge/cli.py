@@ -6,9 +6,9 @@ Every workflow is importable and callable from Python with the same dataclass co
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -43,15 +43,22 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", None)
         sys.exit(code if code is not None else getattr(e, "code", 0))
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # click's usage errors (typer bundles its own click, so match by shape, not by class)
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(1)
-        raise
+        if os.environ.get("SLMFORGE_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        console.print(
+            f"[red]error:[/red] unexpected {type(e).__name__}: {first} (SLMFORGE_DEBUG=1 shows the traceback)",
+            highlight=False,
+            markup=True,
+        )
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- data
@@ -240,26 +247,32 @@ def chat_cmd(
 @app.command()
 def pretrain(
     data: str = typer.Option(..., "--data", help="Dataset dir from `slm data ingest`."),
-    out: str = typer.Option(..., "--out", "-o", help="Run dir (config, metrics.jsonl, loss.png, ckpt/, model/)."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer dir (fresh models)."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Run dir (config, metrics.jsonl, loss.png, ckpt/, model/)."
+    ),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer dir (fresh models)."),
     depth: str = typer.Option("4", "--depth", help="Ladder depth 2-32 or nano/micro/mini/small/base."),
-    init: Optional[str] = typer.Option(None, "--init", help="Continue pretraining this HF causal LM."),
+    init: str | None = typer.Option(None, "--init", help="Continue pretraining this HF causal LM."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training sequence."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per micro-batch per process."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Sequences per micro-batch per process."
+    ),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default from the ladder)."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Warmup steps (default 5%, ≤200)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="Training tokens (default: 20 per parameter)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default from the ladder)."),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Warmup steps (default 5%, ≤200)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
+    tokens: int | None = typer.Option(None, "--tokens", help="Training tokens (default: 20 per parameter)."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after this much training."),
     eval_every: int = typer.Option(100, "--eval-every", help="Steps between val loss / bits-per-byte."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where it pays), bf16 or fp32."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     log_every: int = typer.Option(1, "--log-every", help="Steps between log lines."),
 ) -> None:
@@ -270,19 +283,53 @@ def pretrain(
     from slmforge.pretrain import PretrainConfig
     from slmforge.pretrain import pretrain as run
 
-    cfg = PretrainConfig(data=data, out=out, tokenizer=tokenizer, depth=depth, init=init, seq_len=seq_len,
-                         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
-                         max_steps=max_steps, tokens=tokens, max_minutes=max_minutes, eval_every=eval_every,
-                         checkpoint_every=checkpoint_every, precision=precision, compile=compile, threads=threads,
-                         device=device, seed=seed, resume=resume, overwrite=overwrite, log_every=log_every)
+    cfg = PretrainConfig(
+        data=data,
+        out=out,
+        tokenizer=tokenizer,
+        depth=depth,
+        init=init,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        tokens=tokens,
+        max_minutes=max_minutes,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+        compile=compile,
+        threads=threads,
+        device=device,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        log_every=log_every,
+    )
     result = run(cfg)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
-        _table("pretrain", {"model": result.model_dir, "params": f"{result.params / 1e6:.2f}M",
-                            "steps": result.steps, "tokens": f"{result.tokens:,}",
-                            "train loss": f"{result.train_loss:.4f}",
-                            **({"val loss": f"{result.val['loss']:.4f}", "val bpb": f"{result.val['bpb']:.4f}",
-                                "val perplexity": f"{result.val['perplexity']:.2f}"} if result.val else {}),
-                            "time": f"{result.elapsed_s:.0f}s"})
+        _table(
+            "pretrain",
+            {
+                "model": result.model_dir,
+                "params": f"{result.params / 1e6:.2f}M",
+                "steps": result.steps,
+                "tokens": f"{result.tokens:,}",
+                "train loss": f"{result.train_loss:.4f}",
+                **(
+                    {
+                        "val loss": f"{result.val['loss']:.4f}",
+                        "val bpb": f"{result.val['bpb']:.4f}",
+                        "val perplexity": f"{result.val['perplexity']:.2f}",
+                    }
+                    if result.val
+                    else {}
+                ),
+                "time": f"{result.elapsed_s:.0f}s",
+            },
+        )
 
 
 def _table(title: str, rows: dict) -> None:
@@ -298,7 +345,9 @@ def _table(title: str, rows: dict) -> None:
 
 
 @app.command("ls")
-def ls(kind: Optional[str] = typer.Argument(None, help="Only this kind: dataset, tokenizer, run, model.")) -> None:
+def ls(
+    kind: str | None = typer.Argument(None, help="Only this kind: dataset, tokenizer, run, model."),
+) -> None:
     """List the workspace: datasets, tokenizers, runs and models with their key metrics."""
     import datetime
 
@@ -320,8 +369,18 @@ def ls(kind: Optional[str] = typer.Argument(None, help="Only this kind: dataset,
     out.print(table)
 
 
-_SHOWN = ("params", "val_bpb", "val_loss", "val_perplexity", "steps", "train_docs", "val_docs", "vocab_size",
-          "bytes_per_token", "accuracy")
+_SHOWN = (
+    "params",
+    "val_bpb",
+    "val_loss",
+    "val_perplexity",
+    "steps",
+    "train_docs",
+    "val_docs",
+    "vocab_size",
+    "bytes_per_token",
+    "accuracy",
+)
 
 
 def _fmt(key: str, v) -> str:
