@@ -16,7 +16,7 @@ from rich.console import Console
 from slmforge.errors import SlmError
 
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # no 80-column wrapping in logs and pipes
 
 app = typer.Typer(
     help="slmforge: your documents in, a right-sized small language model out.",
@@ -342,6 +342,109 @@ def _table(title: str, rows: dict) -> None:
 
 
 # ---------------------------------------------------------------- workspace, quickstart
+
+
+@app.command("eval")
+def eval_(
+    models: list[str] = typer.Argument(..., help="Models to compare; the first is the baseline."),
+    data: list[str] = typer.Option(
+        ..., "--data", help="Dataset dir (val split), .jsonl or .txt; repeatable."
+    ),
+    task: str = typer.Option("perplexity", "--task", help="What to measure: perplexity."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per scored window."),
+    max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens scored per data source."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+) -> None:
+    """Evaluate models side by side: held-out loss, perplexity and bits per byte, with the change vs the first."""
+    from rich.table import Table
+
+    from slmforge.evaluate import EvalConfig, evaluate
+    from slmforge.fsutil import write_json
+
+    rows = evaluate(
+        EvalConfig(
+            models=models,
+            data=data,
+            task=task,
+            seq_len=seq_len,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            threads=threads,
+        )
+    )
+    table = Table(title=f"eval: {task}")
+    for col in ("model", "data", "tokens", "loss", "perplexity", "bits/byte", "change", "time"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            r["data"],
+            f"{r['tokens']:,}",
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:.3f}",
+            f"{r['bpb']:.4f}",
+            f"{r['perplexity_change'] * 100:+.1f}%",
+            f"{r['seconds']:.0f}s",
+        )
+    out.print(table)
+    if json_out:
+        write_json(json_out, rows)
+
+
+@app.command()
+def quickstart(
+    corpus: list[str] | None = typer.Option(
+        None, "--corpus", help="Documents (default: Python's reST docs)."
+    ),
+    out_dir: str | None = typer.Option(None, "--out", help="Default: $SLMFORGE_HOME/quickstart."),
+    depth: str = typer.Option("4", "--depth", help="Ladder depth of the from-scratch model."),
+    pretrain_minutes: float = typer.Option(3.0, "--pretrain-minutes"),
+    base: str = typer.Option(
+        "smollm2-135m-instruct", "--base", help="Model to continue pretraining, or none."
+    ),
+    continue_minutes: float = typer.Option(3.0, "--continue-minutes"),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
+) -> None:
+    """The main job on built-in defaults: ingest, tokenizer, pretrain, continue-pretrain, evaluate, generate."""
+    from rich.table import Table
+
+    from slmforge.quickstart import QuickstartConfig
+    from slmforge.quickstart import quickstart as run
+
+    cfg = QuickstartConfig(
+        out=out_dir,
+        depth=depth,
+        pretrain_minutes=pretrain_minutes,
+        base=base,
+        continue_minutes=continue_minutes,
+        threads=threads,
+    )
+    if corpus:
+        cfg.corpus = corpus
+    s = run(cfg)
+    table = Table(title="slmforge quickstart")
+    for col in ("model", "params", "domain perplexity", "bits/byte", "change"):
+        table.add_column(col, overflow="fold")
+    params = {s["scratch"].model_dir: s["scratch"].params}
+    for r in s["eval"]:
+        p = params.get(r["model"])
+        table.add_row(
+            r["model"],
+            f"{p / 1e6:.1f}M" if p else "",
+            f"{r['perplexity']:.2f}",
+            f"{r['bpb']:.4f}",
+            f"{r['perplexity_change'] * 100:+.1f}%",
+        )
+    out.print(table)
+    for model, text in s["samples"].items():
+        out.print(f"[bold]{model}[/bold] ▸ {cfg.prompt}[cyan]{text}[/cyan]", highlight=False)
+    out.print(
+        f"data: {s['data']} | tokenizer: {s['bytes_per_token']:.2f} bytes/token | "
+        f"total {s['total_s'] / 60:.1f} min | `slm ls` lists everything it made",
+        highlight=False,
+    )
 
 
 @app.command("ls")
