@@ -26,8 +26,12 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 tokenizer_app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
+classify_app = typer.Typer(help="Train and use text classifiers (intent, sentiment, topic).", no_args_is_help=True)
+rag_app = typer.Typer(help="Retrieval-augmented generation over your documents.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(classify_app, name="classify")
+app.add_typer(rag_app, name="rag")
 
 
 def main() -> None:
@@ -339,6 +343,12 @@ def _table(title: str, rows: dict) -> None:
     for k, v in rows.items():
         table.add_row(str(k), str(v))
     out.print(table)
+
+
+# ---------------------------------------------------------------- classify
+
+
+# ---------------------------------------------------------------- rag
 
 
 # ---------------------------------------------------------------- workspace, quickstart
