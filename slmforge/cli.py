@@ -350,6 +350,188 @@ def _table(title: str, rows: dict) -> None:
 
 # ---------------------------------------------------------------- rag
 
+_RAG_STORE = typer.Option(
+    None, "--store", help="postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."
+)
+_RAG_INDEX_HELP = (
+    "An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store."
+)
+
+
+def _warnings_to_console():
+    """Print Python warnings (e.g. a truncated query) as one yellow line each, not a source dump."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+    warnings.showwarning = show
+
+
+@rag_app.command("index")
+def rag_index(
+    paths: list[str] = typer.Argument(
+        ..., help="Files or folders (recursive): .txt .md .rst .html .jsonl .csv"
+    ),
+    index: str = typer.Option(..., "--index", help=_RAG_INDEX_HELP),
+    store: str | None = _RAG_STORE,
+    embed_model: str = typer.Option("minilm-l6", "--embed-model", help="Any sentence-transformers model."),
+    runtime: str = typer.Option("onnx", "--runtime", help="Embedding runtime: onnx, onnx-int8 or torch."),
+    chunk_chars: int = typer.Option(800, "--chunk-chars", help="Largest chunk, in characters."),
+    overlap: int = typer.Option(
+        100, "--overlap", help="Characters shared by consecutive chunks of a section."
+    ),
+    tags: list[str] = typer.Option([], "--tag", help="Tag every file of this run (repeatable)."),
+    text_field: str = typer.Option("text", "--text-field", help="JSON field with the text in .jsonl files."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text in .csv files."),
+    threads: int | None = _THREADS,
+) -> None:
+    """Index documents for retrieval (incremental: only new or changed files are embedded again)."""
+    from slmforge.rag.index import RagIndexConfig, build_index
+
+    cfg = RagIndexConfig(
+        paths=list(paths), index=index, store=store, embed_model=embed_model, runtime=runtime,
+        max_chars=chunk_chars, overlap=overlap, tags=list(tags), text_field=text_field,
+        text_column=text_column, threads=threads,
+    )  # fmt: skip
+    r = build_index(cfg)
+    skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.skipped.items() if v) or "none"
+    _table(
+        "rag index",
+        {
+            "index": r.location,
+            "files": f"{r.files_seen:,} seen: {r.files_indexed:,} indexed, {r.files_unchanged:,} unchanged, "
+            f"{r.files_deleted:,} deleted",
+            "skipped": skipped,
+            "chunks": f"{r.chunks_total:,} ({r.chunks_added:,} added)",
+            "size": f"{r.size_bytes / 1e6:.1f} MB",
+            "seconds": f"{r.seconds:.1f}",
+        },
+    )
+
+
+@rag_app.command("search")
+def rag_search(
+    index: str = typer.Argument(..., help=_RAG_INDEX_HELP),
+    query: str = typer.Argument(..., help="What to look for."),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (BM25 + vectors, fused), bm25 or vector."),
+    k: int = typer.Option(10, "--k", help="Results to show."),
+    path_filter: str | None = typer.Option(
+        None, "--path-filter", help="Only files whose path contains this (or matches it, if a glob)."
+    ),
+    tags: list[str] = typer.Option([], "--tag", help="Only files with this tag (repeatable)."),
+    store: str | None = _RAG_STORE,
+    embed_model: str | None = typer.Option(
+        None, "--embed-model", help="Must be the index's model [default: the one it records]."
+    ),
+) -> None:
+    """Search an index: the best chunks with their file, section and score."""
+    from rich.table import Table
+
+    from slmforge.rag.search import SearchConfig, search
+
+    _warnings_to_console()
+    res = search(SearchConfig(index, query, mode, k, path_filter, list(tags), store, embed_model))
+    table = Table(title=f"{mode} search: {len(res.hits)} hits in {res.seconds * 1000:.1f} ms")
+    for col in ("#", "score", "file", "section", "text"):
+        table.add_column(col, overflow="fold")
+    for i, h in enumerate(res.hits, 1):
+        snippet = " ".join(h.chunk.text.split())[:160]
+        where = f"{Path(h.chunk.path).name}:{h.chunk.start}-{h.chunk.end}"
+        table.add_row(str(i), f"{h.score:.4g}", where, h.chunk.section, snippet)
+    out.print(table)
+
+
+@rag_app.command("ask")
+def rag_ask(
+    index: str = typer.Argument(..., help=_RAG_INDEX_HELP),
+    question: str = typer.Argument(..., help="The question."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", help="A catalog name, model dir, or hub id."
+    ),
+    k: int = typer.Option(4, "--k", help="Chunks to retrieve."),
+    mode: str = typer.Option("hybrid", "--mode", help="Retrieval: hybrid, bm25 or vector."),
+    min_cosine: float | None = typer.Option(
+        None, "--min-score", help="Abstain below this best cosine similarity [default: calibrated]."
+    ),
+    context_tokens: int = typer.Option(1024, "--context-tokens", help="Prompt budget: sources + question."),
+    max_new_tokens: int = _MAX_NEW,
+    path_filter: str | None = typer.Option(None, "--path-filter", help="Only files matching this."),
+    tags: list[str] = typer.Option([], "--tag", help="Only files with this tag (repeatable)."),
+    store: str | None = _RAG_STORE,
+    threads: int | None = _THREADS,
+) -> None:
+    """Answer a question from the index with numbered citations, or say it does not know."""
+    from slmforge.rag.ask import AskConfig, ask
+
+    _warnings_to_console()
+    cfg = AskConfig(
+        index=index, question=question, model=model, store=store, mode=mode, k=k, min_cosine=min_cosine,
+        context_tokens=context_tokens, max_new_tokens=max_new_tokens, path_filter=path_filter,
+        tags=list(tags), threads=threads,
+    )  # fmt: skip
+    a = ask(cfg)
+    out.print(a.text, highlight=False, markup=False)
+    for n in a.citations:
+        h = a.sources[n - 1]
+        out.print(
+            f"[{n}] {h.chunk.path}:{h.chunk.start}-{h.chunk.end}  {h.chunk.section}",
+            highlight=False,
+            markup=False,
+        )
+    how = "abstained" if a.abstained else ("cited by the model" if a.model_cited else "citation attributed")
+    best = "n/a" if a.best_cosine is None else f"{a.best_cosine:.2f}"
+    console.print(
+        f"[dim]{how}; best similarity {best}; {len(a.sources)} sources, {a.prompt_tokens} prompt tokens; "
+        f"{a.seconds:.1f} s[/dim]",
+        highlight=False,
+    )
+
+
+@rag_app.command("eval")
+def rag_eval(
+    index: str = typer.Argument(..., help=_RAG_INDEX_HELP),
+    queries: str = typer.Option(
+        ..., "--queries", help="JSONL: query, relevant docs/sections/chunks, answer."
+    ),
+    modes: list[str] = typer.Option(["bm25", "vector", "hybrid"], "--mode", help="Modes to compare."),
+    k: int = typer.Option(10, "--k", help="Results retrieved per query."),
+    model: str | None = typer.Option(None, "--model", help="Also answer with this model: citations, F1."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N queries."),
+    store: str | None = _RAG_STORE,
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report to this JSON file."),
+) -> None:
+    """Retrieval quality (recall@k, MRR, nDCG@10) and latency per mode; answer checks with --model."""
+    from rich.table import Table
+
+    from slmforge.fsutil import write_json
+    from slmforge.rag.evaluate import RagEvalConfig, evaluate_rag
+
+    rep = evaluate_rag(
+        RagEvalConfig(
+            index=index, queries=queries, store=store, modes=list(modes), k=k, model=model, limit=limit
+        )
+    )
+    table = Table(title=f"rag eval: {rep['answerable']} answerable queries")
+    cols = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "p50_ms", "p95_ms")
+    table.add_column("mode")
+    for c in cols:
+        table.add_column(c.replace("_ms", " ms"), justify="right")
+    for mode, m in rep["retrieval"].items():
+        table.add_row(mode, *(f"{m[c]:.1f}" if c.endswith("_ms") else f"{m.get(c, 0):.3f}" for c in cols))
+    out.print(table)
+    g = rep["gate"]
+    if g["unanswerable_abstained"] is not None:
+        out.print(
+            f"relevance gate (cosine ≥ {g['min_cosine']}): passes {g['answerable_passed']:.1%} of answerable, "
+            f"abstains on {g['unanswerable_abstained']:.1%} of unanswerable",
+            highlight=False,
+        )
+    if rep["answers"]:
+        _table("answers", {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in rep["answers"].items()})
+    if json_out:
+        write_json(json_out, rep)
+
 
 # ---------------------------------------------------------------- workspace, quickstart
 

@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: chunk, embed, store, search, ask, evaluate."""

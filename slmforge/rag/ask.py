@@ -1,0 +1,148 @@
+"""`slm rag ask`: retrieve, build a grounded prompt within the model's context budget, answer with
+numbered citations, or say "I don't know" when retrieval finds nothing relevant.
+
+The relevance gate is the best cosine similarity between the question and any chunk: below
+`min_cosine` the model is not even asked (a small model given unrelated sources still invents).
+The default threshold was calibrated on the Python-docs question set (benchmarks/data/README.md):
+the value that keeps most answerable questions while abstaining on the unanswerable ones.
+Citations are the model's own `[n]` when it writes them; when it writes none, the answer is attributed
+to the source sharing the most content words with it, and `model_cited` says so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from slmforge import runtime
+from slmforge.errors import SlmError
+from slmforge.rag.search import Hit, Retriever, query_terms
+from slmforge.rag.store import Filters
+
+DEFAULT_MIN_COSINE = 0.35  # all-MiniLM-L6-v2 on the Python docs; see benchmarks/results/rag.md
+IDK = "I don't know"
+SYSTEM = (
+    "Answer the question using only the numbered sources. Cite the sources you use like [1]. "
+    f"If the sources do not contain the answer, reply exactly: {IDK}."
+)
+
+
+@dataclass
+class AskConfig:
+    """index/store: as for search. k: chunks retrieved. min_cosine: the relevance gate (None: the default
+    for the index's model). context_tokens: budget for system prompt + sources + question."""
+
+    index: str
+    question: str
+    model: str = "smollm2-135m-instruct"
+    store: str | None = None
+    mode: str = "hybrid"
+    k: int = 4
+    min_cosine: float | None = None
+    context_tokens: int = 1024
+    max_new_tokens: int = 128
+    path_filter: str | None = None
+    tags: list[str] = field(default_factory=list)
+    threads: int | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    abstained: bool
+    sources: list[Hit]  # the sources the prompt held, numbered from 1
+    citations: list[int]  # source numbers cited in the answer
+    model_cited: bool  # the model wrote the [n] itself
+    best_cosine: float | None
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+
+
+def ask(cfg: AskConfig) -> Answer:
+    """Answer one question from the index."""
+    with Asker(cfg.index, cfg.model, cfg.store, threads=cfg.threads) as asker:
+        return asker.ask(cfg)
+
+
+class Asker:
+    """An open index and a loaded model, to answer many questions (eval, benchmarks)."""
+
+    def __init__(self, index: str, model: str, store: str | None = None, threads: int | None = None):
+        from slmforge.generate import load
+
+        runtime.set_threads(threads)
+        self.retriever = Retriever(index, store)
+        self.lm, self.tokenizer = load(model)
+        self.model_name = model
+
+    def __enter__(self) -> Asker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.retriever.close()
+
+    def ask(self, cfg: AskConfig) -> Answer:
+        from slmforge.generate import GenerateConfig, TorchStep, complete, eos_token_ids, prompt_ids
+
+        started = time.perf_counter()
+        found = self.retriever.search(cfg.question, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags)))
+        if found.best_cosine is None:  # bm25 mode: the gate still needs the question's nearest chunk
+            nearest = self.retriever.store.search_vector(
+                self.retriever.embedder.encode_query(cfg.question), 1, Filters()
+            )
+            found.best_cosine = nearest[0][1] if nearest else None
+        gate = DEFAULT_MIN_COSINE if cfg.min_cosine is None else cfg.min_cosine
+        if not found.hits or found.best_cosine is None or found.best_cosine < gate:
+            best = "none" if found.best_cosine is None else f"{found.best_cosine:.2f}"
+            text = f"{IDK}: nothing in the index is close enough to the question (best similarity {best} < {gate})."
+            return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started)
+        messages, sources = self._prompt(cfg, found.hits)
+        ids = prompt_ids(self.tokenizer, messages, chat=True)
+        gen = GenerateConfig(model=self.model_name, max_new_tokens=cfg.max_new_tokens)
+        done = complete(TorchStep(self.lm), self.tokenizer, ids, gen, eos_token_ids(self.lm, self.tokenizer))
+        text = done.text.strip()
+        abstained = IDK.lower() in text.lower().replace("’", "'") or not text
+        cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", text) if 1 <= int(n) <= len(sources)})
+        model_cited = bool(cited)
+        if not cited and not abstained:
+            best_source = _most_overlap(text, sources)
+            cited = [best_source]
+            text = f"{text} [{best_source}]"
+        return Answer(text, abstained, sources, cited, model_cited, found.best_cosine, len(ids),
+                      time.perf_counter() - started)  # fmt: skip
+
+    def _prompt(self, cfg: AskConfig, hits: list[Hit]) -> tuple[list[dict], list[Hit]]:
+        """System + user messages holding as many sources (best first) as fit the token budget."""
+        limit = getattr(self.lm.config, "max_position_embeddings", None) or cfg.context_tokens
+        budget = min(cfg.context_tokens, limit - cfg.max_new_tokens)
+        question = f"Question: {cfg.question}"
+        used = self._tokens(SYSTEM) + self._tokens(question) + 32  # chat template markup
+        if used >= budget:
+            raise SlmError(f"the question alone needs about {used} tokens; the context budget is {budget}")
+        blocks, sources = [], []
+        for hit in hits:
+            n = len(sources) + 1
+            title = hit.chunk.section or hit.chunk.doc.rsplit("/", 1)[-1]
+            block = f"[{n}] ({title})\n{hit.chunk.text.strip()}"
+            size = self._tokens(block) + 2
+            if used + size > budget:
+                room = budget - used - 2
+                if room < 48:
+                    break
+                ids = self.tokenizer(block, add_special_tokens=False)["input_ids"][:room]
+                block, size = self.tokenizer.decode(ids), room + 2
+            blocks.append(block)
+            sources.append(hit)
+            used += size
+        user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\n{question}"
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], sources
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _most_overlap(text: str, sources: list[Hit]) -> int:
+    words = set(query_terms(text, limit=10_000))
+    overlap = [len(words & set(query_terms(h.chunk.text, limit=10_000))) for h in sources]
+    return 1 + max(range(len(sources)), key=lambda i: (overlap[i], -i))

@@ -1,0 +1,277 @@
+"""`slm rag search`: BM25, vector or hybrid (reciprocal-rank fusion) retrieval with path/tag filters.
+
+A `Retriever` holds the open store and the query encoder, so eval and ask reuse them across queries.
+Hybrid takes the top `candidates` of each ranking and fuses them by reciprocal rank,
+score = sum over rankings of 1 / (60 + rank) (Cormack et al., 2009): no score calibration needed.
+BM25 queries OR together at most `MAX_TERMS` distinct non-stopword terms of the query (FTS5 with many
+OR terms slows down sharply; the longest terms are kept, as they tend to be the rarest).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from slmforge.errors import SlmError
+from slmforge.rag.store import Filters, Store, StoredChunk, open_store
+
+MODES = ("hybrid", "bm25", "vector")
+MAX_TERMS = 12
+RRF_K = 60
+
+_STOP = frozenset(
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "him",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "use",
+        "used",
+        "using",
+        "get",
+    ]
+)
+
+
+@dataclass
+class SearchConfig:
+    """index: a name, a .sqlite path, or the index name in PostgreSQL when `store` is a URL.
+    mode: hybrid (default), bm25 or vector. path_filter: substring, or glob when it holds * ? [.
+    embed_model: must be the index's own (default: the one the index records)."""
+
+    index: str
+    query: str
+    mode: str = "hybrid"
+    k: int = 10
+    path_filter: str | None = None
+    tags: list[str] = field(default_factory=list)
+    store: str | None = None
+    embed_model: str | None = None
+    runtime: str | None = None  # default: the runtime the index was embedded with
+
+
+@dataclass
+class Hit:
+    chunk: StoredChunk
+    score: float  # the mode's own score: BM25, cosine, or fused RRF
+    bm25_rank: int | None = None  # 1-based ranks in each list, where the chunk appeared
+    vector_rank: int | None = None
+    cosine: float | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    best_cosine: float | None  # the best cosine similarity seen (None in bm25 mode): ask's relevance gate
+    seconds: float = 0.0
+
+
+def search(cfg: SearchConfig) -> SearchResult:
+    """One search: open the index, retrieve, close."""
+    with Retriever(cfg.index, cfg.store, cfg.embed_model, cfg.runtime) as r:
+        return r.search(cfg.query, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags)))
+
+
+class Retriever:
+    """An open index plus its query encoder (loaded on the first query that needs it)."""
+
+    def __init__(
+        self, index: str, store: str | None = None, embed_model: str | None = None, runtime: str | None = None,
+        candidates: int = 50,
+    ):  # fmt: skip
+        self.store: Store = open_store(index, store)
+        meta = self.store.meta()
+        self.model = embed_model or meta.get("embed_model")
+        if embed_model and meta.get("embed_model") and embed_model != meta["embed_model"]:
+            self.store.close()
+            raise SlmError(
+                f"{self.store.location} was built with embedding model {meta['embed_model']}, "
+                f"not {embed_model}: query it with --embed-model {meta['embed_model']} (or leave it out)"
+            )
+        self.runtime = runtime or meta.get("embed_runtime", "onnx")
+        self.candidates = candidates
+        self._embedder = None
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from slmforge.rag.embed import Embedder
+
+            if not self.model:
+                raise SlmError(f"{self.store.location} records no embedding model: is the index empty?")
+            self._embedder = Embedder(self.model, self.runtime)
+            self.store.check_model(self._embedder.name, self._embedder.dim)
+        return self._embedder
+
+    def search(
+        self, query: str, mode: str = "hybrid", k: int = 10, filters: Filters | None = None
+    ) -> SearchResult:
+        if mode not in MODES:
+            raise SlmError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
+        if k < 1:
+            raise SlmError(f"--k must be at least 1 (got {k})")
+        if not query.strip():
+            raise SlmError("the query is empty")
+        filters = filters or Filters()
+        started = time.perf_counter()
+        depth = max(k, self.candidates) if mode == "hybrid" else k
+        text = self.store.search_text(query_terms(query), depth, filters) if mode != "vector" else []
+        vec: list[tuple[int, float]] = []
+        if mode != "bm25":
+            vec = self.store.search_vector(self.embedder.encode_query(query), depth, filters)
+        ranked = _fuse(text, vec, k) if mode == "hybrid" else (text or vec)[:k]
+        chunks = self.store.chunks([cid for cid, _ in ranked])
+        bm25_rank = {cid: i + 1 for i, (cid, _) in enumerate(text)}
+        vec_rank = {cid: i + 1 for i, (cid, _) in enumerate(vec)}
+        cosine = dict(vec)
+        hits = [
+            Hit(chunks[cid], score, bm25_rank.get(cid), vec_rank.get(cid), cosine.get(cid))
+            for cid, score in ranked
+            if cid in chunks
+        ]
+        best = max(cosine.values()) if cosine else None
+        return SearchResult(hits, best, time.perf_counter() - started)
+
+
+def query_terms(query: str, limit: int = MAX_TERMS) -> list[str]:
+    """Distinct lower-case word terms of the query without stopwords; the `limit` longest if more."""
+    seen: dict[str, None] = {}
+    for w in re.findall(r"\w+", query.lower()):
+        if len(w) > 1 and w not in _STOP:
+            seen.setdefault(w, None)
+    terms = list(seen)
+    if len(terms) > limit:
+        keep = set(sorted(terms, key=len, reverse=True)[:limit])
+        terms = [t for t in terms if t in keep][:limit]
+    return terms
+
+
+def _fuse(text: list[tuple[int, float]], vec: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    scores: dict[int, float] = {}
+    for ranking in (text, vec):
+        for rank, (cid, _) in enumerate(ranking, 1):
+            scores[cid] = scores.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])[:k]

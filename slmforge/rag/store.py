@@ -1,0 +1,169 @@
+"""The store interface behind `slm rag`: one embedded backend (SQLite, one file) and one server backend
+(PostgreSQL + pgvector). Both keep files (path, content hash, tags), chunks (document, section path,
+offsets, text), a full-text index and the chunks' embeddings, plus the embedding model they were built
+with. Writes happen in transactions the indexer commits per batch of files.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slmforge import workspace
+from slmforge.errors import SlmError
+
+SCHEMA_VERSION = "1"
+
+
+@dataclass
+class Filters:
+    """path: a substring of the file path, or a glob when it holds * ? or [ (matched on the whole path).
+    tags: every one of these must be among the file's tags."""
+
+    path: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.path or self.tags)
+
+    def path_regex(self) -> str | None:
+        """The path filter as a regular expression (a glob anchored, a substring escaped)."""
+        if not self.path:
+            return None
+        if not any(c in self.path for c in "*?["):
+            return re.escape(self.path)
+        out, i = [], 0
+        while i < len(self.path):  # a glob as a plain regex both SQLite (Python re) and PostgreSQL read
+            c = self.path[i]
+            if c == "*":
+                out.append(".*")
+            elif c == "?":
+                out.append(".")
+            elif c == "[" and "]" in self.path[i + 1 :]:
+                j = self.path.index("]", i + 1)
+                out.append("[" + self.path[i + 1 : j].replace("!", "^", 1) + "]")
+                i = j
+            else:
+                out.append(re.escape(c))
+            i += 1
+        return "^" + "".join(out) + "$"
+
+
+@dataclass
+class StoredChunk:
+    """One chunk as stored: `text == document[start:end]` of document `doc` (from file `path`)."""
+
+    id: int
+    path: str
+    doc: str
+    section: str
+    start: int
+    end: int
+    text: str
+    tags: list[str]
+
+
+@dataclass
+class NewChunk:
+    """A chunk to store: which document of the file it comes from, where, and what it says."""
+
+    doc: str
+    section: str
+    start: int
+    end: int
+    text: str
+
+
+def embed_text(section: str, text: str) -> str:
+    """What gets embedded and full-text indexed: the section path gives the chunk its context."""
+    return f"{section}\n{text}" if section else text
+
+
+class Store(ABC):
+    """The few methods the indexer, search, ask and eval need; one class per backend."""
+
+    location: str  # shown to users: a file path, or a redacted URL plus the index name
+
+    @abstractmethod
+    def meta(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def set_meta(self, values: dict[str, str]) -> None: ...
+
+    @abstractmethod
+    def file_hashes(self) -> dict[str, str]:
+        """{path: sha256} of every indexed file."""
+
+    @abstractmethod
+    def put_file(
+        self, path: str, sha256: str, tags: list[str], chunks: list[NewChunk], vectors: np.ndarray
+    ) -> None:
+        """Replace whatever the index holds for `path` (in the open transaction)."""
+
+    @abstractmethod
+    def delete_file(self, path: str) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def search_text(self, terms: list[str], k: int, filters: Filters) -> list[tuple[int, float]]:
+        """Full-text ranking of chunks matching any of `terms` (BM25 on SQLite): [(chunk id, score)]."""
+
+    @abstractmethod
+    def search_vector(self, vector: np.ndarray, k: int, filters: Filters) -> list[tuple[int, float]]:
+        """Nearest chunks by cosine similarity: [(chunk id, cosine)], best first."""
+
+    @abstractmethod
+    def chunks(self, ids: list[int]) -> dict[int, StoredChunk]: ...
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """files, chunks, and size_bytes where the backend knows it."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # ------------------------------------------------------------ shared checks
+
+    def check_model(self, model: str, dim: int) -> None:
+        """Refuse to mix embedding models: the index's vectors and the query's must come from one model."""
+        meta = self.meta()
+        built, built_dim = meta.get("embed_model"), meta.get("embed_dim")
+        if built is None:
+            return
+        if built != model or int(built_dim or 0) != dim:
+            raise SlmError(
+                f"{self.location} was built with embedding model {built} ({built_dim}-d), not {model} "
+                f"({dim}-d): query it with --embed-model {built}, or index into a new --index"
+            )
+
+
+def is_postgres(url: str | None) -> bool:
+    return bool(url) and url.startswith(("postgresql://", "postgres://"))
+
+
+def index_path(name: str) -> Path:
+    """An index name -> `$SLMFORGE_HOME/indexes/NAME.sqlite`; a path (has / or ends .sqlite) -> itself."""
+    if "/" in name or name.endswith((".sqlite", ".db")) or name.startswith("."):
+        return Path(name).expanduser()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise SlmError(f"index name {name!r}: use letters, digits, . _ - (or give a path)")
+    return workspace.home() / "indexes" / f"{name}.sqlite"
+
+
+def open_store(index: str, store: str | None = None, create: bool = False) -> Store:
+    """The store for `index`: PostgreSQL when `store` is a postgresql:// URL, else the SQLite file."""
+    if store and not is_postgres(store):
+        raise SlmError(f"--store must be a postgresql:// URL (got {store!r}); leave it out for SQLite")
+    if is_postgres(store):
+        from slmforge.rag.pg_store import PgStore
+
+        return PgStore(store, index, create=create)
+    from slmforge.rag.sqlite_store import SqliteStore
+
+    return SqliteStore(index_path(index), create=create)
