@@ -348,6 +348,185 @@ def _table(title: str, rows: dict) -> None:
 # ---------------------------------------------------------------- classify
 
 
+@classify_app.command("train")
+def classify_train(
+    data: str = typer.Option(..., "--data", help="Training file: .csv (header row) or .jsonl."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    text_col: str = typer.Option("text", "--text-col", help="Column / field holding the text."),
+    label_col: str = typer.Option("label", "--label-col", help="Column / field holding the label."),
+    base: str = typer.Option("minilm-l6", "--base", help="Encoder: catalog name, BERT-family dir or hub id."),
+    val: str | None = typer.Option(None, "--val", help="Validation file (default: a stratified split)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share held out when there is no --val."),
+    epochs: int = typer.Option(5, "--epochs"),
+    lr: float = typer.Option(1e-4, "--lr", help="Top layer's learning rate (lower layers decay from it)."),
+    head_lr: float = typer.Option(5e-4, "--head-lr"),
+    layer_decay: float = typer.Option(0.9, "--layer-decay", help="Learning-rate factor per layer downwards."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    max_len: int = typer.Option(64, "--max-len", help="Tokens per text (longer ones are truncated)."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
+    head_init: str = typer.Option("lr", "--head-init", help="lr (from frozen embeddings) or random."),
+    few_shot: bool = typer.Option(
+        False, "--few-shot", help="Contrastive pair training, then a logistic-regression head."
+    ),
+    few_shot_steps: int = typer.Option(150, "--few-shot-steps", help="Contrastive batches (--few-shot)."),
+    oos: bool = typer.Option(False, "--oos", help="Calibrate an out-of-scope threshold: label `oos`."),
+    oos_score: str = typer.Option("maxprob", "--oos-score", help="maxprob or energy."),
+    oos_val_flag_rate: float = typer.Option(
+        0.03, "--oos-val-flag-rate", help="Share of in-scope val texts the threshold may flag."
+    ),
+    min_per_class: int = typer.Option(2, "--min-per-class", help="Refuse labels with fewer examples."),
+    patience: int = typer.Option(2, "--patience", help="Epochs without improvement before stopping."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop fine-tuning after this."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the data files."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int | None = _THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Fine-tune an encoder into a text classifier (intent, sentiment, topic) on CPU."""
+    from slmforge.classify import ClassifyTrainConfig, train_classifier
+
+    r = train_classifier(
+        ClassifyTrainConfig(
+            data=data,
+            out=out_dir,
+            text_col=text_col,
+            label_col=label_col,
+            base=base,
+            val=val,
+            val_fraction=val_fraction,
+            epochs=epochs,
+            lr=lr,
+            head_lr=head_lr,
+            layer_decay=layer_decay,
+            batch_size=batch_size,
+            max_len=max_len,
+            label_smoothing=label_smoothing,
+            head_init=head_init,
+            few_shot=few_shot,
+            few_shot_steps=few_shot_steps,
+            oos=oos,
+            oos_score=oos_score,
+            oos_val_flag_rate=oos_val_flag_rate,
+            min_per_class=min_per_class,
+            patience=patience,
+            max_minutes=max_minutes,
+            encoding=encoding,
+            seed=seed,
+            threads=threads,
+            overwrite=overwrite,
+        )
+    )
+    _table(
+        "classifier",
+        {
+            "model": r.model_dir,
+            "labels": len(r.labels),
+            "params": f"{r.params / 1e6:.2f}M",
+            "train / val examples": f"{r.train_examples:,} / {r.val_examples:,}",
+            "frozen + LR val accuracy": f"{r.frozen_lr_val_accuracy:.4f}",
+            "val accuracy": f"{r.val_accuracy:.4f}",
+            "val macro-F1": f"{r.val_macro_f1:.4f}",
+            "best epoch": f"{r.best_epoch} of {r.epochs_run}",
+            **({"oos threshold": f"{r.oos_threshold:.4f}"} if r.oos_threshold is not None else {}),
+            "time": f"{r.elapsed_s:.0f}s",
+        },
+    )
+
+
+@classify_app.command("predict")
+def classify_predict(
+    model: str = typer.Argument(..., help="Classifier dir (torch, or ONNX from slm export / quantize)."),
+    texts: list[str] | None = typer.Argument(None, help="Texts to classify."),
+    file: str | None = typer.Option(None, "--file", help="A .txt file, one text per line."),
+    threads: int | None = _THREADS,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """Label texts with a trained classifier (`oos` when below its calibrated threshold)."""
+    import json
+
+    from rich.table import Table
+
+    from slmforge.classify import predict
+
+    items = list(texts or [])
+    if file:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").splitlines()
+            items += [line.strip() for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise SlmError(f"cannot read {file}: {e}") from None
+    if not items:
+        raise SlmError("give texts to classify, or --file")
+    rows = predict(model, items, threads=threads)
+    if json_out:
+        for r in rows:
+            out.print(json.dumps(r, ensure_ascii=False), highlight=False, soft_wrap=True)
+        return
+    table = Table(title="predictions")
+    for col in ("text", "label", "score"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["text"], r["label"], f"{r['score']:.3f}")
+    out.print(table)
+
+
+# export and quantize (encoders and classifiers today; one function per format / scheme inside)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="A classifier dir, or an encoder (catalog name or dir)."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Directory to write (model.onnx, tokenizer, …)."),
+    format: str = typer.Option("onnx", "--format", help="onnx."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Export a model to another runtime, verified against the source (agreement in the manifest)."""
+    from slmforge.export import ExportConfig, export
+
+    m = export(ExportConfig(model=model, out=out_dir, format=format, opset=opset, overwrite=overwrite))
+    _table("export", _derived_rows(m))
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: str = typer.Argument(..., help="An ONNX dir from `slm export`, or a classifier / encoder dir."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Directory to write."),
+    scheme: str = typer.Option("int8", "--scheme", help="int8 (ONNX Runtime dynamic)."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Weight scales per channel."),
+    weight_type: str = typer.Option(
+        "uint8", "--weight-type", help="uint8 (faithful on every x86) or int8 (needs AVX-512 VNNI)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Quantize a model (int8 weights) and verify it against the fp32 model (agreement in the manifest)."""
+    from slmforge.quantize import QuantizeConfig, quantize
+
+    m = quantize(
+        QuantizeConfig(
+            model=model,
+            out=out_dir,
+            scheme=scheme,
+            per_channel=per_channel,
+            weight_type=weight_type,
+            overwrite=overwrite,
+        )
+    )
+    _table("quantize", _derived_rows(m))
+
+
+def _derived_rows(m: dict) -> dict:
+    rows = {"out": m["out"], "format": f"{m['format']} {m['precision']}", "kind": m["model_kind"]}
+    if m.get("disk_mb") is not None:
+        rows["disk"] = f"{m['source_disk_mb']} MB → {m['disk_mb']} MB"
+    rows["verified against"] = m["verify_vs"]
+    rows["max |diff|"] = f"{m['verify_max_abs_diff']:.2e}"
+    rows["cosine mean / min"] = f"{m['verify_cosine_mean']:.4f} / {m['verify_cosine_min']:.4f}"
+    if "verify_top1_agreement" in m:
+        rows["top-1 agreement"] = f"{m['verify_top1_agreement']:.3f} ({m['verify_texts']} texts)"
+    return rows
+
+
 # ---------------------------------------------------------------- rag
 
 _RAG_STORE = typer.Option(
@@ -542,14 +721,22 @@ def eval_(
     data: list[str] = typer.Option(
         ..., "--data", help="Dataset dir (val split), .jsonl or .txt; repeatable."
     ),
-    task: str = typer.Option("perplexity", "--task", help="What to measure: perplexity."),
+    task: str = typer.Option("perplexity", "--task", help="What to measure: perplexity or classification."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per scored window."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens scored per data source."),
     batch_size: int = typer.Option(4, "--batch-size"),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+    text_col: str | None = typer.Option(None, "--text-col", help="Classification: text column."),
+    label_col: str | None = typer.Option(None, "--label-col", help="Classification: label column."),
+    report_dir: str | None = typer.Option(
+        None, "--report-dir", help="Classification: write metrics, per-class report, confusion.png here."
+    ),
+    unseen_as_oos: bool = typer.Option(
+        False, "--unseen-as-oos", help="Classification: score labels the model never saw as `oos`."
+    ),
 ) -> None:
-    """Evaluate models side by side: held-out loss, perplexity and bits per byte, with the change vs the first."""
+    """Evaluate models side by side: perplexity (loss, bits per byte, change vs the first) or classification."""
     from rich.table import Table
 
     from slmforge.evaluate import EvalConfig, evaluate
@@ -564,8 +751,17 @@ def eval_(
             max_tokens=max_tokens,
             batch_size=batch_size,
             threads=threads,
+            text_col=text_col,
+            label_col=label_col,
+            report_dir=report_dir,
+            unseen_as_oos=unseen_as_oos,
         )
     )
+    if task == "classification":
+        _classification_table(rows)
+        if json_out:
+            write_json(json_out, rows)
+        return
     table = Table(title=f"eval: {task}")
     for col in ("model", "data", "tokens", "loss", "perplexity", "bits/byte", "change", "time"):
         table.add_column(col, overflow="fold")
@@ -583,6 +779,35 @@ def eval_(
     out.print(table)
     if json_out:
         write_json(json_out, rows)
+
+
+def _classification_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="eval: classification")
+    cols = ["model", "runtime", "data", "examples", "accuracy", "macro-F1"]
+    has_oos = any("oos_recall" in r for r in rows)
+    if has_oos:
+        cols += ["in-scope acc", "oos precision", "oos recall"]
+    cols += ["p50 ms", "p95 ms", "batch /s", "params", "disk MB", "peak RSS MB"]
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        cells = [r["model"], r["runtime"], r["data"], f"{r['examples']:,}", f"{r['accuracy']:.4f}",
+                 f"{r['macro_f1']:.4f}"]  # fmt: skip
+        if has_oos:
+            cells += [f"{r['in_scope_accuracy']:.4f}" if r.get("in_scope_accuracy") is not None else "",
+                      f"{r['oos_precision']:.3f}" if "oos_precision" in r else "",
+                      f"{r['oos_recall']:.3f}" if "oos_recall" in r else ""]  # fmt: skip
+        cells += [f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['throughput_per_s']:.0f}",
+                  f"{r['params'] / 1e6:.1f}M", f"{r['disk_mb']:.1f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
+        table.add_row(*cells)
+    out.print(table)
+    for r in rows:
+        if r.get("report_dir"):
+            out.print(
+                f"report: {r['report_dir']} (metrics.json, per_class.json, confusion.png)", highlight=False
+            )
 
 
 @app.command()

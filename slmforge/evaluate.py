@@ -19,7 +19,7 @@ import numpy as np
 
 from slmforge.errors import SlmError
 
-TASKS = ("perplexity",)
+TASKS = ("perplexity", "classification")
 
 
 @dataclass
@@ -36,12 +36,21 @@ class EvalConfig:
     batch_size: int = 4
     threads: int | None = None
     device: str = "auto"
+    text_col: str | None = None
+    """Classification: the text column (default: the one the model was trained with)."""
+    label_col: str | None = None
+    report_dir: str | None = None
+    """Classification: write metrics.json, per_class.json and confusion.png here (one subdir per row)."""
+    unseen_as_oos: bool = False
+    """Classification: score labels the model never saw as out-of-scope instead of refusing the file."""
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> list[dict]:
     from slmforge.runtime import pick_device, set_threads
 
     _validate(cfg)
+    if cfg.task == "classification":
+        return _evaluate_classification(cfg, progress)
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     texts = {d: _read_texts(d) for d in cfg.data}
@@ -105,6 +114,32 @@ def perplexity(
         "bpb": nats / math.log(2) / max(nbytes, 1),
         "tokens": tokens,
     }
+
+
+def _evaluate_classification(cfg: EvalConfig, progress: bool) -> list[dict]:
+    """One row per (classifier, labelled file): see `slmforge.classify.evaluate_classifier`."""
+    from slmforge.classify import evaluate_classifier
+
+    rows = []
+    for name in cfg.models:
+        for data in cfg.data:
+            report = None
+            if cfg.report_dir:
+                report = str(Path(cfg.report_dir) / f"{Path(name).name}-{Path(data).stem}")
+            rows.append(
+                evaluate_classifier(
+                    name,
+                    data,
+                    text_col=cfg.text_col,
+                    label_col=cfg.label_col,
+                    report_dir=report,
+                    unseen_as_oos=cfg.unseen_as_oos,
+                    batch_size=64,  # throughput is reported for batches of 64
+                    threads=cfg.threads,
+                    progress=progress,
+                )
+            )
+    return rows
 
 
 def _validate(cfg: EvalConfig) -> None:

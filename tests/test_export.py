@@ -1,0 +1,93 @@
+"""ONNX export and int8 quantization of classifiers: parity with the torch model, recorded in the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmforge import workspace
+from slmforge.classify import ClassifyTrainConfig, load_classifier, predict, train_classifier
+
+FIXTURES = Path(__file__).parent / "fixtures" / "classify"
+TEXTS = [
+    "I am still waiting for my new card",
+    "what is the euro exchange rate",
+    "my top-up was declined",
+    "hi",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny classifier, its fp32 ONNX export and its int8 quantization (via the CLI's functions)."""
+    from slmforge.export import ExportConfig, export
+    from slmforge.quantize import QuantizeConfig, quantize
+
+    root = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLMFORGE_HOME", str(tmp_path_factory.mktemp("slmhome_export")))
+        model = train_classifier(
+            ClassifyTrainConfig(
+                data=str(FIXTURES / "train.csv"),
+                out=str(root / "torch"),
+                label_col="category",
+                epochs=1,
+                max_len=32,
+                threads=1,
+            ),  # fmt: skip
+            progress=False,
+        ).model_dir
+        onnx = export(ExportConfig(model=model, out=str(root / "onnx")))
+        int8 = quantize(QuantizeConfig(model=onnx["out"], out=str(root / "int8")))
+    return model, onnx, int8
+
+
+def test_onnx_logits_match_torch(exported):
+    model, onnx, _ = exported
+    assert onnx["verify_max_abs_diff"] < 1e-4 and onnx["verify_top1_agreement"] == 1.0
+    torch_clf, onnx_clf = load_classifier(model, threads=1), load_classifier(onnx["out"], threads=1)
+    assert onnx_clf.runtime == "onnxruntime"
+    for batch in (TEXTS, TEXTS[:1]):  # padded batch and a single unpadded text
+        assert np.abs(torch_clf.logits(batch) - onnx_clf.logits(batch)).max() < 1e-4
+    assert [r["label"] for r in predict(onnx["out"], TEXTS)] == [r["label"] for r in predict(model, TEXTS)]
+    manifest = workspace.read_manifest(onnx["out"])
+    assert manifest["metrics"]["verify_max_abs_diff"] == onnx["verify_max_abs_diff"]
+    assert json.loads((Path(onnx["out"]) / "classifier.json").read_text())["labels"][0] == "card_arrival"
+
+
+def test_int8_agrees_with_fp32_and_is_smaller(exported):
+    _, onnx, int8 = exported
+    assert int8["precision"] == "int8" and int8["scheme"] == "ort-dynamic-uint8-per-channel"
+    assert int8["verify_cosine_mean"] > 0.95 and int8["verify_top1_agreement"] >= 0.9
+    assert int8["disk_mb"] < 0.4 * int8["source_disk_mb"]
+    clf = load_classifier(int8["out"], threads=1)
+    assert clf.params() == onnx["params"]  # counts the source's parameters, not the scale tensors
+
+
+def test_cli_export_and_quantize_torch_dir_directly(exported, slm_cli, tmp_path):
+    model, _, _ = exported
+    code, out, err = slm_cli("quantize", model, "--out", tmp_path / "q", "--scheme", "int8")
+    assert code == 0, err
+    assert "top-1 agreement" in out and (tmp_path / "q" / "model.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the fp32 step left nothing behind
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("export", "{model}", "--out", "{tmp}/x", "--format", "tflite"), "unknown format 'tflite'"),
+        (("quantize", "{model}", "--out", "{tmp}/x", "--scheme", "int3"), "unknown scheme 'int3'"),
+        (("export", "{llm}", "--out", "{tmp}/x"), "causal LM"),
+        (("quantize", "{int8}", "--out", "{tmp}/x"), "already quantized"),
+    ],
+    ids=["format", "scheme", "causal-lm", "requantize"],
+)
+def test_bad_export_requests(exported, slm_cli, tmp_path, tiny_model_dir, args, expected):
+    model, _, int8 = exported
+    filled = [a.format(model=model, tmp=tmp_path, llm=tiny_model_dir, int8=int8["out"]) for a in args]
+    code, _, err = slm_cli(*filled)
+    assert code == 2 and expected in err, err
+    assert not (tmp_path / "x").exists()
