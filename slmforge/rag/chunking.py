@@ -65,7 +65,7 @@ _OBJECT = re.compile(
     r"^\.\. (?:py:)?(function|method|class|exception|data|attribute|decorator|classmethod|staticmethod"
     r"|module|opcode|envvar|option|cmdoption|describe|c:function|c:macro|c:type|c:member)::\s*(.+)$"
 )
-_ROLE = re.compile(r":[\w:+.-]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`")
+_ROLE = re.compile(r":[\w:+.-]+:`[~!]?([^`<]*?)\s*(?:<[^>]*>)?`")
 
 
 def _lines(text: str) -> list[tuple[int, int]]:
@@ -79,7 +79,7 @@ def _lines(text: str) -> list[tuple[int, int]]:
 
 
 def _clean_title(title: str) -> str:
-    title = _ROLE.sub(r"\1", title.strip())
+    title = _ROLE.sub(r"\1", title.strip()).replace("\\ ", "")
     return re.sub(r"[`*]+", "", title).strip()
 
 
