@@ -230,8 +230,24 @@ def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> Classif
     )
 
 
-def fine_tune(model, train_ids, y_train, val_ids, y_val, cfg: ClassifyTrainConfig, log, progress) -> tuple:
-    """End-to-end training; returns (best epoch, epochs run) and leaves the best epoch's weights loaded."""
+def fine_tune(
+    model,
+    train_ids,
+    y_train,
+    val_ids,
+    y_val,
+    cfg: ClassifyTrainConfig,
+    log,
+    progress,
+    teacher_logits: np.ndarray | None = None,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> tuple:
+    """End-to-end training; returns (best epoch, epochs run) and leaves the best epoch's weights loaded.
+
+    With `teacher_logits` (one row per training text) the loss is `alpha` x the distillation KL at
+    `temperature` (x T², Hinton et al.) + (1 - `alpha`) x cross-entropy; label -1 marks unlabeled texts.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -245,6 +261,7 @@ def fine_tune(model, train_ids, y_train, val_ids, y_val, cfg: ClassifyTrainConfi
     for g in optimizer.param_groups:
         g["peak_lr"] = g["lr"]
     labels_t = torch.as_tensor(y_train)
+    teacher_t = torch.as_tensor(teacher_logits) if teacher_logits is not None else None
     best_acc, best_epoch, best_state, stale, step = -1.0, 0, None, 0, 0
     started = time.perf_counter()
     epoch = 0
@@ -258,7 +275,19 @@ def fine_tune(model, train_ids, y_train, val_ids, y_val, cfg: ClassifyTrainConfi
                     g["lr"] = g["peak_lr"] * min(scale, 1.0)
                 inputs = pad_batch([train_ids[i] for i in batch])
                 logits = model(**inputs).logits
-                loss = F.cross_entropy(logits, labels_t[batch], label_smoothing=cfg.label_smoothing)
+                labels = labels_t[batch]
+                loss = (
+                    F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing, ignore_index=-1)
+                    if (labels >= 0).any()
+                    else logits.sum() * 0
+                )
+                if teacher_t is not None:
+                    kd = F.kl_div(
+                        F.log_softmax(logits / temperature, -1),
+                        F.softmax(teacher_t[batch] / temperature, -1),
+                        reduction="batchmean",
+                    )
+                    loss = alpha * kd * temperature**2 + (1 - alpha) * loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -376,6 +405,8 @@ class Classifier:
     def __init__(self, path: Path, threads: int | None = None):
         from transformers import AutoTokenizer
 
+        import slmforge.encoder_classifier  # noqa: F401  (registers the model type: no remote-code prompt)
+
         self.path = path
         meta_path = path / META
         if not meta_path.exists():
@@ -401,7 +432,6 @@ class Classifier:
         else:
             import torch
 
-            import slmforge.encoder_classifier  # noqa: F401  (registers the model type)
             from slmforge.runtime import set_threads
 
             set_threads(threads)
@@ -758,8 +788,11 @@ def _build(base: str, label_names: list[str]):
 def save_model(model, tokenizer, directory: Path) -> None:
     import shutil
 
+    from transformers.utils import logging as hf_logging
+
     import slmforge.encoder_classifier as ec
 
+    hf_logging.disable_progress_bar()
     model.config.architectures = [type(model).__name__]
     model.config.auto_map = {
         "AutoConfig": "modeling_slmforge.MeanPoolBertConfig",

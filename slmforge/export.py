@@ -84,6 +84,7 @@ def export_encoder_onnx(source: Path, out: Path, kind: str, cfg: ExportConfig) -
     import torch
     from transformers import AutoTokenizer
 
+    import slmforge.encoder_classifier  # noqa: F401  (registers the model type: no remote-code prompt)
     from slmforge import workspace
     from slmforge.fsutil import atomic_dir
 
@@ -180,8 +181,6 @@ def load_torch(path: Path, kind: str):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if kind == "classifier":
-        import slmforge.encoder_classifier  # noqa: F401  (registers the model type)
-
         return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager").eval()
     return AutoModel.from_pretrained(path, attn_implementation="eager").eval()
 
