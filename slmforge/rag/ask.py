@@ -97,8 +97,17 @@ class Asker:
             best = "none" if found.best_cosine is None else f"{found.best_cosine:.2f}"
             text = f"{IDK}: nothing in the index is close enough to the question (best similarity {best} < {gate})."
             return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started)
-        messages, sources = self._prompt(cfg, found.hits)
-        ids = prompt_ids(self.tokenizer, messages, chat=True)
+        limit = getattr(self.lm.config, "max_position_embeddings", None) or cfg.context_tokens
+        budget = min(cfg.context_tokens, limit - cfg.max_new_tokens)
+        target = budget
+        for _ in range(4):  # the template's own tokens are estimated: shrink until the real prompt fits
+            messages, sources = self._prompt(cfg, found.hits, target)
+            ids = prompt_ids(self.tokenizer, messages, chat=True)
+            if len(ids) <= budget:
+                break
+            target -= len(ids) - budget + 4
+        else:
+            raise SlmError(f"could not fit the question and a source in {budget} prompt tokens")
         gen = GenerateConfig(model=self.model_name, max_new_tokens=cfg.max_new_tokens)
         done = complete(TorchStep(self.lm), self.tokenizer, ids, gen, eos_token_ids(self.lm, self.tokenizer))
         text = done.text.strip()
@@ -112,10 +121,8 @@ class Asker:
         return Answer(text, abstained, sources, cited, model_cited, found.best_cosine, len(ids),
                       time.perf_counter() - started)  # fmt: skip
 
-    def _prompt(self, cfg: AskConfig, hits: list[Hit]) -> tuple[list[dict], list[Hit]]:
+    def _prompt(self, cfg: AskConfig, hits: list[Hit], budget: int) -> tuple[list[dict], list[Hit]]:
         """System + user messages holding as many sources (best first) as fit the token budget."""
-        limit = getattr(self.lm.config, "max_position_embeddings", None) or cfg.context_tokens
-        budget = min(cfg.context_tokens, limit - cfg.max_new_tokens)
         question = f"Question: {cfg.question}"
         used = self._tokens(SYSTEM) + self._tokens(question) + 32  # chat template markup
         if used >= budget:

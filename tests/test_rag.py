@@ -1,0 +1,343 @@
+"""RAG: chunking, incremental index, kill safety, search modes, bad input. Real MiniLM on a few chunks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmforge.errors import SlmError
+from slmforge.rag.chunking import ChunkConfig, chunk_document
+from slmforge.rag.index import RagIndexConfig, build_index
+from slmforge.rag.search import Retriever, SearchConfig, query_terms, search
+from slmforge.rag.store import Filters
+
+DOCS = {
+    "garden.md": """\
+        # Gardening
+
+        ## Tomatoes
+
+        Tomatoes need full sun, at least six hours a day, and deep watering twice a week.
+        Stake the plants early so the stems do not bend under the weight of the fruit.
+
+        ## Roses
+
+        Prune roses in late winter, just before the buds swell. Cut above an outward facing bud.
+
+        ```
+        shears --angle 45 --above bud
+        ```
+        """,
+    "kitchen.rst": """\
+        Cooking
+        =======
+
+        Pasta
+        -----
+
+        Bring a large pot of salted water to a rolling boil before adding the pasta.
+        Taste it a minute before the time on the packet.
+
+        Bread
+        -----
+
+        Knead the dough for ten minutes until it is smooth and elastic, then let it rise.
+        """,
+    "errors.txt": """\
+        Error code ZX-4711 means the flux capacitor overheated. Restart the unit after it cools down.
+
+        Error code QP-0815 means the battery is missing.
+        """,
+    "space.txt": """\
+        The Moon orbits the Earth roughly every twenty-seven days.
+        Jupiter is the largest planet of the solar system and has dozens of moons.
+        """,
+}
+
+
+def write_docs(root: Path, docs: dict[str, str] = DOCS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in docs.items():
+        (root / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    return root
+
+
+def index_cfg(docs: Path, index: Path, **kw) -> RagIndexConfig:
+    return RagIndexConfig(paths=[str(docs)], index=str(index), runtime="torch", **kw)
+
+
+@pytest.fixture
+def built(tmp_path):
+    docs = write_docs(tmp_path / "docs")
+    index = tmp_path / "kb.sqlite"
+    result = build_index(index_cfg(docs, index), progress=False)
+    return docs, index, result
+
+
+# ---------------------------------------------------------------- chunking
+
+
+def test_chunks_keep_sections_offsets_and_code_blocks():
+    text = textwrap.dedent(DOCS["garden.md"])
+    chunks = chunk_document(text, "md", ChunkConfig(max_chars=200, overlap=0))
+    assert [c.section for c in chunks] == ["Gardening > Tomatoes", "Gardening > Roses"]
+    for c in chunks:
+        assert text[c.start : c.end] == c.text
+    assert "```\nshears --angle 45 --above bud\n```" in chunks[1].text  # the code block is whole
+
+
+def test_rst_headings_entries_and_literal_blocks_stay_together():
+    text = textwrap.dedent("""\
+        json --- JSON
+        =============
+
+        Basic Usage
+        -----------
+
+        .. function:: dumps(obj)
+
+           Serialize *obj* to a JSON formatted string. Example::
+
+              >>> dumps([1, 2])
+
+              '[1, 2]'
+
+        Other
+        -----
+
+        Plain text here, long enough to be kept as a chunk.
+        """)
+    chunks = chunk_document(text, "rst", ChunkConfig(max_chars=400, overlap=0))
+    assert [c.section for c in chunks] == ["json --- JSON > Basic Usage > dumps", "json --- JSON > Other"]
+    assert ">>> dumps([1, 2])" in chunks[0].text and "'[1, 2]'" in chunks[0].text
+
+
+def test_long_sections_split_with_overlap_within_the_limit():
+    text = "Title\n=====\n\n" + "\n\n".join(f"Paragraph {i} " + "word " * 30 for i in range(20))
+    chunks = chunk_document(text, "rst", ChunkConfig(max_chars=300, overlap=60))
+    assert len(chunks) > 5
+    assert all(c.end - c.start <= 300 for c in chunks)
+    assert all(b.start < a.end for a, b in zip(chunks, chunks[1:]))  # consecutive chunks overlap
+    with pytest.raises(SlmError, match="overlap"):
+        chunk_document(text, "rst", ChunkConfig(max_chars=100, overlap=80))
+
+
+# ---------------------------------------------------------------- index: incremental, kill-safe
+
+
+def test_incremental_reindex_touch_change_delete(built):
+    docs, index, first = built
+    assert first.files_indexed == 4 and first.chunks_total >= 6
+    again = build_index(index_cfg(docs, index), progress=False)
+    assert (again.files_indexed, again.files_unchanged, again.chunks_added) == (0, 4, 0)
+
+    os.utime(docs / "space.txt")  # touched, same content: nothing to do
+    (docs / "errors.txt").write_text("Error code ZX-4711 now means the coolant pump failed.\n" * 2)
+    (docs / "kitchen.rst").unlink()
+    r = build_index(index_cfg(docs, index), progress=False)
+    assert (r.files_indexed, r.files_unchanged, r.files_deleted) == (1, 2, 1)
+    with Retriever(str(index)) as ret:
+        assert ret.store.counts()["files"] == 3
+        hits = ret.search("coolant pump", "bm25", 5).hits
+        assert hits and hits[0].chunk.path.endswith("errors.txt")
+        assert not ret.search("knead the dough", "bm25", 5).hits  # the deleted file's chunks are gone
+        assert not any(
+            "flux capacitor" in h.chunk.text for h in ret.search("flux capacitor", "hybrid", 10).hits
+        )
+
+
+def test_killed_indexer_leaves_last_commit_and_next_run_completes(tmp_path):
+    docs = write_docs(tmp_path / "docs")
+    index = tmp_path / "kb.sqlite"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import torch
+        torch.set_num_threads(1)
+        from slmforge.rag import index as ix
+        calls = 0
+        encode = ix.Embedder.encode
+        def dying(self, texts, batch_size=32):
+            global calls
+            calls += 1
+            if calls == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # mid-run, inside the third batch's transaction
+            return encode(self, texts, batch_size)
+        ix.Embedder.encode = dying
+        ix.build_index(ix.RagIndexConfig(paths=[{str(docs)!r}], index={str(index)!r}, runtime="torch",
+                                          batch_files=1), progress=False)
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=os.environ.copy(), capture_output=True, timeout=300
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    with Retriever(str(index)) as ret:  # usable: the two committed files are there, searchable
+        assert ret.store.counts()["files"] == 2
+        assert ret.search("error code", "hybrid", 3).hits
+    r = build_index(index_cfg(docs, index, batch_files=1), progress=False)
+    assert (r.files_indexed, r.files_unchanged) == (2, 2)
+    with Retriever(str(index)) as ret:
+        assert ret.store.counts()["files"] == 4
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_search_modes_filters_and_hybrid_not_worse(built):
+    docs, index, _ = built
+    crafted = [  # (query, file that answers it): paraphrases favour vectors, rare codes favour BM25
+        ("when should I cut back my rose bushes", "garden.md"),
+        ("what does ZX-4711 mean", "errors.txt"),
+        ("QP-0815", "errors.txt"),
+        ("biggest planet orbiting the sun", "space.txt"),
+        ("how long to work the dough", "kitchen.rst"),
+        ("how much sunlight do tomato plants want", "garden.md"),
+    ]
+    recall = {}
+    with Retriever(str(index)) as ret:
+        for mode in ("bm25", "vector", "hybrid"):
+            found = 0
+            for q, name in crafted:
+                hits = ret.search(q, mode, 2).hits
+                found += any(h.chunk.path.endswith(name) for h in hits)
+            recall[mode] = found / len(crafted)
+        res = ret.search("water", "hybrid", 10, Filters(path="*.md"))
+        assert res.hits and all(h.chunk.path.endswith(".md") for h in res.hits)
+        res = ret.search("water", "vector", 10, Filters(path="kitchen"))
+        assert res.hits and all("kitchen" in h.chunk.path for h in res.hits)
+    assert recall["hybrid"] >= max(recall["bm25"], recall["vector"]), recall
+    assert recall["hybrid"] >= 5 / 6, recall
+
+
+def test_tags_filter(tmp_path):
+    a = write_docs(tmp_path / "a", {"one.txt": DOCS["space.txt"]})
+    b = write_docs(tmp_path / "b", {"two.txt": DOCS["errors.txt"]})
+    index = tmp_path / "kb.sqlite"
+    build_index(index_cfg(a, index, tags=["astro"]), progress=False)
+    build_index(index_cfg(b, index, tags=["support"]), progress=False)
+    hits = search(SearchConfig(str(index), "moon error code", "hybrid", 10, tags=["support"])).hits
+    assert hits and all(h.chunk.tags == ["support"] for h in hits)
+
+
+def test_query_terms_are_bounded_and_skip_stopwords():
+    terms = query_terms("How do I sort the list? " + " ".join(f"term{i}" for i in range(40)))
+    assert "how" not in terms and "the" not in terms
+    assert len(terms) == 12
+
+
+def test_overlong_query_is_truncated_with_a_warning(built):
+    _, index, _ = built
+    with Retriever(str(index)) as ret, pytest.warns(UserWarning, match="reads at most 256"):
+        hits = ret.search("tomatoes " * 400, "hybrid", 3).hits
+    assert hits
+
+
+def test_onnx_encoder_matches_torch(built, tmp_path):
+    from slmforge.rag.embed import Embedder
+
+    texts = ["Prune roses in late winter.", "Error code ZX-4711 means the flux capacitor overheated."]
+    onnx = Embedder("minilm-l6", "onnx").encode(texts)
+    torch_vecs = Embedder("minilm-l6", "torch").encode(texts)
+    assert np.allclose((onnx * torch_vecs).sum(1), 1.0, atol=1e-4)
+    _, index, _ = built  # an index embedded by torch answers queries encoded by ONNX Runtime alike
+    with Retriever(str(index), runtime="onnx") as ret:
+        assert ret.search("when to prune roses", "vector", 1).hits[0].chunk.path.endswith("garden.md")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_empty_binary_and_unreadable_files_are_skipped_and_counted(tmp_path, monkeypatch):
+    from slmforge.rag import index as ix
+
+    docs = write_docs(tmp_path / "docs", {"space.txt": DOCS["space.txt"], "locked.txt": "secret words"})
+    (docs / "empty.md").write_text("")
+    (docs / "blank.txt").write_text("\n\n   \n")
+    (docs / "blob.txt").write_bytes(b"abc\x00def")
+    (docs / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    sha256 = ix._sha256
+
+    def locked(path):  # root reads any file whatever its mode bits, so simulate the permission error
+        if Path(path).name == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return sha256(path)
+
+    monkeypatch.setattr(ix, "_sha256", locked)
+    r = build_index(index_cfg(docs, tmp_path / "kb.sqlite"), progress=False)
+    assert r.files_indexed == 3  # space.txt plus the two empty ones, recorded so they are not re-read
+    assert r.skipped == {"unsupported": 1, "unreadable": 1, "empty": 2, "binary": 1, "non_utf8": 1}
+
+
+def test_index_built_with_another_embedding_model_is_refused(built):
+    docs, index, _ = built
+    with pytest.raises(SlmError, match="built with embedding model minilm-l6, not other-model"):
+        Retriever(str(index), embed_model="other-model")
+    with pytest.raises(SlmError, match="built with embedding model minilm-l6"):
+        build_index(RagIndexConfig([str(docs)], str(index), embed_model="org/other-model", runtime="torch"))
+
+
+def test_corrupted_index_is_detected_with_the_fix(built):
+    _, index, _ = built
+    data = bytearray(index.read_bytes())
+    data[100:] = os.urandom(len(data) - 100)  # header intact, every page garbage
+    index.write_bytes(bytes(data))
+    with (
+        pytest.raises(SlmError, match=r"corrupted.*delete .*kb.sqlite and build it again"),
+        Retriever(str(index)) as ret,
+    ):
+        ret.search("tomatoes", "hybrid", 3)
+    index.write_bytes(b"this is not a database at all" * 10)
+    with pytest.raises(SlmError, match="not a SQLite index"):
+        Retriever(str(index))
+
+
+def test_missing_index_and_bad_mode(tmp_path, built):
+    with pytest.raises(SlmError, match="no index at"):
+        Retriever(str(tmp_path / "nope.sqlite"))
+    _, index, _ = built
+    with Retriever(str(index)) as ret, pytest.raises(SlmError, match="--mode"):
+        ret.search("x", "fuzzy")
+
+
+def test_unreachable_postgres_is_one_clear_line(slm_cli):
+    code, out, err = slm_cli(
+        "rag", "search", "docs", "anything", "--store", "postgresql://nobody@127.0.0.1:1/none"
+    )
+    assert code == 2
+    assert "cannot reach PostgreSQL at postgresql://nobody@127.0.0.1:1/none" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_index_search_eval(tmp_path, slm_cli):
+    docs = write_docs(tmp_path / "docs")
+    code, out, err = slm_cli("rag", "index", str(docs), "--index", "kb", "--runtime", "torch")
+    assert code == 0, err
+    assert "4 indexed" in out
+    code, out, err = slm_cli("rag", "search", "kb", "what does error ZX-4711 mean", "--k", "2")
+    assert code == 0, err
+    assert "errors.txt" in out
+    queries = tmp_path / "q.jsonl"
+    rows = [
+        {"query": "when to prune roses", "relevant": [{"doc": "garden.md", "section": "Gardening > Roses"}]},
+        {"query": "pasta water", "relevant": [{"doc": "kitchen.rst"}]},
+        {"query": "Who won the 1998 World Cup?", "answerable": False},
+    ]
+    queries.write_text("\n".join(json.dumps(r) for r in rows))
+    report = tmp_path / "report.json"
+    code, out, err = slm_cli("rag", "eval", "kb", "--queries", str(queries), "--json", str(report))
+    assert code == 0, err
+    rep = json.loads(report.read_text())
+    assert set(rep["retrieval"]) == {"bm25", "vector", "hybrid"}
+    assert rep["retrieval"]["hybrid"]["recall@10"] == 1.0
+    assert rep["gate"]["unanswerable_abstained"] == 1.0
+    assert "p50 ms" in out
