@@ -515,6 +515,162 @@ def quantize_cmd(
     _table("quantize", _derived_rows(m))
 
 
+# compression and right-sizing of classifiers
+
+
+def _compress_cmd(kind: str, teacher, data, out_dir, student, layers, trim_vocab, unlabeled, epochs, lr,
+                  temperature, alpha, threads, overwrite) -> None:  # fmt: skip
+    from slmforge.compress import CompressConfig, distill, prune
+
+    cfg = CompressConfig(
+        teacher=teacher,
+        data=data,
+        out=out_dir,
+        student=student,
+        layers=layers,
+        trim_vocab=trim_vocab,
+        unlabeled=unlabeled,
+        epochs=epochs,
+        lr=lr,
+        temperature=temperature,
+        alpha=alpha,
+        threads=threads,
+        overwrite=overwrite,
+    )
+    m = (prune if kind == "prune" else distill)(cfg)
+    _table(
+        kind,
+        {
+            "model": m["out"],
+            "params": f"{m['params'] / 1e6:.2f}M ({m['params_vs_teacher'] * 100:.0f} % of the teacher)",
+            "layers / vocab": f"{m['layers']} / {m['vocab_size']:,}",
+            "val accuracy": f"{m['val_accuracy']:.4f} (teacher {m['teacher_val_accuracy']:.4f})",
+            "best epoch": f"{m['best_epoch']} of {m['epochs_run']}",
+            "time": f"{m['train_seconds']:.0f}s",
+        },
+    )
+
+
+_TEACHER = typer.Argument(..., help="A classifier dir from `slm classify train`.")
+_CDATA = typer.Option(..., "--data", help="The labelled training file (the teacher's).")
+_COUT = typer.Option(..., "--out", "-o", help="Model directory to write.")
+_TRIM = typer.Option(True, "--trim-vocab/--no-trim-vocab", help="Keep only tokens the data uses.")
+_UNLABELED = typer.Option(None, "--unlabeled", help="Extra texts (.txt lines, .csv/.jsonl) for the teacher.")
+_HEAL_EPOCHS = typer.Option(3, "--epochs", help="Healing / distillation epochs.")
+_KD_LR = typer.Option(1e-4, "--lr")
+_TEMP = typer.Option(2.0, "--temperature", help="Softmax temperature of the distillation loss.")
+_ALPHA = typer.Option(0.5, "--alpha", help="Weight of the distillation loss (the rest: labels).")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out if it exists.")
+
+
+@app.command("prune")
+def prune_cmd(
+    teacher: str = _TEACHER,
+    data: str = _CDATA,
+    out_dir: str = _COUT,
+    layers: int = typer.Option(3, "--layers", help="Encoder layers to keep (evenly spaced)."),
+    trim_vocab: bool = _TRIM,
+    unlabeled: str | None = _UNLABELED,
+    epochs: int = _HEAL_EPOCHS,
+    lr: float = _KD_LR,
+    temperature: float = _TEMP,
+    alpha: float = _ALPHA,
+    threads: int | None = _THREADS,
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """Prune a classifier (drop layers, trim the vocabulary), then heal it by distillation from itself."""
+    _compress_cmd("prune", teacher, data, out_dir, None, layers, trim_vocab, unlabeled, epochs, lr,
+                  temperature, alpha, threads, overwrite)  # fmt: skip
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: str = _TEACHER,
+    data: str = _CDATA,
+    out_dir: str = _COUT,
+    student: str = typer.Option("minilm-l6", "--student", help="Student encoder: catalog name or dir."),
+    layers: int | None = typer.Option(None, "--layers", help="Keep this many of the student's layers."),
+    trim_vocab: bool = _TRIM,
+    unlabeled: str | None = _UNLABELED,
+    epochs: int = _HEAL_EPOCHS,
+    lr: float = _KD_LR,
+    temperature: float = _TEMP,
+    alpha: float = _ALPHA,
+    threads: int | None = _THREADS,
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """Distil a classifier's logits into a student encoder (optionally with unlabeled texts)."""
+    _compress_cmd("distill", teacher, data, out_dir, student, layers, trim_vocab, unlabeled, epochs, lr,
+                  temperature, alpha, threads, overwrite)  # fmt: skip
+
+
+@app.command("rightsize")
+def rightsize_cmd(
+    task: str = typer.Option("classification", "--task", help="classification."),
+    data: str = typer.Option(..., "--data", help="Labelled training file."),
+    eval_data: str = typer.Option(..., "--eval-data", help="Labelled file the targets are checked on."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Ladder directory (rerun to resume)."),
+    target: str = typer.Option(
+        "accuracy>=0.97*base",
+        "--target",
+        help="Clauses like accuracy>=0.92 or accuracy>=0.97*base, comma-separated.",
+    ),
+    max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="Adds p50_ms<=VALUE."),
+    base_model: str | None = typer.Option(None, "--base-model", help="A trained classifier to start from."),
+    base: str = typer.Option("minilm-l6", "--base", help="Encoder to train the base from (no --base-model)."),
+    layers: str = typer.Option("4,3,2", "--layers", help="Layer counts of the pruned rungs."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Add an int8 rung after each model."),
+    heal_epochs: int = typer.Option(3, "--heal-epochs"),
+    text_col: str = typer.Option("text", "--text-col"),
+    label_col: str = typer.Option("label", "--label-col"),
+    threads: int | None = _THREADS,
+) -> None:
+    """Build a ladder of smaller models (pruned, distilled, int8), evaluate each, pick the smallest that
+    meets the target; writes report.md + pareto.png and registers the pick."""
+    from rich.table import Table
+
+    from slmforge.rightsize import RightsizeConfig, rightsize
+
+    try:
+        layer_counts = [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise SlmError(f"--layers takes comma-separated integers, e.g. 4,3,2 (got {layers!r})") from None
+    r = rightsize(
+        RightsizeConfig(
+            task=task,
+            data=data,
+            eval_data=eval_data,
+            out=out_dir,
+            target=target,
+            max_latency_ms=max_latency_ms,
+            base_model=base_model,
+            base=base,
+            layers=layer_counts,
+            int8=int8,
+            heal_epochs=heal_epochs,
+            text_col=text_col,
+            label_col=label_col,
+            threads=threads,
+        )
+    )
+    table = Table(
+        title="right-sizing ladder: " + ", ".join(f"{k} (= {v:.4g})" for k, v in r["thresholds"].items())
+    )
+    for col in ("rung", "runtime", "params", "disk MB", "accuracy", "macro-F1", "p50 ms", "meets"):
+        table.add_column(col, overflow="fold")
+    for t in r["table"]:
+        picked = r["pick"] and t["rung"] == r["pick"]["rung"]
+        table.add_row(t["rung"], t["runtime"], f"{t['params'] / 1e6:.2f}M", f"{t['disk_mb']:.1f}",
+                      f"{t['accuracy']:.4f}", f"{t['macro_f1']:.4f}", f"{t['p50_ms']:.1f}",
+                      "[bold green]pick[/bold green]" if picked else ("yes" if t["meets"] else "no"))  # fmt: skip
+    out.print(table)
+    if r["pick"]:
+        out.print(f"pick: {r['pick']['path']}", highlight=False)
+    else:
+        out.print("no rung meets the target", highlight=False)
+    out.print(f"report: {r['report']} and {r['plot']}", highlight=False)
+
+
 def _derived_rows(m: dict) -> dict:
     rows = {"out": m["out"], "format": f"{m['format']} {m['precision']}", "kind": m["model_kind"]}
     if m.get("disk_mb") is not None:

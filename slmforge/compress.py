@@ -84,14 +84,13 @@ def distill(cfg: CompressConfig, progress: bool = True) -> dict:
 def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     import slmforge.encoder_classifier  # noqa: F401  (registers the model type)
     from slmforge import workspace
     from slmforge.classify import _build, _say
     from slmforge.fsutil import atomic_dir, write_json
     from slmforge.runtime import set_threads
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
