@@ -70,7 +70,7 @@ def write_docs(root: Path, docs: dict[str, str] = DOCS) -> Path:
 
 
 def index_cfg(docs: Path, index: Path, **kw) -> RagIndexConfig:
-    return RagIndexConfig(paths=[str(docs)], index=str(index), runtime="torch", **kw)
+    return RagIndexConfig(paths=[str(docs)], index=str(index), runtime="torch", threads=1, **kw)
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_killed_indexer_leaves_last_commit_and_next_run_completes(tmp_path):
             return encode(self, texts, batch_size)
         ix.Embedder.encode = dying
         ix.build_index(ix.RagIndexConfig(paths=[{str(docs)!r}], index={str(index)!r}, runtime="torch",
-                                          batch_files=1), progress=False)
+                                          threads=1, batch_files=1), progress=False)
     """)
     proc = subprocess.run(
         [sys.executable, "-c", script], env=os.environ.copy(), capture_output=True, timeout=300
@@ -280,7 +280,9 @@ def test_index_built_with_another_embedding_model_is_refused(built):
     with pytest.raises(SlmError, match="built with embedding model minilm-l6, not other-model"):
         Retriever(str(index), embed_model="other-model")
     with pytest.raises(SlmError, match="built with embedding model minilm-l6"):
-        build_index(RagIndexConfig([str(docs)], str(index), embed_model="org/other-model", runtime="torch"))
+        build_index(
+            RagIndexConfig([str(docs)], str(index), embed_model="org/other-model", runtime="torch", threads=1)
+        )
 
 
 def test_corrupted_index_is_detected_with_the_fix(built):

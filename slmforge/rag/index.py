@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge import workspace
+from slmforge import runtime, workspace
 from slmforge.data.readers import ReadStats, file_format, iter_documents, iter_files
 from slmforge.errors import SlmError
 from slmforge.progress import bar
@@ -128,7 +128,7 @@ def _prepare(store: Store, cfg: RagIndexConfig, chunk_cfg: ChunkConfig) -> Embed
             f"{store.location} was built with embedding model {meta['embed_model']}, not {cfg.embed_model}: "
             f"index with --embed-model {meta['embed_model']}, or into a new --index"
         )
-    embedder = Embedder(cfg.embed_model, cfg.runtime, threads=cfg.threads)
+    embedder = Embedder(cfg.embed_model, cfg.runtime, threads=cfg.threads or runtime.free_cores())
     store.check_model(embedder.name, embedder.dim)
     signature = f"{chunk_cfg.max_chars}/{chunk_cfg.overlap}/{chunk_cfg.min_chars}"
     if meta.get("chunking") and meta["chunking"] != signature:

@@ -21,129 +21,12 @@ MAX_TERMS = 12
 RRF_K = 60
 
 _STOP = frozenset(
-    [
-        "a",
-        "about",
-        "above",
-        "after",
-        "again",
-        "all",
-        "also",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "because",
-        "been",
-        "before",
-        "being",
-        "below",
-        "between",
-        "both",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "down",
-        "during",
-        "each",
-        "few",
-        "for",
-        "from",
-        "further",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "him",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "itself",
-        "just",
-        "me",
-        "more",
-        "most",
-        "my",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "on",
-        "once",
-        "only",
-        "or",
-        "other",
-        "our",
-        "out",
-        "over",
-        "own",
-        "same",
-        "she",
-        "should",
-        "so",
-        "some",
-        "such",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "very",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "yours",
-        "use",
-        "used",
-        "using",
-        "get",
-    ]
+    """a about above after again all also am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers him his how i if in into is it its itself just me more most my no nor not
+    now of off on once only or other our out over own same she should so some such than that the their
+    them then there these they this those through to too under until up very was we were what when
+    where which while who whom why will with would you your yours use used using get""".split()  # noqa: SIM905
 )
 
 
@@ -191,7 +74,7 @@ class Retriever:
 
     def __init__(
         self, index: str, store: str | None = None, embed_model: str | None = None, runtime: str | None = None,
-        candidates: int = 50,
+        candidates: int = 50, parallel: bool = True,
     ):  # fmt: skip
         self.store: Store = open_store(index, store)
         meta = self.store.meta()
@@ -204,7 +87,9 @@ class Retriever:
             )
         self.runtime = runtime or meta.get("embed_runtime", "onnx")
         self.candidates = candidates
+        self.parallel = parallel
         self._embedder = None
+        self._executor = None
 
     def __enter__(self) -> Retriever:
         return self
@@ -213,7 +98,16 @@ class Retriever:
         self.close()
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self.store.close()
+
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bm25")
+        return self._executor
 
     @property
     def embedder(self):
@@ -238,10 +132,19 @@ class Retriever:
         filters = filters or Filters()
         started = time.perf_counter()
         depth = max(k, self.candidates) if mode == "hybrid" else k
-        text = self.store.search_text(query_terms(query), depth, filters) if mode != "vector" else []
+        terms = query_terms(query)
+        text: list[tuple[int, float]] = []
         vec: list[tuple[int, float]] = []
-        if mode != "bm25":
+        if mode == "hybrid" and self.parallel:
+            # BM25 in a thread while the query is embedded and scored (both release the GIL)
+            pending = self._pool().submit(self.store.search_text, terms, depth, filters)
             vec = self.store.search_vector(self.embedder.encode_query(query), depth, filters)
+            text = pending.result()
+        else:
+            if mode != "vector":
+                text = self.store.search_text(terms, depth, filters)
+            if mode != "bm25":
+                vec = self.store.search_vector(self.embedder.encode_query(query), depth, filters)
         ranked = _fuse(text, vec, k) if mode == "hybrid" else (text or vec)[:k]
         chunks = self.store.chunks([cid for cid, _ in ranked])
         bm25_rank = {cid: i + 1 for i, (cid, _) in enumerate(text)}

@@ -64,6 +64,7 @@ class SqliteStore(Store):
         self._ids: np.ndarray | None = None
         self._version: int | None = None
         self._in_tx = False
+        self._text: sqlite3.Connection | None = None
         exists = self.path.exists() and self.path.stat().st_size > 0
         if not exists and not create:
             raise SlmError(f"no index at {self.path}: build it with `slm rag index PATH... --index NAME`")
@@ -172,6 +173,7 @@ class SqliteStore(Store):
     def search_text(self, terms: list[str], k: int, filters: Filters) -> list[tuple[int, float]]:
         if not terms:
             return []
+        con = self._text_con()
         match = " OR ".join(f'"{t}"' for t in terms)
         # bm25 weights: a hit in the section path (titles) counts twice a hit in the body
         sql = "SELECT rowid, bm25(chunks_fts, 2.0, 1.0) AS s FROM chunks_fts WHERE chunks_fts MATCH ?"
@@ -181,8 +183,19 @@ class SqliteStore(Store):
             sql += f" AND rowid IN (SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE {where})"
             params += fparams
         sql += " ORDER BY s LIMIT ?"
-        rows = self.con.execute(sql, [*params, k]).fetchall()
+        rows = con.execute(sql, [*params, k]).fetchall()
         return [(int(r[0]), -float(r[1])) for r in rows]
+
+    def _text_con(self) -> sqlite3.Connection:
+        """Full-text queries get their own connection, so hybrid search can run them in a thread while
+        the query is embedded and scored against the vectors (WAL lets readers work side by side).
+        Inside a write transaction the main connection is used, to see its uncommitted rows."""
+        if self._in_tx:
+            return self.con
+        if self._text is None:
+            self._text = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._text.create_function("regexp", 2, _regexp, deterministic=True)
+        return self._text
 
     @_guarded
     def search_vector(self, vector: np.ndarray, k: int, filters: Filters) -> list[tuple[int, float]]:
@@ -249,6 +262,8 @@ class SqliteStore(Store):
             if self._in_tx:
                 self.con.execute("ROLLBACK")
             self.con.close()
+            if self._text is not None:
+                self._text.close()
         except sqlite3.Error:
             pass
 
