@@ -34,7 +34,13 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=300)
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--json", help="Also write the rows here.")
+    ap.add_argument(
+        "--oos-model",
+        help="A classifier trained without some of the labels: print its out-of-scope trade-off and exit.",
+    )
     args = ap.parse_args()
+    if args.oos_model:
+        return oos_tradeoff(args)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
 
@@ -136,6 +142,40 @@ def main() -> None:
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def oos_tradeoff(args) -> None:
+    """For a model that never saw some test labels: at thresholds calibrated on its own validation split
+    (flagging 1-10 % of in-scope val texts), the share of unseen-label test texts flagged `oos` and the
+    in-scope test accuracy lost, for both confidence scores."""
+    from slmforge.classify import load_classifier, oos_score, read_examples, stratified_split
+
+    clf = load_classifier(args.oos_model, args.threads)
+    tcfg = clf.meta["config"]
+    texts, labels = read_examples(tcfg["data"], tcfg["text_col"], tcfg["label_col"])
+    _, val_idx = stratified_split(labels, tcfg["val_fraction"], tcfg["seed"])
+    val_logits = clf.logits([texts[i] for i in val_idx])
+    test_x, test_y = read_examples(str(Path(args.data) / "test.csv"), args.text_col, args.label_col)
+    known = {n: i for i, n in enumerate(clf.labels)}
+    test_logits = clf.logits(test_x)
+    unseen = np.array([y not in known for y in test_y])
+    gold = np.array([known.get(y, -1) for y in test_y])
+    pred = test_logits.argmax(1)
+    base_acc = float((pred[~unseen] == gold[~unseen]).mean())
+    print(f"\n{unseen.sum()} test texts of {len(set(np.array(test_y)[unseen]))} unseen labels; "
+          f"{(~unseen).sum()} in scope, accuracy without a threshold {base_acc * 100:.2f} %\n")  # fmt: skip
+    print(
+        "| score | val in-scope flag rate | unseen flagged (oos recall) | in-scope accuracy | drop (points) |"
+    )
+    print("|---|---|---|---|---|")
+    for kind in ("maxprob", "energy"):
+        for rate in (0.01, 0.02, 0.03, 0.05, 0.1):
+            threshold = np.quantile(oos_score(val_logits, kind), rate)
+            flagged = oos_score(test_logits, kind) < threshold
+            recall = float(flagged[unseen].mean())
+            acc = float(((pred == gold) & ~flagged)[~unseen].mean())
+            print(f"| {kind} | {rate * 100:.0f} % | {recall * 100:.1f} % | {acc * 100:.2f} % | "
+                  f"{(base_acc - acc) * 100:.2f} |")  # fmt: skip
 
 
 def _tfidf_lr(texts, y):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import math
 import random
@@ -676,7 +677,9 @@ def read_examples(path: str, text_col: str, label_col: str, encoding: str = "utf
             rows.append((i, obj))
         found = sorted(columns)
     elif p.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+        reader = csv.DictReader(
+            io.StringIO(raw, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ","
+        )
         found = list(reader.fieldnames or [])
         rows = [(i, r) for i, r in enumerate(reader, 2)]
     else:
