@@ -297,7 +297,7 @@ def fine_tune(
                 seen += len(batch)
                 loss_sum += loss.item() * len(batch)
                 elapsed = time.perf_counter() - started
-                b.update(rate=f"{seen / max(elapsed - 0, 1e-9):.0f} ex/s loss {loss_sum / seen:.3f}")
+                b.update(rate=f"{seen / max(elapsed, 1e-9):.0f} ex/s loss {loss_sum / seen:.3f}")
                 b.advance(len(batch))
                 if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
                     break
@@ -524,6 +524,7 @@ def evaluate_classifier(
     from slmforge.fsutil import write_json
     from slmforge.progress import bar
 
+    rss_before = _rss_mb()
     clf = load_classifier(model, threads)
     text_col = text_col or clf.meta.get("text_col", "text")
     label_col = label_col or clf.meta.get("label_col", "label")
@@ -581,7 +582,8 @@ def evaluate_classifier(
         "throughput_per_s": len(texts) / batch_seconds,
         "params": clf.params(),
         "disk_mb": dir_size(clf.path) / 1e6,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the whole process
+        "model_rss_mb": _rss_mb() - rss_before,  # resident memory this model added (load + inference)
     }
     if report_dir:
         rd = Path(report_dir)
@@ -922,6 +924,14 @@ def oos_score(logits: np.ndarray, kind: str) -> np.ndarray:
         m = logits.max(1, keepdims=True)
         return (m + np.log(np.exp(logits - m).sum(1, keepdims=True)))[:, 0]
     return _softmax(logits).max(1)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+    except OSError:
+        return float("nan")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
