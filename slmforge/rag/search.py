@@ -87,7 +87,7 @@ class Retriever:
             )
         self.runtime = runtime or meta.get("embed_runtime", "onnx")
         self.candidates = candidates
-        self.parallel = parallel
+        self.parallel = parallel and self.store.parallel_text_search
         self._embedder = None
         self._executor = None
 

@@ -57,6 +57,8 @@ def _guarded(method):
 
 
 class SqliteStore(Store):
+    parallel_text_search = True  # full-text queries use their own connection
+
     def __init__(self, path: Path, create: bool = False):
         self.path = Path(path)
         self.location = str(self.path)

@@ -87,6 +87,7 @@ class Store(ABC):
     """The few methods the indexer, search, ask and eval need; one class per backend."""
 
     location: str  # shown to users: a file path, or a redacted URL plus the index name
+    parallel_text_search = False  # may search_text run in another thread during search_vector?
 
     @abstractmethod
     def meta(self) -> dict[str, str]: ...
