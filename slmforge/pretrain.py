@@ -108,7 +108,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
 
     dist = _init_distributed(cfg.device)
     out = Path(cfg.out)
-    cfg = _validate(cfg, out)
+    cfg = _validate(cfg, out, world=dist.world)
     device = dist.device
     threads = set_threads(cfg.threads or max(1, _free_cores() // dist.local_world))
     amp = autocast_dtype(device, cfg.precision) if device.type != "mps" else None
@@ -285,7 +285,38 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _validate(cfg: PretrainConfig, out: Path) -> PretrainConfig:
+def launch(cfg: PretrainConfig, procs: int, argv: list[str]) -> int:
+    """Run `slm pretrain` as `procs` data-parallel processes under torchrun, one thread each.
+
+    On CPU, torch's intra-op threads scale poorly on the small matrices of small models: one process per
+    core beats one process with a thread per core (see BENCHMARKS.md). The config is checked here first so
+    bad input fails once, with one line, before any worker starts.
+    """
+    import subprocess
+    import sys
+
+    from slmforge.runtime import free_cores
+
+    if procs < 1:
+        raise SlmError("--procs must be at least 1")
+    if procs > free_cores():
+        raise SlmError(f"--procs {procs} is more than the {free_cores()} free cores")
+    _validate(cfg, Path(cfg.out), world=procs, dry_run=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        "-m",
+        "slmforge.cli",
+        *argv,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, free_cores() // procs))}
+    return subprocess.run(cmd, env=env).returncode
+
+
+def _validate(cfg: PretrainConfig, out: Path, world: int = 1, dry_run: bool = False) -> PretrainConfig:
     """Check the config; on --resume, fields left at their defaults take the run's saved values."""
     if cfg.resume:
         if not (out / "config.json").exists():
@@ -295,7 +326,10 @@ def _validate(cfg: PretrainConfig, out: Path) -> PretrainConfig:
         for f in dataclasses.fields(cfg):
             if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) == getattr(defaults, f.name):
                 cfg = dataclasses.replace(cfg, **{f.name: saved.get(f.name, getattr(cfg, f.name))})
-        mine = {**dataclasses.asdict(cfg), "world_size": int(os.environ.get("WORLD_SIZE", 1))}
+        mine = {
+            **dataclasses.asdict(cfg),
+            "world_size": world,
+        }
         changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
@@ -326,7 +360,7 @@ def _validate(cfg: PretrainConfig, out: Path) -> PretrainConfig:
         from slmforge.model import depth_from
 
         depth_from(cfg.depth)
-    if not cfg.resume and out.exists() and int(os.environ.get("RANK", 0)) == 0:
+    if not dry_run and not cfg.resume and out.exists() and int(os.environ.get("RANK", 0)) == 0:
         import shutil
 
         shutil.rmtree(out)  # --overwrite, checked above
