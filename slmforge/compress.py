@@ -146,7 +146,7 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     if cfg.layers is not None:
         drop_layers(student, cfg.layers)
     if cfg.trim_vocab:
-        student, tokenizer = trim_vocab(student, tokenizer, all_texts)
+        student, tokenizer = trim_vocab(student, tokenizer, all_texts + val_texts)
     train_ids = _tokenize(tokenizer, all_texts, max_len)
     val_ids = _tokenize(tokenizer, val_texts, max_len)
     if cfg.student is not None:  # a fresh head: start from a logistic regression on its frozen features
