@@ -2,7 +2,11 @@
 same data in the same order, same optimizer settings and schedule, equal steps.
 
     python benchmarks/train_throughput.py                     # depths 4 (~5M) and 8 (~28M), 30 steps each
-    python benchmarks/train_throughput.py --depths 4 --steps 20 --no-compile
+    python benchmarks/train_throughput.py --depths 4 --steps 20 --procs 1 --no-compile
+
+HF Trainer runs as users run it (one process, torch's intra-op threads on every free core, fp32: on
+AVX2-only CPUs bf16 is ~100x slower); slmforge runs as `slm pretrain --procs 2 --compile` at the same
+global batch (--batch-size / procs per process), so the data order and the losses are the same.
 
 Reports steady-state tokens/s (the first --skip steps excluded from both: they hold torch.compile's one-off
 compilation and allocator warm-up), MFU against this machine's measured matmul peak, the mean loss of the
@@ -35,7 +39,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="threads for HF Trainer (default: free cores)")
+    ap.add_argument("--procs", type=int, default=2, help="slm pretrain --procs (one thread each)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -47,12 +52,23 @@ def main() -> None:
     for depth in args.depths:
         hf = _run_trainer(data, tok, depth, args)
         ours = _run_slmforge(data, tok, depth, args)
-        rows.append({"depth": depth, "params_m": ours["params"] / 1e6, "threads": threads,
-                     "trainer_tokens_per_s": hf["tokens_per_s"], "slmforge_tokens_per_s": ours["tokens_per_s"],
-                     "speedup": ours["tokens_per_s"] / hf["tokens_per_s"], "trainer_final_loss": hf["final_loss"],
-                     "slmforge_final_loss": ours["final_loss"], "slmforge_mfu": ours["mfu"],
-                     "trainer_mfu": ours["mfu"] * hf["tokens_per_s"] / ours["tokens_per_s"],
-                     "compile_s": ours["first_steps_s"], "compile": args.compile})
+        rows.append(
+            {
+                "depth": depth,
+                "params_m": ours["params"] / 1e6,
+                "threads": threads,
+                "trainer_tokens_per_s": hf["tokens_per_s"],
+                "slmforge_tokens_per_s": ours["tokens_per_s"],
+                "speedup": ours["tokens_per_s"] / hf["tokens_per_s"],
+                "trainer_final_loss": hf["final_loss"],
+                "slmforge_final_loss": ours["final_loss"],
+                "slmforge_mfu": ours["mfu"],
+                "procs": args.procs,
+                "trainer_mfu": ours["mfu"] * hf["tokens_per_s"] / ours["tokens_per_s"],
+                "compile_s": ours["first_steps_s"],
+                "compile": args.compile,
+            }
+        )
         _print(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -78,23 +94,56 @@ def _inputs(data: str | None, tokenizer: str | None) -> tuple[str, str]:
 
 
 def _run_slmforge(data: str, tok: str, depth: int, args) -> dict:
-    from slmforge.pretrain import PretrainConfig, pretrain
+    """`slm pretrain` exactly as a user runs it: --procs processes (one thread each), same global batch."""
+    import os
+    import subprocess
 
-    out = Path(tempfile.mkdtemp(prefix=f"bench-d{depth}-"))
-    cfg = PretrainConfig(data=data, tokenizer=tok, out=str(out), depth=str(depth), seq_len=args.seq_len,
-                         batch_size=args.batch_size, max_steps=args.steps, eval_every=10**9,
-                         checkpoint_every=10**9, compile=args.compile, precision="fp32", threads=args.threads,
-                         overwrite=True, log_every=5)
-    result = pretrain(cfg, progress=False)
+    out = Path(tempfile.mkdtemp(prefix=f"bench-d{depth}-")) / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "slmforge.cli",
+        "pretrain",
+        "--data",
+        data,
+        "--tokenizer",
+        tok,
+        "--out",
+        str(out),
+        "--depth",
+        str(depth),
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(args.batch_size // args.procs),
+        "--max-steps",
+        str(args.steps),
+        "--eval-every",
+        str(10**9),
+        "--checkpoint-every",
+        str(10**9),
+        "--precision",
+        "fp32",
+        "--log-every",
+        "5",
+        "--procs",
+        str(args.procs),
+        "--compile" if args.compile else "--no-compile",
+    ]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     steady = steps[args.skip :]
     tokens = args.batch_size * args.seq_len
-    return {"params": result.params,
-            "tokens_per_s": tokens * len(steady) / sum(r["dt_ms"] / 1000 for r in steady),
-            "final_loss": statistics.mean(r["loss"] for r in steps[-5:]),
-            "mfu": statistics.mean(r["mfu"] for r in steady),
-            "first_steps_s": sum(r["dt_ms"] for r in steps[: args.skip]) / 1000}
+    params = json.loads((out / "slmforge.json").read_text())["metrics"]["params"]
+    return {
+        "params": params,
+        "tokens_per_s": tokens * len(steady) / sum(r["dt_ms"] / 1000 for r in steady),
+        "final_loss": statistics.mean(r["loss"] for r in steps[-5:]),
+        "mfu": statistics.mean(r["mfu"] for r in steady),
+        "first_steps_s": sum(r["dt_ms"] for r in steps[: args.skip]) / 1000,
+    }
 
 
 def _run_trainer(data: str, tok_dir: str, depth: int, args) -> dict:
@@ -110,7 +159,9 @@ def _run_trainer(data: str, tok_dir: str, depth: int, args) -> dict:
     order = np.concatenate([batch_windows(s, args.batch_size, len(windows), 0) for s in range(args.steps)])
     spec = ladder(depth, len(tok), args.seq_len)
     torch.manual_seed(0)  # the same init as slmforge's loop (seed 0, model built right after seeding)
-    model = LlamaForCausalLM(build_config(spec, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
+    model = LlamaForCausalLM(
+        build_config(spec, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    )
 
     class Ordered(torch.utils.data.Dataset):
         def __len__(self):
@@ -150,25 +201,43 @@ def _run_trainer(data: str, tok_dir: str, depth: int, args) -> dict:
                 losses.append(logs["loss"])
 
     targs = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps, learning_rate=spec.lr, weight_decay=0.1, adam_beta1=0.9,
-        adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, logging_steps=1, report_to=[],
-        save_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, bf16=False,
-        disable_tqdm=True, seed=0,
+        output_dir=tempfile.mkdtemp(prefix="bench-hf-"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=spec.lr,
+        weight_decay=0.1,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        bf16=False,
+        disable_tqdm=True,
+        seed=0,
     )
     InOrder(model=model, args=targs, train_dataset=Ordered(), callbacks=[Clock()]).train()
     steady = times[args.skip :]
-    return {"tokens_per_s": args.batch_size * args.seq_len * len(steady) / sum(steady),
-            "final_loss": statistics.mean(losses[-5:])}
+    return {
+        "tokens_per_s": args.batch_size * args.seq_len * len(steady) / sum(steady),
+        "final_loss": statistics.mean(losses[-5:]),
+    }
 
 
 def _print(rows: list[dict]) -> None:
-    print("\n| depth | params | HF Trainer tok/s | slmforge tok/s | ratio | Trainer loss | slmforge loss | MFU (slmforge) |")
+    print(
+        "\n| depth | params | HF Trainer tok/s | slmforge tok/s | ratio | Trainer loss | slmforge loss | MFU (slmforge) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['depth']} | {r['params_m']:.1f}M | {r['trainer_tokens_per_s']:,.0f} | "
-              f"{r['slmforge_tokens_per_s']:,.0f} | **{r['speedup']:.2f}×** | {r['trainer_final_loss']:.3f} | "
-              f"{r['slmforge_final_loss']:.3f} | {r['slmforge_mfu'] * 100:.1f}% |")
+        print(
+            f"| {r['depth']} | {r['params_m']:.1f}M | {r['trainer_tokens_per_s']:,.0f} | "
+            f"{r['slmforge_tokens_per_s']:,.0f} | **{r['speedup']:.2f}×** | {r['trainer_final_loss']:.3f} | "
+            f"{r['slmforge_final_loss']:.3f} | {r['slmforge_mfu'] * 100:.1f}% |"
+        )
     sys.stdout.flush()
 
 

@@ -600,6 +600,7 @@ class _Logger:
     def __init__(self, out: Path, enabled: bool, total_steps: int, progress: bool, every: int = 1):
         self.out, self.enabled, self.total, self.every = out, enabled, total_steps, every
         self.last_val_step = self.last_ckpt_step = -1
+        self.last_elapsed = 0.0
         self.dt_ema = None
         self._bar_cm = self._bar = None
         self._file = open(out / "metrics.jsonl", "a") if enabled else None
@@ -625,6 +626,7 @@ class _Logger:
     def step(self, step, loss, lr, grad_norm, dt, tokens, flops_tok, peak, elapsed, max_minutes) -> None:
         if not self.enabled:
             return
+        self.last_elapsed = elapsed
         self.dt_ema = dt if self.dt_ema is None else 0.9 * self.dt_ema + 0.1 * dt
         eta = (self.total - step) * self.dt_ema
         if max_minutes:
@@ -656,7 +658,8 @@ class _Logger:
         self.last_val_step = step
         if not self.enabled:
             return
-        self._file.write(json.dumps({"step": step, "val_loss": m["loss"], "val_bpb": m["bpb"]}) + "\n")
+        rec = {"step": step, "val_loss": m["loss"], "val_bpb": m["bpb"], "elapsed_s": self.last_elapsed}
+        self._file.write(json.dumps(rec) + "\n")
         self._file.flush()
         self.console.print(
             f"step {step:>6} | val loss {m['loss']:.4f} | val bpb {m['bpb']:.4f} | "
