@@ -638,6 +638,7 @@ def rightsize_cmd(
     heal_epochs: int = typer.Option(3, "--heal-epochs"),
     text_col: str = typer.Option("text", "--text-col"),
     label_col: str = typer.Option("label", "--label-col"),
+    latency_queries: int = typer.Option(200, "--latency-queries", help="Single queries timed per rung."),
     threads: int | None = _THREADS,
 ) -> None:
     """Build a ladder of smaller models (pruned, distilled, int8), evaluate each, pick the smallest that
@@ -665,6 +666,7 @@ def rightsize_cmd(
             heal_epochs=heal_epochs,
             text_col=text_col,
             label_col=label_col,
+            latency_queries=latency_queries,
             threads=threads,
         )
     )
@@ -906,6 +908,9 @@ def eval_(
     unseen_as_oos: bool = typer.Option(
         False, "--unseen-as-oos", help="Classification: score labels the model never saw as `oos`."
     ),
+    latency_queries: int = typer.Option(
+        200, "--latency-queries", help="Classification: single queries timed for p50/p95."
+    ),
 ) -> None:
     """Evaluate models side by side: perplexity (loss, bits per byte, change vs the first) or classification."""
     from rich.table import Table
@@ -926,6 +931,7 @@ def eval_(
             label_col=label_col,
             report_dir=report_dir,
             unseen_as_oos=unseen_as_oos,
+            latency_queries=latency_queries,
         )
     )
     if task == "classification":

@@ -43,6 +43,8 @@ class EvalConfig:
     """Classification: write metrics.json, per_class.json and confusion.png here (one subdir per row)."""
     unseen_as_oos: bool = False
     """Classification: score labels the model never saw as out-of-scope instead of refusing the file."""
+    latency_queries: int = 200
+    """Classification: single queries timed for the p50 / p95 latency."""
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> list[dict]:
@@ -134,6 +136,7 @@ def _evaluate_classification(cfg: EvalConfig, progress: bool) -> list[dict]:
                     label_col=cfg.label_col,
                     report_dir=report,
                     unseen_as_oos=cfg.unseen_as_oos,
+                    latency_queries=cfg.latency_queries,
                     batch_size=64,  # throughput is reported for batches of 64
                     threads=cfg.threads,
                     progress=progress,

@@ -81,7 +81,16 @@ def test_cli_predict_and_eval(trained, slm_cli, tmp_path):
     assert json.loads(out.splitlines()[0])["label"] in ("card_arrival", "oos")
     report = tmp_path / "report"
     code, out, err = slm_cli(
-        "eval", trained.model_dir, "--task", "classification", "--data", TEST, "--report-dir", report
+        "eval",
+        trained.model_dir,
+        "--task",
+        "classification",
+        "--data",
+        TEST,
+        "--report-dir",
+        report,
+        "--latency-queries",
+        "10",
     )
     assert code == 0, err
     assert "accuracy" in out and "p50 ms" in out
