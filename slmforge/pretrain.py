@@ -652,7 +652,9 @@ class _Logger:
             )
             self.console.print(line, highlight=False)
         if self._bar is not None:
-            self._bar.update(completed=step, rate=f"{tok_s:,.0f} tok/s")
+            # under --max-minutes the run ends at the time limit: size the bar by the steps that fit in it
+            total = min(self.total, step + round(eta / self.dt_ema)) if max_minutes else self.total
+            self._bar.update(completed=step, total=total, rate=f"{tok_s:,.0f} tok/s")
 
     def val(self, step, m) -> None:
         self.last_val_step = step

@@ -80,21 +80,9 @@ def _tokenize_split(path: Path, tokenizer, out: Path, split: str, dtype, eos: in
         bar(f"tokenize {split}", total=size, unit="B", enabled=progress) as b,
     ):
         batch: list[str] = []
-        for line in f:
-            b.advance(len(line.encode("utf-8")))
-            batch.append(json.loads(line)["text"])
-            if len(batch) == 256:
-                n, nb = _encode(batch, tokenizer, eos, buf)
-                n_buf, total_tokens, total_bytes, docs = (
-                    n_buf + n,
-                    total_tokens + n,
-                    total_bytes + nb,
-                    docs + len(batch),
-                )
-                batch = []
-                if n_buf >= SHARD_TOKENS:
-                    flush()
-        if batch:
+
+        def encode_batch():
+            nonlocal n_buf, total_tokens, total_bytes, docs, batch
             n, nb = _encode(batch, tokenizer, eos, buf)
             n_buf, total_tokens, total_bytes, docs = (
                 n_buf + n,
@@ -102,6 +90,17 @@ def _tokenize_split(path: Path, tokenizer, out: Path, split: str, dtype, eos: in
                 total_bytes + nb,
                 docs + len(batch),
             )
+            batch = []
+
+        for line in f:
+            b.advance(len(line.encode("utf-8")))
+            batch.append(json.loads(line)["text"])
+            if len(batch) == 256:
+                encode_batch()
+                if n_buf >= SHARD_TOKENS:
+                    flush()
+        if batch:
+            encode_batch()
         flush()
     return {"shards": shards, "tokens": total_tokens, "bytes": total_bytes, "documents": docs}
 
