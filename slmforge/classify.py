@@ -108,8 +108,6 @@ class ClassifyResult:
 
 def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> ClassifyResult:
     """Train a classifier as described in the module docstring; return where it went and how it did."""
-    import torch
-
     from slmforge import workspace
     from slmforge.fsutil import atomic_dir, write_json
     from slmforge.runtime import set_threads
@@ -139,7 +137,7 @@ def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> Classif
     y_val = np.array([label_id[y] for y in val_labels])
 
     _seed_everything(cfg.seed)
-    model, tokenizer, base_dir = _build(cfg.base, label_names)
+    model, tokenizer, _ = _build(cfg.base, label_names)
     train_ids = _tokenize(tokenizer, train_texts, cfg.max_len)
     val_ids = _tokenize(tokenizer, val_texts, cfg.max_len)
     log: list[dict] = []
@@ -214,7 +212,6 @@ def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> Classif
     workspace.register(
         "model", out, source=f"classify:{cfg.base}", data_hash=_data_hash(cfg.data), metrics=metrics
     )
-    del base_dir, torch
     return ClassifyResult(
         model_dir=str(out),
         labels=label_names,

@@ -77,12 +77,11 @@ def prune(cfg: CompressConfig, progress: bool = True) -> dict:
 
 
 def distill(cfg: CompressConfig, progress: bool = True) -> dict:
-    """Teach `cfg.student` (default: the teacher's own base encoder) the teacher's logits."""
+    """Teach `cfg.student` (an encoder: catalog name or dir) the teacher's logits, with a fresh head."""
     return compress(cfg, progress)
 
 
 def compress(cfg: CompressConfig, progress: bool = True) -> dict:
-    import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -224,7 +223,6 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
                 f.write(json.dumps(row) + "\n")
     kind = "distill" if cfg.student else "prune"
     workspace.register("model", out, source=f"{kind}:{teacher_dir}", metrics=metrics)
-    del torch
     return {"out": str(out), "epochs_run": epochs_run, **metrics}
 
 
