@@ -10,7 +10,7 @@ import pytest
 
 from slmforge import workspace
 from slmforge.classify import ClassifyTrainConfig, predict, train_classifier
-from slmforge.compress import CompressConfig, prune, trim_vocab
+from slmforge.compress import CompressConfig, distill, prune, trim_vocab
 from slmforge.errors import SlmError
 from slmforge.rightsize import RightsizeConfig, parse_target, rightsize
 
@@ -46,6 +46,21 @@ def test_prune_drops_layers_and_vocabulary(teacher, tmp_path):
     labels = {r["label"] for r in predict(m["out"], ["where is my card", "top up failed", "zzz qqq"])}
     assert labels <= {"card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"}
     assert workspace.read_manifest(m["out"])["source"].startswith("prune:")
+
+
+def test_distill_into_a_one_layer_student(teacher, tmp_path, slm_cli):
+    code, out, err = slm_cli("distill", teacher, "--data", TRAIN, "--out", tmp_path / "d", "--student", "minilm-l6",
+                             "--layers", "1", "--epochs", "1", "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    manifest = workspace.read_manifest(tmp_path / "d")
+    assert manifest["source"].startswith("distill:") and manifest["metrics"]["layers"] == 1
+    assert len(predict(str(tmp_path / "d"), ["where is my card"])) == 1
+    with pytest.raises(SlmError, match="not a torch classifier"):
+        distill(
+            CompressConfig(
+                teacher=str(tmp_path), data=str(TRAIN), out=str(tmp_path / "e"), student="minilm-l6"
+            )
+        )
 
 
 def test_trimmed_vocabulary_tokenizes_training_texts_identically():
