@@ -1018,20 +1018,21 @@ def quickstart(
     if corpus:
         cfg.corpus = corpus
     s = run(cfg)
-    table = Table(title="slmforge quickstart")
-    for col in ("model", "params", "domain perplexity", "bits/byte", "change"):
+    table = Table(title="slmforge quickstart: held-out Python docs")
+    for col in ("model", "params", "perplexity", "bits/byte", "vs base"):
         table.add_column(col, overflow="fold")
-    params = {s["scratch"].model_dir: s["scratch"].params}
     for r in s["eval"]:
-        p = params.get(r["model"])
+        p = s["params"].get(r["model"])
+        change = (
+            f"{r['perplexity_change'] * 100:+.1f}% perplexity"
+            if r["model"].endswith("continued/model")
+            else ""
+        )
         table.add_row(
-            r["model"],
-            f"{p / 1e6:.1f}M" if p else "",
-            f"{r['perplexity']:.2f}",
-            f"{r['bpb']:.4f}",
-            f"{r['perplexity_change'] * 100:+.1f}%",
+            r["model"], f"{p / 1e6:.1f}M" if p else "", f"{r['perplexity']:.2f}", f"{r['bpb']:.4f}", change
         )
     out.print(table)
+    out.print("bits/byte compares models with different tokenizers; perplexity only within one tokenizer")
     for model, text in s["samples"].items():
         out.print(f"[bold]{model}[/bold] ▸ {cfg.prompt}[cyan]{text}[/cyan]", highlight=False)
     out.print(

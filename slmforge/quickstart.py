@@ -113,7 +113,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         summary["continue_s"] = time.perf_counter() - t
 
     t = stage("5/5 evaluate and generate")
-    models = [scratch.model_dir] + ([cfg.base, cpt.model_dir] if cpt else [])
+    # the base comes first, so the change column reads "continued vs base"; bits per byte compares all three
+    models = ([cfg.base, cpt.model_dir] if cpt else []) + [scratch.model_dir]
     rows = evaluate(
         EvalConfig(
             models=models,
@@ -128,6 +129,9 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         samples[name] = generate(
             GenerateConfig(model=name, prompt=cfg.prompt, chat=False, max_new_tokens=40, threads=cfg.threads)
         )
+    summary["params"] = {scratch.model_dir: scratch.params}
+    if cpt:
+        summary["params"].update({cfg.base: cpt.params, cpt.model_dir: cpt.params})
     summary.update(
         eval=rows, samples=samples, total_s=time.perf_counter() - t_all, eval_s=time.perf_counter() - t
     )

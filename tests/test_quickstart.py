@@ -37,11 +37,9 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     )
     assert s["scratch"].steps >= 1 and (tmp_path / "qs" / "scratch" / "model" / "model.safetensors").exists()
     assert (tmp_path / "qs" / "continued" / "model" / "config.json").exists()
-    assert [r["model"] for r in s["eval"]] == [
-        s["scratch"].model_dir,
-        str(tiny_model_dir),
-        str(tmp_path / "qs" / "continued" / "model"),
-    ]
+    continued = str(tmp_path / "qs" / "continued" / "model")
+    assert [r["model"] for r in s["eval"]] == [str(tiny_model_dir), continued, s["scratch"].model_dir]
+    assert s["params"][continued] == s["params"][str(tiny_model_dir)]
     assert all(r["perplexity"] > 1 for r in s["eval"])
     assert len(s["samples"]) == 2
     kinds = [a.kind for a in workspace.list_artifacts()]
