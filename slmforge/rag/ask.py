@@ -3,8 +3,9 @@ numbered citations, or say "I don't know" when retrieval finds nothing relevant.
 
 The relevance gate is the best cosine similarity between the question and any chunk: below
 `min_cosine` the model is not even asked (a small model given unrelated sources still invents).
-The default threshold was calibrated on the Python-docs question set (benchmarks/data/README.md):
-the value that keeps most answerable questions while abstaining on the unanswerable ones.
+The default threshold (0.35) is provisional, picked from a handful of MiniLM queries: `benchmarks/rag.py
+eval` prints, per threshold, the share of answerable questions let through and of unanswerable ones
+stopped on the Python-docs question set, which is where it is to be calibrated (not yet run).
 Citations are the model's own `[n]` when it writes them; when it writes none, the answer is attributed
 to the source sharing the most content words with it, and `model_cited` says so.
 """
@@ -20,7 +21,7 @@ from slmforge.errors import SlmError
 from slmforge.rag.search import Hit, Retriever, query_terms
 from slmforge.rag.store import Filters
 
-DEFAULT_MIN_COSINE = 0.35  # all-MiniLM-L6-v2 on the Python docs; see benchmarks/results/rag.md
+DEFAULT_MIN_COSINE = 0.35  # all-MiniLM-L6-v2; provisional until benchmarks/rag.py eval calibrates it
 IDK = "I don't know"
 SYSTEM = (
     "Answer the question using only the numbered sources. Cite the sources you use like [1]. "
