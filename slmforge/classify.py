@@ -10,7 +10,7 @@
    (SetFit-style), then a fresh logistic-regression head on the tuned embeddings: no end-to-end step;
 3. otherwise fine-tunes encoder and head end to end: AdamW, layer-wise learning-rate decay, label
    smoothing, warmup then linear decay, length-bucketed batches with dynamic padding; validation
-   accuracy and macro-F1 after every epoch, the best epoch kept, early stopping;
+   accuracy and macro-F1 after every epoch, the best epoch kept (epoch 0 = the initial head), early stopping;
 4. optional out-of-scope detection: a threshold on the model's confidence, calibrated on the
    validation split, below which `predict` answers `oos`;
 5. saves an HF directory (`AutoModelForSequenceClassification` with `trust_remote_code=True`, or
@@ -163,7 +163,10 @@ def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> Classif
         if cfg.head_init == "lr":
             head.load_into(model.classifier)
         # 3. end-to-end fine-tuning
-        best_epoch, epochs_run = fine_tune(model, train_ids, y_train, val_ids, y_val, cfg, log, progress)
+        best_epoch, epochs_run = fine_tune(
+            model, train_ids, y_train, val_ids, y_val, cfg, log, progress,
+            initial_val_accuracy=frozen_acc if cfg.head_init == "lr" else None,
+        )  # fmt: skip
 
     model.eval()
     val_logits = logits_of(model, val_ids) if len(val_ids) else np.zeros((0, len(label_names)))
@@ -240,6 +243,7 @@ def fine_tune(
     teacher_logits: np.ndarray | None = None,
     temperature: float = 2.0,
     alpha: float = 0.5,
+    initial_val_accuracy: float | None = None,
 ) -> tuple:
     """End-to-end training; returns (best epoch, epochs run) and leaves the best epoch's weights loaded.
 
@@ -261,6 +265,9 @@ def fine_tune(
     labels_t = torch.as_tensor(y_train)
     teacher_t = torch.as_tensor(teacher_logits) if teacher_logits is not None else None
     best_acc, best_epoch, best_state, stale, step = -1.0, 0, None, 0, 0
+    if initial_val_accuracy is not None and len(val_ids):  # the starting point is a candidate too (epoch 0)
+        best_acc = initial_val_accuracy
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     started = time.perf_counter()
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
