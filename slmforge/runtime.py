@@ -25,7 +25,9 @@ def set_threads(threads: int | None = None) -> int:
     if threads is None or threads <= 0:
         threads = cores
     if threads > cores:
-        warnings.warn(f"{threads} threads asked for but only {cores} cores are free; using {cores}", stacklevel=2)
+        warnings.warn(
+            f"{threads} threads asked for but only {cores} cores are free; using {cores}", stacklevel=2
+        )
         threads = cores
     torch.set_num_threads(threads)
     return threads

@@ -69,8 +69,17 @@ def register(
     path = Path(path).resolve()
     art = Artifact(kind, name or path.name, str(path), time.time(), source, data_hash, metrics or {})
     if path.is_dir():
-        write_json(path / MANIFEST, {"kind": kind, "name": art.name, "created": art.created,
-                                     "source": source, "data_hash": data_hash, "metrics": art.metrics})
+        write_json(
+            path / MANIFEST,
+            {
+                "kind": kind,
+                "name": art.name,
+                "created": art.created,
+                "source": source,
+                "data_hash": data_hash,
+                "metrics": art.metrics,
+            },
+        )
     with connect() as con:
         con.execute("DELETE FROM artifacts WHERE path = ?", (art.path,))
         con.execute(
@@ -83,7 +92,9 @@ def register(
 def list_artifacts(kind: str | None = None) -> list[Artifact]:
     with connect() as con:
         q = "SELECT kind, name, path, created, source, data_hash, metrics FROM artifacts"
-        rows = con.execute(q + (" WHERE kind = ?" if kind else "") + " ORDER BY created", (kind,) if kind else ())
+        rows = con.execute(
+            q + (" WHERE kind = ?" if kind else "") + " ORDER BY created", (kind,) if kind else ()
+        )
         return [Artifact(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
 
