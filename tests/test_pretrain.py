@@ -107,13 +107,13 @@ def test_continued_pretraining_from_an_hf_model(tiny_corpus_dir, tiny_model_dir,
 _KILL_AT_STEP_8 = textwrap.dedent(
     """
     import os, signal, sys
-    from slmforge import pretrain as p
-    original = p._Logger.step
+    from slmforge import telemetry as t
+    original = t.StepLogger.step
     def step(self, step, *a, **kw):
         original(self, step, *a, **kw)
         if step == 8:
             os.kill(os.getpid(), signal.SIGKILL)
-    p._Logger.step = step
+    t.StepLogger.step = step
     sys.argv = ["slm"] + sys.argv[1:]
     from slmforge.cli import main
     main()
