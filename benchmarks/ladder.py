@@ -10,15 +10,11 @@ train_throughput.py. Prints a table of the final val bpb per rung and writes the
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import _inputs  # noqa: E402
+from train_throughput import _inputs, run_pretrain  # noqa: E402
 
 
 def main() -> None:
@@ -34,37 +30,11 @@ def main() -> None:
     data, tok = _inputs(args.data, args.tokenizer)
     curves = {}
     for depth in args.depths:
-        out = Path(tempfile.mkdtemp(prefix=f"ladder-d{depth}-")) / "run"
-        cmd = [
-            sys.executable,
-            "-m",
-            "slmforge.cli",
-            "pretrain",
-            "--data",
-            data,
-            "--tokenizer",
-            tok,
-            "--out",
-            str(out),
-            "--depth",
-            str(depth),
-            "--max-minutes",
-            str(args.minutes),
-            "--eval-every",
-            str(args.eval_every),
-            "--checkpoint-every",
-            "1000000",
-            "--log-every",
-            "10",
-            "--procs",
-            str(args.procs),
-            "--batch-size",
-            str(16 // args.procs),
-        ]
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        params = json.loads((out / "slmforge.json").read_text())["metrics"]["params"]
+        rows, params = run_pretrain(data, tok, depth, [
+            "--max-minutes", str(args.minutes), "--eval-every", str(args.eval_every),
+            "--checkpoint-every", "1000000", "--log-every", "10", "--procs", str(args.procs),
+            "--batch-size", str(16 // args.procs),
+        ])  # fmt: skip
         steps = max(r["step"] for r in rows)
         curves[depth] = {
             "params": params,

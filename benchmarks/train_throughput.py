@@ -93,50 +93,31 @@ def _inputs(data: str | None, tokenizer: str | None) -> tuple[str, str]:
     return data, tokenizer
 
 
-def _run_slmforge(data: str, tok: str, depth: int, args) -> dict:
-    """`slm pretrain` exactly as a user runs it: --procs processes (one thread each), same global batch."""
+def run_pretrain(data: str, tok: str, depth: int, flags: list[str]) -> tuple[list[dict], int]:
+    """Run `slm pretrain --depth D FLAGS` in a fresh temp run dir; return its metrics.jsonl rows and params."""
     import os
     import subprocess
 
     out = Path(tempfile.mkdtemp(prefix=f"bench-d{depth}-")) / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "slmforge.cli",
-        "pretrain",
-        "--data",
-        data,
-        "--tokenizer",
-        tok,
-        "--out",
-        str(out),
-        "--depth",
-        str(depth),
-        "--seq-len",
-        str(args.seq_len),
-        "--batch-size",
-        str(args.batch_size // args.procs),
-        "--max-steps",
-        str(args.steps),
-        "--eval-every",
-        str(10**9),
-        "--checkpoint-every",
-        str(10**9),
-        "--precision",
-        "fp32",
-        "--log-every",
-        "5",
-        "--procs",
-        str(args.procs),
-        "--compile" if args.compile else "--no-compile",
-    ]
+    cmd = [sys.executable, "-m", "slmforge.cli", "pretrain", "--data", data, "--tokenizer", tok,
+           "--out", str(out), "--depth", str(depth), *flags]  # fmt: skip
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "slmforge.json").read_text())["metrics"]["params"]
+
+
+def _run_slmforge(data: str, tok: str, depth: int, args) -> dict:
+    """`slm pretrain` exactly as a user runs it: --procs processes (one thread each), same global batch."""
+    rows, params = run_pretrain(data, tok, depth, [
+        "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size // args.procs),
+        "--max-steps", str(args.steps), "--eval-every", str(10**9), "--checkpoint-every", str(10**9),
+        "--precision", "fp32", "--log-every", "5", "--procs", str(args.procs),
+        "--compile" if args.compile else "--no-compile",
+    ])  # fmt: skip
     steps = [r for r in rows if "loss" in r]
     steady = steps[args.skip :]
     tokens = args.batch_size * args.seq_len
-    params = json.loads((out / "slmforge.json").read_text())["metrics"]["params"]
     return {
         "params": params,
         "tokens_per_s": tokens * len(steady) / sum(r["dt_ms"] / 1000 for r in steady),
