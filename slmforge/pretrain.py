@@ -106,13 +106,13 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
     from transformers import AutoTokenizer
 
     from slmforge.data.tokens import open_windows, prepare_tokens
-    from slmforge.runtime import autocast_dtype, set_threads
+    from slmforge.runtime import autocast_dtype, free_cores, set_threads
 
     dist = _init_distributed(cfg.device)
     out = Path(cfg.out)
     cfg = _validate(cfg, out, world=dist.world)
     device = dist.device
-    threads = set_threads(cfg.threads or max(1, _free_cores() // dist.local_world))
+    threads = set_threads(cfg.threads or max(1, free_cores() // dist.local_world))
     amp = autocast_dtype(device, cfg.precision) if device.type != "mps" else None
     torch.manual_seed(cfg.seed)
 
@@ -426,12 +426,6 @@ def _available_ram() -> int | None:
     except OSError:
         pass
     return None
-
-
-def _free_cores() -> int:
-    from slmforge.runtime import free_cores
-
-    return free_cores()
 
 
 def _total_steps(cfg: PretrainConfig, spec, tokens_per_step: int, n_windows: int) -> int:
