@@ -1,0 +1,253 @@
+"""serve.yaml as typed dataclasses, validated at startup with one-line errors.
+
+```yaml
+host: 127.0.0.1
+port: 8000
+threads: 1                      # torch / ONNX threads per worker (default: the free cores)
+auth:
+  open_on_loopback: []          # endpoints served without a key, to loopback clients only (e.g. [models])
+limits:
+  max_body_bytes: 1048576       # 413 above
+  max_tokens: 512               # cap on a request's max_tokens (400 above)
+  max_inputs: 256               # texts in one classify / embeddings request (400 above)
+  rate_per_minute: 600          # per key (a key may carry its own); 429 with Retry-After above
+  burst: 60
+  timeout_s: 60                 # per request; 504 after
+  queue_size: 64                # requests admitted (running + waiting); 503 above
+  generation_workers: 2         # generations decoded at once; the rest wait in the queue
+audit:
+  store_prompts: false          # when true, prompts are stored PII-redacted
+guard: null                     # a slmforge.guard config (block / redact / flag per route)
+pipelines: null                 # a pipelines YAML file (slmforge.pipeline)
+models:
+  - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}
+  - {name: intents, kind: classify, path: models/intents, batch: {max_size: 32, max_wait_ms: 5}}
+  - {name: minilm, kind: embeddings, path: minilm-l6, runtime: onnx}
+  - {name: docs, kind: rag, index: docs, generator: smollm}
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmforge.errors import SlmError
+
+KINDS = ("chat", "classify", "embeddings", "rag")
+# what a scope names: one per endpoint family (chat covers /v1/chat/completions, completions /v1/completions)
+ENDPOINTS = ("models", "chat", "completions", "embeddings", "classify", "rag", "pipelines", "metrics")
+
+
+@dataclass
+class AuthConfig:
+    open_on_loopback: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LimitsConfig:
+    max_body_bytes: int = 1 << 20
+    max_tokens: int = 512
+    max_inputs: int = 256
+    rate_per_minute: int = 600
+    burst: int = 60
+    timeout_s: float = 60.0
+    queue_size: int = 64
+    generation_workers: int = 2
+
+
+@dataclass
+class AuditConfig:
+    store_prompts: bool = False
+
+
+@dataclass
+class BatchConfig:
+    max_size: int = 32
+    max_wait_ms: float = 5.0
+
+
+@dataclass
+class ModelConfig:
+    """One served model. chat: a causal LM (catalog name, directory or .gguf); classify: a directory from
+    `slm classify train` / export; embeddings: a sentence-transformers model; rag: an index answered by
+    `generator` (a chat model's name here, or a model path)."""
+
+    name: str
+    kind: str
+    path: str = ""
+    max_new_tokens: int = 128
+    runtime: str = "onnx"  # embeddings: onnx | onnx-int8 | torch
+    index: str = ""
+    generator: str = ""
+    store: str | None = None
+    batch: BatchConfig = field(default_factory=BatchConfig)
+
+
+@dataclass
+class ServeConfig:
+    models: list[ModelConfig] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    guard: dict | None = None
+    pipelines: str | dict | None = None
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def load_config(path: str | Path) -> ServeConfig:
+    """Read and validate serve.yaml; relative model, index and pipeline paths are taken from its folder."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SlmError(f"no serve config at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SlmError(f"{path} is not valid YAML{where}") from None
+    cfg = from_dict(raw, str(path))
+    base = path.resolve().parent
+    for m in cfg.models:
+        m.path = _near(m.path, base)
+        m.index = _near(m.index, base)
+    if isinstance(cfg.pipelines, str):
+        cfg.pipelines = _near(cfg.pipelines, base)
+    return cfg
+
+
+def from_dict(raw: Any, where: str = "serve config") -> ServeConfig:
+    if not isinstance(raw, dict):
+        raise SlmError(f"{where} must be a mapping of settings")
+    models = raw.get("models") or []
+    if not isinstance(models, list):
+        raise SlmError(f"{where}: models must be a list")
+    rest = {k: v for k, v in raw.items() if k != "models"}
+    cfg = _build(ServeConfig, rest, where)
+    cfg.models = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict):
+            raise SlmError(f"{where}: models[{i}] must be a mapping")
+        cfg.models.append(_build(ModelConfig, m, f"{where}: models[{i}]"))
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: ServeConfig, where: str = "serve config") -> None:
+    names = [m.name for m in cfg.models]
+    for m in cfg.models:
+        w = f"{where}: model {m.name!r}"
+        if not m.name or "/" in m.name or ":" in m.name:
+            raise SlmError(f"{where}: every model needs a name without '/' or ':' (got {m.name!r})")
+        if names.count(m.name) > 1:
+            raise SlmError(f"{where}: two models are named {m.name!r}")
+        if m.kind not in KINDS:
+            raise SlmError(f"{w}: kind must be one of {', '.join(KINDS)} (got {m.kind!r})")
+        if m.kind == "rag":
+            if not m.index:
+                raise SlmError(f"{w}: a rag model needs an index")
+            if not m.generator:
+                raise SlmError(f"{w}: a rag model needs a generator (a chat model's name or a model path)")
+        elif not m.path:
+            raise SlmError(f"{w}: needs a path")
+        if m.max_new_tokens < 1:
+            raise SlmError(f"{w}: max_new_tokens must be at least 1")
+        if m.batch.max_size < 1 or m.batch.max_wait_ms < 0:
+            raise SlmError(f"{w}: batch.max_size must be >= 1 and batch.max_wait_ms >= 0")
+    lim = cfg.limits
+    for name in ("max_body_bytes", "max_tokens", "max_inputs", "rate_per_minute", "burst", "queue_size",
+                 "generation_workers"):  # fmt: skip
+        if getattr(lim, name) < 1:
+            raise SlmError(f"{where}: limits.{name} must be at least 1 (got {getattr(lim, name)})")
+    if lim.timeout_s <= 0:
+        raise SlmError(f"{where}: limits.timeout_s must be above 0")
+    if not 0 < cfg.port < 65536:
+        raise SlmError(f"{where}: port must be 1-65535 (got {cfg.port})")
+    bad = [e for e in cfg.auth.open_on_loopback if e not in ENDPOINTS]
+    if bad:
+        raise SlmError(
+            f"{where}: auth.open_on_loopback names unknown endpoints {bad} (known: {', '.join(ENDPOINTS)})"
+        )
+    if cfg.auth.open_on_loopback and not is_loopback(cfg.host):
+        raise SlmError(
+            f"{where}: auth.open_on_loopback needs host 127.0.0.1, ::1 or localhost (got {cfg.host}); "
+            "a server reachable from other machines requires a key on every endpoint"
+        )
+    if cfg.guard is not None and not isinstance(cfg.guard, dict):
+        raise SlmError(f"{where}: guard must be a mapping of guard settings")
+    if cfg.pipelines is not None and not isinstance(cfg.pipelines, str | dict):
+        raise SlmError(f"{where}: pipelines must be a file path or a mapping")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _build(cls, raw: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise SlmError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(known)})")
+    kwargs = {}
+    for key, value in raw.items():
+        if key in ("auth", "limits", "audit", "batch"):
+            sub = {"auth": AuthConfig, "limits": LimitsConfig, "audit": AuditConfig, "batch": BatchConfig}[
+                key
+            ]
+            if not isinstance(value, dict):
+                raise SlmError(f"{where}: {key} must be a mapping")
+            kwargs[key] = _build(sub, value, f"{where}: {key}")
+            continue
+        kwargs[key] = _typed(value, known[key], f"{where}: {key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field missing
+        raise SlmError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def _typed(value, f: dataclasses.Field, where: str):
+    """Check a scalar against its field's declared type (the dataclasses here use str/int/float/bool/list)."""
+    t = str(f.type)
+    if value is None:
+        if "None" in t:
+            return None
+        raise SlmError(f"{where} must not be empty")
+    if t.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif t.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t.startswith("float"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif t.startswith("list"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif t.startswith("str | dict") or t.startswith("dict"):
+        ok = isinstance(value, str | dict)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise SlmError(f"{where} has the wrong type ({type(value).__name__}; expected {t})")
+    return value
+
+
+def _near(p: str, base: Path) -> str:
+    """A relative path that exists next to the config wins over the same path from the working directory."""
+    if not p or Path(p).is_absolute():
+        return p
+    candidate = base / p
+    return str(candidate) if candidate.exists() else p
