@@ -778,6 +778,10 @@ def rag_search(
     embed_model: str | None = typer.Option(
         None, "--embed-model", help="Must be the index's model [default: the one it records]."
     ),
+    fusion: str = typer.Option(
+        "convex", "--fusion", help="hybrid: convex (alpha x BM25 + (1-alpha) x cosine, normalised) or rrf."
+    ),
+    alpha: float = typer.Option(0.6, "--alpha", help="hybrid, convex: weight of BM25 (0..1)."),
 ) -> None:
     """Search an index: the best chunks with their file, section and score."""
     from rich.table import Table
@@ -785,7 +789,11 @@ def rag_search(
     from slmforge.rag.search import SearchConfig, search
 
     _warnings_to_console()
-    res = search(SearchConfig(index, query, mode, k, path_filter, list(tags), store, embed_model))
+    res = search(
+        SearchConfig(
+            index, query, mode, k, path_filter, list(tags), store, embed_model, fusion=fusion, alpha=alpha
+        )
+    )
     table = Table(title=f"{mode} search: {len(res.hits)} hits in {res.seconds * 1000:.1f} ms")
     for col in ("#", "score", "file", "section", "text"):
         table.add_column(col, overflow="fold")
@@ -848,7 +856,11 @@ def rag_eval(
     queries: str = typer.Option(
         ..., "--queries", help="JSONL: query, relevant docs/sections/chunks, answer."
     ),
-    modes: list[str] = typer.Option(["bm25", "vector", "hybrid"], "--mode", help="Modes to compare."),
+    modes: list[str] = typer.Option(
+        ["bm25", "vector", "hybrid", "hybrid-rrf"],
+        "--mode",
+        help="Modes to compare: bm25, vector, hybrid (convex fusion), hybrid-rrf.",
+    ),  # fmt: skip
     k: int = typer.Option(10, "--k", help="Results retrieved per query."),
     model: str | None = typer.Option(None, "--model", help="Also answer with this model: citations, F1."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N queries."),

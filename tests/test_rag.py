@@ -15,7 +15,7 @@ import pytest
 from slmforge.errors import SlmError
 from slmforge.rag.chunking import ChunkConfig, chunk_document
 from slmforge.rag.index import RagIndexConfig, build_index
-from slmforge.rag.search import Retriever, SearchConfig, query_terms, search
+from slmforge.rag.search import Retriever, SearchConfig, convex, query_terms, rrf, search
 from slmforge.rag.store import Filters
 
 DOCS = {
@@ -339,7 +339,60 @@ def test_cli_index_search_eval(tmp_path, slm_cli):
     code, out, err = slm_cli("rag", "eval", "kb", "--queries", str(queries), "--json", str(report))
     assert code == 0, err
     rep = json.loads(report.read_text())
-    assert set(rep["retrieval"]) == {"bm25", "vector", "hybrid"}
+    assert set(rep["retrieval"]) == {"bm25", "vector", "hybrid", "hybrid-rrf"}
     assert rep["retrieval"]["hybrid"]["recall@10"] == 1.0
+    assert rep["retrieval"]["hybrid-rrf"]["recall@10"] == 1.0
     assert rep["gate"]["unanswerable_abstained"] == 1.0
     assert "p50 ms" in out
+
+
+def test_convex_fusion_keeps_a_strong_lexical_hit_that_rrf_lets_the_vectors_push_down():
+    # chunk 1 is BM25's clear winner but absent from the vector list; 2..6 are middling in both
+    text = [(1, 30.0), (2, 9.0), (3, 8.5), (4, 8.0), (5, 7.5), (6, 7.0)]
+    vec = [(2, 0.52), (3, 0.51), (4, 0.50), (5, 0.49), (6, 0.48), (7, 0.30)]
+    assert [c for c, _ in convex(text, vec, 3, alpha=0.6)][0] == 1
+    assert 1 not in [c for c, _ in rrf(text, vec, 3)]  # rrf: in one list only, it loses to 2, 3, 4
+    fused = dict(convex(text, vec, 10, alpha=0.6))
+    assert fused[1] == pytest.approx(0.6) and fused[7] == 0.0  # normalised: top of one list = its weight
+    assert [c for c, _ in convex(text, vec, 2, alpha=0.0)] == [2, 3]  # alpha 0 = vectors only
+    assert convex([], vec, 2) == [(2, pytest.approx(0.4)), (3, pytest.approx(0.4 * 0.21 / 0.22))]
+
+
+def test_bad_fusion_settings_are_refused(built):
+    _, index, _ = built
+    with pytest.raises(SlmError, match="--fusion must be one of convex, rrf"):
+        Retriever(str(index), fusion="mean")
+    with pytest.raises(SlmError, match="--alpha must be between 0 and 1"):
+        Retriever(str(index), alpha=1.5)
+
+
+def test_two_stage_vector_search_matches_the_exact_scan(tmp_path, monkeypatch):
+    import slmforge.rag.sqlite_store as sq
+    from slmforge.rag.store import NewChunk
+
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((3000, 24)).astype("float32")  # vectors of rank 24: 64 components keep them
+    vecs = latent @ rng.standard_normal((24, 384)).astype("float32")
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = sq.SqliteStore(tmp_path / "v.sqlite", create=True)
+    store.set_meta({"embed_model": "synthetic", "embed_dim": "384"})
+    for f in range(2):
+        rows = range(f * 1500, (f + 1) * 1500)
+        chunks = [NewChunk(f"doc{f}", "s", i, i + 1, f"text {i}") for i in rows]
+        store.put_file(f"/d/file{f}.txt", f"sha{f}", [], chunks, vecs[list(rows)])
+    store.commit()
+    queries = vecs[rng.choice(3000, 20)] + 0.05 * rng.standard_normal((20, 384)).astype("float32")
+    exact = [store.search_vector(q, 10, Filters()) for q in queries]
+    monkeypatch.setattr(sq, "EXACT_UP_TO", 100)
+    monkeypatch.setattr(sq, "MIN_CANDIDATES", 200)
+    store._matrix = None  # reload, now above the exact limit
+    two_stage = [store.search_vector(q, 10, Filters()) for q in queries]
+    assert store._projection is not None and store._projection[1].shape == (3000, sq.PROJECTED_DIM)
+    for e, t in zip(exact, two_stage, strict=True):
+        assert [c for c, _ in t] == [c for c, _ in e]
+        assert np.allclose([s for _, s in t], [s for _, s in e], atol=1e-5)  # exact cosines, not projected
+    only = store.search_vector(queries[0], 10, Filters(path="*file1*"))
+    ids1 = {r[0] for r in store.con.execute("SELECT c.id FROM chunks c JOIN files f ON f.id=c.file_id "
+                                            "WHERE f.path LIKE '%file1%'")}  # fmt: skip
+    assert len(only) == 10 and {c for c, _ in only} <= ids1
+    store.close()

@@ -25,7 +25,9 @@ import numpy as np
 
 from slmforge.errors import SlmError
 from slmforge.progress import bar
-from slmforge.rag.search import MODES, Hit, Retriever
+from slmforge.rag.search import Hit, Retriever
+
+EVAL_MODES = ("bm25", "vector", "hybrid", "hybrid-rrf")  # hybrid = the default convex fusion
 
 
 @dataclass
@@ -37,7 +39,7 @@ class RagEvalConfig:
     index: str
     queries: str
     store: str | None = None
-    modes: list[str] = field(default_factory=lambda: ["bm25", "vector", "hybrid"])
+    modes: list[str] = field(default_factory=lambda: list(EVAL_MODES))
     k: int = 10
     model: str | None = None
     min_cosine: float | None = None
@@ -47,25 +49,26 @@ class RagEvalConfig:
 def evaluate_rag(cfg: RagEvalConfig, progress: bool = True) -> dict:
     """{"retrieval": {mode: metrics}, "gate": {...}, "answers": {...} or None, "queries": n}."""
     for m in cfg.modes:
-        if m not in MODES:
-            raise SlmError(f"unknown mode {m!r}: use {', '.join(MODES)}")
+        if m not in EVAL_MODES:
+            raise SlmError(f"unknown mode {m!r}: use {', '.join(EVAL_MODES)}")
     queries = load_queries(cfg.queries)[: cfg.limit]
     answerable = [q for q in queries if q.get("answerable", True)]
     report: dict = {"queries": len(queries), "answerable": len(answerable), "retrieval": {}}
     cosines: dict[str, float | None] = {}
     with Retriever(cfg.index, cfg.store) as r:
-        for mode in cfg.modes:
+        for name in cfg.modes:
+            mode, _, fusion = name.partition("-")
             r.search(answerable[0]["query"] if answerable else "warm up", mode, cfg.k)  # load the encoder
             rows, times = [], []
-            with bar(f"eval {mode}", total=len(answerable), enabled=progress) as b:
+            with bar(f"eval {name}", total=len(answerable), enabled=progress) as b:
                 for q in answerable:
-                    res = r.search(q["query"], mode, cfg.k)
+                    res = r.search(q["query"], mode, cfg.k, fusion=fusion or None)
                     times.append(res.seconds * 1000)
                     rows.append(score_ranking(res.hits, q, cfg.k))
                     if res.best_cosine is not None:
                         cosines[q["query"]] = res.best_cosine
                     b.advance()
-            report["retrieval"][mode] = _summarise(rows, times)
+            report["retrieval"][name] = _summarise(rows, times)
         unanswerable = [q for q in queries if not q.get("answerable", True)]
         for q in unanswerable:
             res = r.search(q["query"], "vector", 1)

@@ -1,8 +1,12 @@
-"""`slm rag search`: BM25, vector or hybrid (reciprocal-rank fusion) retrieval with path/tag filters.
+"""`slm rag search`: BM25, vector or hybrid retrieval with path/tag filters.
 
 A `Retriever` holds the open store and the query encoder, so eval and ask reuse them across queries.
-Hybrid takes the top `candidates` of each ranking and fuses them by reciprocal rank,
-score = sum over rankings of 1 / (60 + rank) (Cormack et al., 2009): no score calibration needed.
+Hybrid takes the top `candidates` of each ranking and fuses them, by default as a convex mix of the two
+scores, each min-max normalised over its candidate list: `alpha` x BM25 + (1 - `alpha`) x cosine, a chunk
+missing from one list scoring 0 there. `alpha` = 0.6 was tuned on the even-numbered questions of
+benchmarks/data/pydocs_questions.jsonl and checked on the odd ones (BENCHMARKS.md). `--fusion rrf` gives
+reciprocal-rank fusion instead, score = sum over rankings of 1 / (60 + rank) (Cormack et al., 2009): no
+scores needed, but a weak ranking pulls a strong one's hits down as much as it lifts its own.
 BM25 queries OR together at most `MAX_TERMS` distinct non-stopword terms of the query (FTS5 with many
 OR terms slows down sharply; the longest terms are kept, as they tend to be the rarest).
 """
@@ -17,8 +21,10 @@ from slmforge.errors import SlmError
 from slmforge.rag.store import Filters, Store, StoredChunk, open_store
 
 MODES = ("hybrid", "bm25", "vector")
+FUSIONS = ("convex", "rrf")
 MAX_TERMS = 12
 RRF_K = 60
+ALPHA = 0.6
 
 _STOP = frozenset(
     """a about above after again all also am an and any are as at be because been before being below
@@ -34,7 +40,8 @@ _STOP = frozenset(
 class SearchConfig:
     """index: a name, a .sqlite path, or the index name in PostgreSQL when `store` is a URL.
     mode: hybrid (default), bm25 or vector. path_filter: substring, or glob when it holds * ? [.
-    embed_model: must be the index's own (default: the one the index records)."""
+    embed_model: must be the index's own (default: the one the index records).
+    fusion (hybrid): convex (alpha x BM25 + (1 - alpha) x cosine, min-max normalised) or rrf."""
 
     index: str
     query: str
@@ -45,12 +52,14 @@ class SearchConfig:
     store: str | None = None
     embed_model: str | None = None
     runtime: str | None = None  # default: the runtime the index was embedded with
+    fusion: str = "convex"
+    alpha: float = ALPHA
 
 
 @dataclass
 class Hit:
     chunk: StoredChunk
-    score: float  # the mode's own score: BM25, cosine, or fused RRF
+    score: float  # the mode's own score: BM25, cosine, or the fused score
     bm25_rank: int | None = None  # 1-based ranks in each list, where the chunk appeared
     vector_rank: int | None = None
     cosine: float | None = None
@@ -65,7 +74,9 @@ class SearchResult:
 
 def search(cfg: SearchConfig) -> SearchResult:
     """One search: open the index, retrieve, close."""
-    with Retriever(cfg.index, cfg.store, cfg.embed_model, cfg.runtime) as r:
+    with Retriever(
+        cfg.index, cfg.store, cfg.embed_model, cfg.runtime, fusion=cfg.fusion, alpha=cfg.alpha
+    ) as r:
         return r.search(cfg.query, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags)))
 
 
@@ -74,8 +85,13 @@ class Retriever:
 
     def __init__(
         self, index: str, store: str | None = None, embed_model: str | None = None, runtime: str | None = None,
-        candidates: int = 50, parallel: bool = True,
+        candidates: int = 50, parallel: bool = True, fusion: str = "convex", alpha: float = ALPHA,
     ):  # fmt: skip
+        if fusion not in FUSIONS:
+            raise SlmError(f"--fusion must be one of {', '.join(FUSIONS)} (got {fusion!r})")
+        if not 0 <= alpha <= 1:
+            raise SlmError(f"--alpha must be between 0 and 1 (got {alpha})")
+        self.fusion, self.alpha = fusion, alpha
         self.store: Store = open_store(index, store)
         meta = self.store.meta()
         self.model = embed_model or meta.get("embed_model")
@@ -121,8 +137,13 @@ class Retriever:
         return self._embedder
 
     def search(
-        self, query: str, mode: str = "hybrid", k: int = 10, filters: Filters | None = None
-    ) -> SearchResult:
+        self, query: str, mode: str = "hybrid", k: int = 10, filters: Filters | None = None,
+        fusion: str | None = None,
+    ) -> SearchResult:  # fmt: skip
+        """`fusion` overrides the retriever's own for this query (hybrid mode)."""
+        fusion = fusion or self.fusion
+        if fusion not in FUSIONS:
+            raise SlmError(f"--fusion must be one of {', '.join(FUSIONS)} (got {fusion!r})")
         if mode not in MODES:
             raise SlmError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
         if k < 1:
@@ -145,7 +166,10 @@ class Retriever:
                 text = self.store.search_text(terms, depth, filters)
             if mode != "bm25":
                 vec = self.store.search_vector(self.embedder.encode_query(query), depth, filters)
-        ranked = _fuse(text, vec, k) if mode == "hybrid" else (text or vec)[:k]
+        if mode == "hybrid":
+            ranked = rrf(text, vec, k) if fusion == "rrf" else convex(text, vec, k, self.alpha)
+        else:
+            ranked = (text or vec)[:k]
         chunks = self.store.chunks([cid for cid, _ in ranked])
         bm25_rank = {cid: i + 1 for i, (cid, _) in enumerate(text)}
         vec_rank = {cid: i + 1 for i, (cid, _) in enumerate(vec)}
@@ -172,7 +196,23 @@ def query_terms(query: str, limit: int = MAX_TERMS) -> list[str]:
     return terms
 
 
-def _fuse(text: list[tuple[int, float]], vec: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+def convex(
+    text: list[tuple[int, float]], vec: list[tuple[int, float]], k: int, alpha: float = ALPHA
+) -> list[tuple[int, float]]:
+    """alpha x min-max-normalised BM25 + (1 - alpha) x min-max-normalised cosine; the top k."""
+    scores: dict[int, float] = {}
+    for weight, ranking in ((alpha, text), (1 - alpha, vec)):
+        if not ranking:
+            continue
+        lo, hi = min(s for _, s in ranking), max(s for _, s in ranking)
+        span = hi - lo
+        for cid, s in ranking:
+            scores[cid] = scores.get(cid, 0.0) + weight * ((s - lo) / span if span > 0 else 1.0)
+    return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+
+
+def rrf(text: list[tuple[int, float]], vec: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    """Reciprocal-rank fusion: sum over rankings of 1 / (RRF_K + rank); the top k."""
     scores: dict[int, float] = {}
     for ranking in (text, vec):
         for rank, (cid, _) in enumerate(ranking, 1):
