@@ -314,7 +314,7 @@ class FrontDoor:
         if not secret:
             client = (scope.get("client") or ("", 0))[0]
             if endpoint in door.cfg.auth.open_on_loopback and is_loopback(client):
-                return ApiKey("loopback", [endpoint], 0.0)
+                return ApiKey("loopback", list(door.cfg.auth.open_on_loopback), 0.0)
             raise ApiError(401, "missing API key: send Authorization: Bearer slm-...", "authentication_error",
                            "missing_api_key")  # fmt: skip
         key = door.keys.lookup(secret)

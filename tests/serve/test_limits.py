@@ -1,0 +1,143 @@
+"""Rate limits (429 + Retry-After), the bounded queue (503), per-request timeouts (504), micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+from fastapi.testclient import TestClient
+
+from slmforge.serve import audit
+from slmforge.serve.batching import MicroBatcher
+from slmforge.serve.limits import Admission, RateLimiter
+from tests.serve.conftest import LiveServer, bearer
+from tests.serve.fakes import SlowChat
+
+SLOW = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_rate_limit_answers_429_with_retry_after(make_app, new_key):
+    app = make_app(limits={"rate_per_minute": 600, "burst": 3})
+    own = new_key("classify", rate_per_minute=2)  # its own limit: 2 per minute, burst 2
+    shared = new_key("classify")
+    body = {"model": "intents", "input": "x"}
+    with TestClient(app) as c:
+        codes = [c.post("/v1/classify", json=body, headers=bearer(own)).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = c.post("/v1/classify", json=body, headers=bearer(own))
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        assert 1 <= int(r.headers["Retry-After"]) <= 30
+        codes = [c.post("/v1/classify", json=body, headers=bearer(shared)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]  # the server's burst; other keys are not affected by `own`
+
+
+def test_token_bucket_refills():
+    rl = RateLimiter(rate_per_minute=60, burst=2)
+    assert rl.take("a", now=0) == 0 and rl.take("a", now=0) == 0
+    assert rl.take("a", now=0) == 1.0  # one per second
+    assert rl.take("a", now=1.0) == 0
+    assert rl.take("b", now=1.0) == 0
+
+
+def test_full_queue_answers_503_and_never_grows(make_app, new_key):
+    slow = SlowChat()
+    app = make_app(extra_backends={"slow": slow}, limits={"queue_size": 2, "generation_workers": 1})
+    k = bearer(new_key("*"))
+    results: list[int] = []
+    with LiveServer(app) as srv:
+        threads = [threading.Thread(target=lambda: results.append(
+            httpx.post(srv.url + "/v1/chat/completions", json=SLOW, headers=k, timeout=30).status_code))
+            for _ in range(2)]  # fmt: skip
+        for t in threads:
+            t.start()
+        deadline = time.time() + 10
+        while app.state.door.admission.depth < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        r = httpx.post(srv.url + "/v1/chat/completions", json=SLOW, headers=k)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "queue_full"
+        assert httpx.get(srv.url + "/readyz").status_code == 503  # a balancer sends traffic elsewhere
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+        slow.release.set()
+        for t in threads:
+            t.join()
+        assert results == [200, 200]
+        assert httpx.get(srv.url + "/readyz").status_code == 200
+        metrics = httpx.get(srv.url + "/metrics", headers=k).text
+    assert "slm_queue_depth 0.0" in metrics
+    assert 'slm_requests_total{endpoint="chat",status="503"} 1.0' in metrics
+
+
+def test_admission_counts():
+    a = Admission(1)
+    assert a.enter() and not a.enter()
+    a.leave()
+    assert a.enter()
+
+
+def test_slow_request_times_out_504_and_others_still_run(make_app, new_key):
+    slow = SlowChat()
+    app = make_app(extra_backends={"slow": slow}, limits={"timeout_s": 0.5, "generation_workers": 2})
+    k = bearer(new_key("*"))
+    with TestClient(app) as c:
+        started = time.perf_counter()
+        r = c.post("/v1/chat/completions", json=SLOW, headers=k)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+        assert time.perf_counter() - started < 5
+        # the timed-out generation was cancelled: the next one is not stuck behind it
+        ok = c.post("/v1/chat/completions", json={**SLOW, "model": "tiny"}, headers=k)
+        assert ok.status_code == 200
+        app.state.door.audit.flush()
+    assert [r.status for r in audit.query(endpoint="chat")] == [200, 504]
+
+
+def test_one_slow_generation_does_not_block_another(make_app, new_key):
+    slow = SlowChat()
+    app = make_app(extra_backends={"slow": slow}, limits={"generation_workers": 2})
+    k = bearer(new_key("*"))
+    with LiveServer(app) as srv:
+        t = threading.Thread(
+            target=lambda: httpx.post(srv.url + "/v1/chat/completions", json=SLOW, headers=k, timeout=30)
+        )
+        t.start()
+        assert slow.started.wait(10)
+        started = time.perf_counter()
+        r = httpx.post(srv.url + "/v1/chat/completions", json={**SLOW, "model": "tiny", "max_tokens": 4}, headers=k,
+                       timeout=30)  # fmt: skip
+        assert r.status_code == 200 and time.perf_counter() - started < 10
+        slow.release.set()
+        t.join()
+
+
+def test_micro_batcher_collects_concurrent_requests():
+    calls: list[list[str]] = []
+
+    def fn(items):
+        time.sleep(0.05)
+        calls.append(list(items))
+        return [x.upper() for x in items]
+
+    async def main():
+        b = MicroBatcher(fn, max_size=8, max_wait_ms=20)
+        outs = await asyncio.gather(*(b.submit([f"t{i}"]) for i in range(10)), b.submit(["a", "b"]))
+        b.close()
+        return outs
+
+    outs = asyncio.run(main())
+    assert outs[:10] == [[f"T{i}"] for i in range(10)] and outs[10] == ["A", "B"]
+    assert sorted(len(c) for c in calls) == [4, 8]  # 12 texts: a full batch of 8, then the rest
+    assert sum(calls, []) == [f"t{i}" for i in range(8)] + ["t8", "t9", "a", "b"]  # in arrival order
+
+
+def test_micro_batcher_passes_errors_to_every_request():
+    def fn(items):
+        raise ValueError("bad batch")
+
+    async def main():
+        b = MicroBatcher(fn, max_size=4, max_wait_ms=5)
+        return await asyncio.gather(b.submit(["a"]), b.submit(["b"]), return_exceptions=True)
+
+    outs = asyncio.run(main())
+    assert all(isinstance(o, ValueError) for o in outs)
