@@ -893,6 +893,12 @@ def rag_eval(
             f"abstains on {g['unanswerable_abstained']:.1%} of unanswerable",
             highlight=False,
         )
+    if g.get("suggested_min_cosine") is not None:
+        out.print(
+            f"suggested --min-cosine for these questions: {g['suggested_min_cosine']} "
+            "(lets 99 % of the answerable ones through)",
+            highlight=False,
+        )
     if rep["answers"]:
         _table("answers", {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in rep["answers"].items()})
     if json_out:
@@ -1013,9 +1019,13 @@ def quickstart(
         "smollm2-135m-instruct", "--base", help="Model to continue pretraining, or none."
     ),
     continue_minutes: float = typer.Option(3.0, "--continue-minutes"),
+    rag_docs: list[str] | None = typer.Option(
+        None, "--rag-docs", help="Docs to index and answer from (default: 3 Python doc pages; 'none' skips)."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
 ) -> None:
-    """The main job on built-in defaults: ingest, tokenizer, pretrain, continue-pretrain, evaluate, generate."""
+    """The main job on built-in defaults: ingest, tokenizer, pretrain, continue-pretrain, evaluate, generate,
+    then index a few docs and answer a question from them with citations."""
     from rich.table import Table
 
     from slmforge.quickstart import QuickstartConfig
@@ -1031,6 +1041,8 @@ def quickstart(
     )
     if corpus:
         cfg.corpus = corpus
+    if rag_docs:
+        cfg.rag_docs = [] if [d.lower() for d in rag_docs] == ["none"] else list(rag_docs)
     s = run(cfg)
     table = Table(title="slmforge quickstart: held-out Python docs")
     for col in ("model", "params", "perplexity", "bits/byte", "vs base"):
@@ -1049,6 +1061,16 @@ def quickstart(
     out.print("bits/byte compares models with different tokenizers; perplexity only within one tokenizer")
     for model, text in s["samples"].items():
         out.print(f"[bold]{model}[/bold] ▸ {cfg.prompt}[cyan]{text}[/cyan]", highlight=False)
+    if s.get("rag"):
+        r = s["rag"]
+        out.print(
+            f"[bold]rag[/bold]: {r['files']} files, {r['chunks']} chunks in {r['index']}", highlight=False
+        )
+        out.print(f"[bold]Q:[/bold] {r['question']}", highlight=False)
+        if r["answer"] is not None:
+            out.print(f"[bold]A:[/bold] [cyan]{r['answer']}[/cyan]", highlight=False)
+        for src in r["sources"]:
+            out.print(f"   {src}", highlight=False)
     out.print(
         f"data: {s['data']} | tokenizer: {s['bytes_per_token']:.2f} bytes/token | "
         f"total {s['total_s'] / 60:.1f} min | `slm ls` lists everything it made",

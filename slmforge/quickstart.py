@@ -5,7 +5,9 @@
 3. pretrain a small Llama from scratch (depth ladder) for a few minutes,
 4. continue pretraining SmolLM2-135M-Instruct on the same text for a few minutes,
 5. evaluate domain perplexity before and after, generate a sample from each model,
-6. print a summary table. Everything lands in the workspace (`slm ls`).
+6. index a few of the docs for retrieval (`slm rag index`) and answer one question from them with
+   numbered citations (`slm rag ask`, SmolLM2-135M-Instruct),
+7. print a summary table. Everything lands in the workspace (`slm ls`).
 
 Fits in about 15 minutes on 2 CPU cores with the defaults.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from slmforge.errors import SlmError
 
 PYDOCS = "/usr/share/doc/python3.11/html/_sources"
+RAG_DOCS = ("json", "csv", "pathlib")
 
 
 @dataclass
@@ -35,6 +38,9 @@ class QuickstartConfig:
     continue_minutes: float = 3.0
     eval_tokens: int = 8192
     prompt: str = "The list type in Python"
+    rag_docs: list[str] = field(default_factory=lambda: [f"{PYDOCS}/library/{n}.rst.txt" for n in RAG_DOCS])
+    """Documents the retrieval step indexes; an empty list skips the step."""
+    rag_question: str = "How do I serialize a Python object to a JSON formatted string?"
     threads: int | None = None
 
 
@@ -59,12 +65,13 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         stderr.rule(f"[bold]{title}")
         return time.perf_counter()
 
-    t = stage("1/5 ingest documents")
+    steps = 6 if cfg.rag_docs else 5
+    t = stage(f"1/{steps} ingest documents")
     stats = ingest(IngestConfig(paths=cfg.corpus, out=str(root / "data"), overwrite=True))
     summary["data"] = f"{stats['train_docs']} train / {stats['val_docs']} val documents"
     summary["ingest_s"] = time.perf_counter() - t
 
-    t = stage("2/5 train a tokenizer")
+    t = stage(f"2/{steps} train a tokenizer")
     tok = train_tokenizer(
         TokenizerConfig(
             data=str(root / "data"), out=str(root / "tokenizer"), vocab_size=cfg.vocab_size, overwrite=True
@@ -73,7 +80,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     summary["bytes_per_token"] = tok["bytes_per_token"]
     summary["tokenizer_s"] = time.perf_counter() - t
 
-    t = stage(f"3/5 pretrain depth {cfg.depth} from scratch ({cfg.pretrain_minutes:g} min)")
+    t = stage(f"3/{steps} pretrain depth {cfg.depth} from scratch ({cfg.pretrain_minutes:g} min)")
     scratch = pretrain(
         PretrainConfig(
             data=str(root / "data"),
@@ -93,7 +100,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
 
     cpt = None
     if cfg.base.lower() != "none":
-        t = stage(f"4/5 continue pretraining {cfg.base} ({cfg.continue_minutes:g} min)")
+        t = stage(f"4/{steps} continue pretraining {cfg.base} ({cfg.continue_minutes:g} min)")
         cpt = pretrain(
             PretrainConfig(
                 data=str(root / "data"),
@@ -112,7 +119,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         )
         summary["continue_s"] = time.perf_counter() - t
 
-    t = stage("5/5 evaluate and generate")
+    t = stage(f"5/{steps} evaluate and generate")
     # the base comes first, so the change column reads "continued vs base"; bits per byte compares all three
     models = ([cfg.base, cpt.model_dir] if cpt else []) + [scratch.model_dir]
     rows = evaluate(
@@ -132,7 +139,44 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     summary["params"] = {scratch.model_dir: scratch.params}
     if cpt:
         summary["params"].update({cfg.base: cpt.params, cpt.model_dir: cpt.params})
-    summary.update(
-        eval=rows, samples=samples, total_s=time.perf_counter() - t_all, eval_s=time.perf_counter() - t
-    )
+    summary.update(eval=rows, samples=samples, eval_s=time.perf_counter() - t)
+    if cfg.rag_docs:
+        t = stage(f"6/{steps} index the docs and answer a question from them")
+        summary["rag"] = _rag(cfg, root)
+        summary["rag_s"] = time.perf_counter() - t
+    summary["total_s"] = time.perf_counter() - t_all
     return summary
+
+
+def _rag(cfg: QuickstartConfig, root: Path) -> dict:
+    """Index `rag_docs`, then answer `rag_question` with the base model (or just search, without one)."""
+    from slmforge.rag.ask import AskConfig, ask
+    from slmforge.rag.index import RagIndexConfig, build_index
+    from slmforge.rag.search import SearchConfig, search
+
+    for path in cfg.rag_docs:
+        if not Path(path).exists():
+            raise SlmError(f"--rag-docs: {path} does not exist")
+    index = str(root / "docs.sqlite")
+    built = build_index(RagIndexConfig(paths=list(cfg.rag_docs), index=index, threads=cfg.threads))
+    out = {
+        "index": index,
+        "files": built.files_seen,
+        "chunks": built.chunks_total,
+        "question": cfg.rag_question,
+    }
+    if cfg.base.lower() == "none":
+        hits = search(SearchConfig(index, cfg.rag_question, k=3)).hits
+        out.update(answer=None, sources=[f"{Path(h.chunk.path).name} > {h.chunk.section}" for h in hits])
+        return out
+    answer = ask(AskConfig(index, cfg.rag_question, cfg.base, threads=cfg.threads))
+    out.update(
+        answer=answer.text,
+        abstained=answer.abstained,
+        sources=[
+            f"[{n}] {Path(answer.sources[n - 1].chunk.path).name} > {answer.sources[n - 1].chunk.section}"
+            for n in answer.citations
+        ],
+        seconds=answer.seconds,
+    )
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from slmforge import workspace
 from slmforge.quickstart import QuickstartConfig, quickstart
@@ -20,7 +21,10 @@ def _corpus(tmp_path, docs):
 def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     from conftest import _tiny_docs
 
+    from tests.test_rag import write_docs
+
     corpus = _corpus(tmp_path, _tiny_docs(300, seed=1))
+    rag_docs = write_docs(tmp_path / "kb")
     s = quickstart(
         QuickstartConfig(
             corpus=[str(corpus)],
@@ -33,6 +37,8 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
             eval_tokens=256,
             threads=1,
             prompt="The cat",
+            rag_docs=[str(rag_docs)],
+            rag_question="When should I prune roses?",
         )
     )
     assert s["scratch"].steps >= 1 and (tmp_path / "qs" / "scratch" / "model" / "model.safetensors").exists()
@@ -42,6 +48,9 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     assert s["params"][continued] == s["params"][str(tiny_model_dir)]
     assert all(r["perplexity"] > 1 for r in s["eval"])
     assert len(s["samples"]) == 2
+    rag = s["rag"]
+    assert rag["files"] >= 3 and rag["chunks"] >= 3 and Path(rag["index"]).exists()
+    assert rag["answer"] and (rag["abstained"] or rag["sources"][0].startswith("[1] garden.md > Gardening"))
     kinds = [a.kind for a in workspace.list_artifacts()]
     assert kinds.count("model") >= 2 and "dataset" in kinds and "tokenizer" in kinds
 

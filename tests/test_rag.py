@@ -343,6 +343,7 @@ def test_cli_index_search_eval(tmp_path, slm_cli):
     assert rep["retrieval"]["hybrid"]["recall@10"] == 1.0
     assert rep["retrieval"]["hybrid-rrf"]["recall@10"] == 1.0
     assert rep["gate"]["unanswerable_abstained"] == 1.0
+    assert 0 < rep["gate"]["suggested_min_cosine"] < 1 and "suggested --min-cosine" in out
     assert "p50 ms" in out
 
 

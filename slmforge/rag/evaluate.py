@@ -147,6 +147,8 @@ def _gate_report(answerable, unanswerable, cosines, min_cosine) -> dict:
         "min_cosine": gate,
         "answerable_passed": float(np.mean([c >= gate for c in a])) if a else None,
         "unanswerable_abstained": float(np.mean([c < gate for c in u])) if u else None,
+        # the threshold that lets 99 % of these answerable questions through (how the default was set)
+        "suggested_min_cosine": round(float(np.percentile(a, 1)), 3) if a else None,
     }
 
 
