@@ -35,6 +35,7 @@ from slmforge.serve.backends import (
     GenParams,
     GenResult,
     Guarded,
+    UpstreamError,
     load_backends,
     load_guard,
     load_pipelines,
@@ -511,6 +512,9 @@ def create_app(
         fut = door.generation.submit(b.generate, ids, params, None, cancel)
         try:
             r = await asyncio.wait_for(asyncio.wrap_future(fut), cfg.limits.timeout_s)
+        except UpstreamError as e:
+            raise ApiError(e.status, str(e), "invalid_request_error" if e.status == 400 else "server_error",
+                           "upstream_error") from None  # fmt: skip
         except asyncio.TimeoutError:
             cancel.set()
             raise ApiError(504, f"the request took longer than {cfg.limits.timeout_s:g} s", "timeout",
@@ -521,6 +525,7 @@ def create_app(
         return r
 
     def note_generation(rec, r: GenResult) -> None:
+        rec.tokens_in = r.prompt_tokens  # an upstream server counts its own prompt tokens
         rec.tokens_out = r.completion_tokens
         if r.seconds > 0 and r.completion_tokens:
             metrics.tokens_per_s.labels(rec.model).observe(r.completion_tokens / r.seconds)
@@ -567,8 +572,10 @@ def create_app(
                 yield chunk(item)
             try:
                 r = fut.result()
-            except SlmError as e:
-                yield error_body(str(e), "invalid_request_error")
+            except (SlmError, UpstreamError) as e:
+                yield error_body(
+                    str(e), "invalid_request_error" if isinstance(e, SlmError) else "server_error"
+                )
                 return
             except Cancelled:
                 return

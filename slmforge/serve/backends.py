@@ -115,6 +115,111 @@ class ChatBackend:
         return GenResult(done.text, len(ids), len(done.token_ids), reason, done.seconds)
 
 
+class UpstreamError(Exception):
+    """The upstream model server refused (status 400) or failed (502)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamPrompt:
+    """What an upstream chat model gets: the messages (or a plain prompt); len() estimates its tokens
+    until the upstream's usage says."""
+
+    def __init__(self, messages: list[dict] | None, prompt: str | None):
+        self.messages, self.prompt = messages, prompt
+
+    def __len__(self) -> int:
+        text = self.prompt if self.messages is None else " ".join(m["content"] for m in self.messages)
+        return max(1, len(text or "") // 4)
+
+
+class UpstreamChatBackend:
+    """A chat model served by another OpenAI-compatible server (vLLM, TGI, llama.cpp, another slm serve),
+    kept off the network and reached only through this door: slmforge keeps the keys, limits, guard,
+    pipelines and audit, the upstream does the decoding (vLLM: continuous batching on a GPU)."""
+
+    kind = "chat"
+
+    def __init__(self, cfg: ModelConfig):
+        import os
+
+        import httpx
+
+        self.cfg = cfg
+        self.base = cfg.upstream.rstrip("/")
+        self.model = cfg.upstream_model or cfg.name
+        headers = {}
+        if cfg.upstream_key_env:
+            secret = os.environ.get(cfg.upstream_key_env)
+            if not secret:
+                raise SlmError(f"upstream_key_env names {cfg.upstream_key_env}, which is not set")
+            headers["Authorization"] = f"Bearer {secret}"
+        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(300.0, connect=5.0))
+
+    def encode(self, messages: list[dict] | None, prompt: str | None = None) -> UpstreamPrompt:
+        return UpstreamPrompt(messages, prompt)
+
+    def generate(self, prompt: UpstreamPrompt, p: GenParams, on_text, cancel: threading.Event) -> GenResult:
+        import json
+        import time
+
+        import httpx
+
+        body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_new_tokens, "temperature": p.temperature,
+                                "top_p": p.top_p, "seed": p.seed, "stream": True,
+                                "stream_options": {"include_usage": True}}  # fmt: skip
+        if p.stop:
+            body["stop"] = p.stop
+        if prompt.messages is not None:
+            url, body["messages"] = self.base + "/chat/completions", prompt.messages
+        else:
+            url, body["prompt"] = self.base + "/completions", prompt.prompt
+        started = time.perf_counter()
+        pieces: list[str] = []
+        usage: dict = {}
+        finish = None
+        try:
+            with self.client.stream("POST", url, json=body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise UpstreamError(400 if 400 <= r.status_code < 500 else 502,
+                                        f"the upstream model server answered {r.status_code}: {_upstream_message(r)}")  # fmt: skip
+                for line in r.iter_lines():
+                    if cancel.is_set():
+                        raise Cancelled
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise UpstreamError(502, f"the upstream model server failed: {event['error']}")
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                        finish = choice.get("finish_reason") or finish
+                        if piece:
+                            pieces.append(piece)
+                            if on_text is not None:
+                                on_text(piece)
+        except httpx.HTTPError as e:
+            raise UpstreamError(
+                502, f"the upstream model server is unreachable ({type(e).__name__})"
+            ) from None
+        text = "".join(pieces)
+        return GenResult(text, int(usage.get("prompt_tokens") or len(prompt)),
+                         int(usage.get("completion_tokens") or 0), finish or "stop", time.perf_counter() - started)  # fmt: skip
+
+
+def _upstream_message(r) -> str:
+    try:
+        err = r.json().get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+    except Exception:
+        msg = r.text
+    return (str(msg or "").strip().splitlines() or [""])[0][:300]
+
+
 class ClassifyBackend:
     kind = "classify"
 
@@ -180,7 +285,9 @@ def load_backends(cfg: ServeConfig, on_batch: Callable[[str, int], None] | None 
     for m in order:
         hook = (lambda n, name=m.name: on_batch(name, n)) if on_batch else None
         try:
-            if m.kind == "chat":
+            if m.kind == "chat" and m.upstream:
+                out[m.name] = UpstreamChatBackend(m)
+            elif m.kind == "chat":
                 out[m.name] = ChatBackend(m, cfg.threads)
             elif m.kind == "classify":
                 out[m.name] = ClassifyBackend(m, cfg.threads, hook)

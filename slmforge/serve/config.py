@@ -24,6 +24,7 @@ models:
   - {name: intents, kind: classify, path: models/intents, batch: {max_size: 32, max_wait_ms: 5}}
   - {name: minilm, kind: embeddings, path: minilm-l6, runtime: onnx}
   - {name: docs, kind: rag, index: docs, generator: smollm}
+  - {name: big, kind: chat, upstream: "http://127.0.0.1:8001/v1", upstream_model: cpt}   # vLLM behind the door
 ```
 """
 
@@ -84,6 +85,9 @@ class ModelConfig:
     index: str = ""
     generator: str = ""
     store: str | None = None
+    upstream: str = ""  # chat: an OpenAI-compatible base URL (vLLM ...) that decodes instead of slmforge
+    upstream_model: str = ""  # the model's name there (default: name)
+    upstream_key_env: str = ""  # an environment variable holding the upstream's API key, if it wants one
     batch: BatchConfig = field(default_factory=BatchConfig)
 
 
@@ -158,8 +162,16 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
                 raise SlmError(f"{w}: a rag model needs an index")
             if not m.generator:
                 raise SlmError(f"{w}: a rag model needs a generator (a chat model's name or a model path)")
+            gen = cfg.model(m.generator)
+            if gen is not None and (gen.kind != "chat" or gen.upstream):
+                raise SlmError(f"{w}: its generator {m.generator!r} must be a local chat model")
+        elif m.upstream:
+            if m.kind != "chat":
+                raise SlmError(f"{w}: only chat models can have an upstream")
+            if not m.upstream.startswith(("http://", "https://")):
+                raise SlmError(f"{w}: upstream must be an http(s) URL like http://127.0.0.1:8001/v1")
         elif not m.path:
-            raise SlmError(f"{w}: needs a path")
+            raise SlmError(f"{w}: needs a path (or, for chat, an upstream)")
         if m.max_new_tokens < 1:
             raise SlmError(f"{w}: max_new_tokens must be at least 1")
         if m.batch.max_size < 1 or m.batch.max_wait_ms < 0:
