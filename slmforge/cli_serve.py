@@ -29,6 +29,8 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve models, indexes and pipelines behind one OpenAI-compatible, keyed, rate-limited, audited door."""
+    import logging
+
     import uvicorn
 
     from slmforge.serve.app import create_app
@@ -38,6 +40,8 @@ def serve(
     cfg.host = host or cfg.host
     cfg.port = port or cfg.port
     validate(cfg, config)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("slmforge.audit").setLevel(logging.INFO)  # audit.log_json lines
     console.print(f"loading {len(cfg.models)} model(s) ...", highlight=False)
     app = create_app(cfg)
     console.print(

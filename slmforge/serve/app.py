@@ -187,7 +187,7 @@ class Door:
         self.metrics = metrics
         self.limiter = RateLimiter(cfg.limits.rate_per_minute, cfg.limits.burst)
         self.admission = Admission(cfg.limits.queue_size)
-        self.audit = audit_mod.AuditLog()
+        self.audit = audit_mod.AuditLog(log_json=cfg.audit.log_json)
         self.generation = concurrent.futures.ThreadPoolExecutor(
             cfg.limits.generation_workers, thread_name_prefix="slm-generate"
         )

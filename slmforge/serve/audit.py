@@ -8,6 +8,8 @@ the queue is bounded (a full queue slows requests down rather than dropping reco
 
 from __future__ import annotations
 
+import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -15,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 
 from slmforge import workspace
+
+_log = logging.getLogger("slmforge.audit")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -68,8 +72,11 @@ def redact_prompt(text: str, limit: int = 4000) -> str:
 class AuditLog:
     """Queue records with `write`; a daemon thread inserts them in batches."""
 
-    def __init__(self, max_pending: int = 100_000):
+    def __init__(self, max_pending: int = 100_000, log_json: bool = False):
         connect().close()
+        self.log_json = (
+            log_json  # also one JSON line per record on the `slmforge.audit` logger (stdout in a pod)
+        )
         self._queue: queue.Queue[AuditRecord | None] = queue.Queue(max_pending)
         self._thread = threading.Thread(target=self._run, name="slm-audit", daemon=True)
         self._thread.start()
@@ -97,6 +104,10 @@ class AuditLog:
                 except queue.Empty:
                     break
             rows = [tuple(asdict(r).values()) for r in batch if r is not None]
+            if self.log_json:
+                for r in batch:
+                    if r is not None:
+                        _log.info(json.dumps(asdict(r)))
             stop = any(r is None for r in batch)
             try:
                 for attempt in range(5):

@@ -1,5 +1,6 @@
 """API keys: `slm-` + 32 random bytes, shown once, stored as their SHA-256 in the workspace database.
 
+Keys live in the workspace database, or in the file `$SLMFORGE_KEYS_DB` names (see `connect`).
 A key has a name (what the audit log records; the secret itself is never stored or logged), scopes, an
 optional expiry and an optional rate limit of its own. A scope is `*`, an endpoint family (`chat`,
 `completions`, `embeddings`, `classify`, `rag`, `pipelines`, `models`, `metrics`) or an endpoint family
@@ -8,13 +9,16 @@ and one model or pipeline: `classify:intents`, `pipelines:bank`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from slmforge import workspace
 from slmforge.errors import SlmError
@@ -64,7 +68,16 @@ class ApiKey:
 
 
 def connect() -> sqlite3.Connection:
-    con = workspace.connect()
+    """The keys table: in the workspace database, or in the SQLite file `$SLMFORGE_KEYS_DB` names (shared by
+    several replicas; opened read-only when the file is not writable, e.g. mounted from a Kubernetes Secret)."""
+    path = os.environ.get("SLMFORGE_KEYS_DB")
+    if not path:
+        con = workspace.connect()
+    elif Path(path).exists() and not os.access(path, os.W_OK):
+        return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(path, timeout=30)
     con.executescript(SCHEMA)
     return con
 
@@ -85,7 +98,7 @@ def create_key(
         raise SlmError(f"--rate must be at least 1 request per minute (got {rate_per_minute})")
     secret = PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name, scopes, time.time(), until, None, rate_per_minute)
-    with connect() as con:
+    with _writing(), connect() as con:
         if any(k.active for k in _rows(con, "WHERE name = ?", (name,))):
             raise SlmError(f"an active key named {name!r} exists; revoke it first or pick another name")
         con.execute(
@@ -103,7 +116,7 @@ def list_keys(include_inactive: bool = True) -> list[ApiKey]:
 
 def revoke_key(name: str) -> int:
     """Revoke the active keys named `name`; return how many."""
-    with connect() as con:
+    with _writing(), connect() as con:
         n = con.execute(
             "UPDATE api_keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name)
         ).rowcount
@@ -173,6 +186,15 @@ def parse_expiry(text: str) -> float:
     if when.timestamp() <= time.time():
         raise SlmError(f"--expires {text} is in the past")
     return when.timestamp()
+
+
+@contextlib.contextmanager
+def _writing():
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        where = os.environ.get("SLMFORGE_KEYS_DB") or "the workspace database"
+        raise SlmError(f"could not write the keys to {where}: {e}") from None
 
 
 def _rows(con: sqlite3.Connection, where: str, args: tuple) -> list[ApiKey]:

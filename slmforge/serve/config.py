@@ -17,6 +17,7 @@ limits:
   generation_workers: 2         # generations decoded at once; the rest wait in the queue
 audit:
   store_prompts: false          # when true, prompts are stored PII-redacted
+  log_json: false               # also log each record as one JSON line (slmforge.audit logger)
 guard: null                     # a slmforge.guard config (block / redact / flag per route)
 pipelines: null                 # a pipelines YAML file (slmforge.pipeline)
 models:
@@ -63,6 +64,7 @@ class LimitsConfig:
 @dataclass
 class AuditConfig:
     store_prompts: bool = False
+    log_json: bool = False  # also log each record as a JSON line (for a cluster's log collector)
 
 
 @dataclass

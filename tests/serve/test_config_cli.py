@@ -117,3 +117,37 @@ def test_key_names_are_checked():
     with pytest.raises(SlmError, match="key name"):
         create_key("has space", ["chat"])
     assert list_keys() == []
+
+
+def test_a_shared_keys_file_and_a_read_only_one(tmp_path, monkeypatch, make_app):
+    from fastapi.testclient import TestClient
+
+    from slmforge.serve import auth
+
+    keys_db = tmp_path / "keys" / "keys.db"
+    monkeypatch.setenv("SLMFORGE_KEYS_DB", str(keys_db))
+    secret = create_key("replica-user", ["classify"])[0]
+    body, headers = {"model": "intents", "input": "x"}, {"Authorization": f"Bearer {secret}"}
+    with TestClient(make_app()) as c:
+        assert c.post("/v1/classify", json=body, headers=headers).status_code == 200
+    monkeypatch.setattr(auth.os, "access", lambda *a: False)  # as mounted read-only from a Kubernetes Secret
+    with TestClient(make_app()) as c:
+        assert c.post("/v1/classify", json=body, headers=headers).status_code == 200
+    with pytest.raises(SlmError, match="could not write the keys to .*readonly"):
+        create_key("another", ["chat"])
+    with sqlite3.connect(workspace.home() / "workspace.db") as con:  # the workspace holds no keys
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+    assert "api_keys" not in tables and "audit" in tables
+
+
+def test_audit_records_as_json_log_lines(make_app, new_key, caplog):
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    caplog.set_level(logging.INFO, logger="slmforge.audit")
+    k = {"Authorization": f"Bearer {new_key('classify', name='dana')}"}
+    with TestClient(make_app(audit={"log_json": True})) as c:
+        c.post("/v1/classify", json={"model": "intents", "input": "x"}, headers=k)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "slmforge.audit"]
+    assert len(lines) == 1 and lines[0]["key_name"] == "dana" and lines[0]["status"] == 200
