@@ -178,7 +178,7 @@ class Door:
     """What the middleware and the handlers share."""
 
     def __init__(self, cfg: ServeConfig, backends: dict, guard: Guarded, pipelines: dict, keys: KeyStore,
-                 metrics: Metrics):  # fmt: skip
+                 metrics: Metrics, pipeline_executor: concurrent.futures.ThreadPoolExecutor):  # fmt: skip
         self.cfg = cfg
         self.backends = backends
         self.guard = guard
@@ -191,7 +191,7 @@ class Door:
         self.generation = concurrent.futures.ThreadPoolExecutor(
             cfg.limits.generation_workers, thread_name_prefix="slm-generate"
         )
-        self.pipeline_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slm-pipeline")
+        self.pipeline_executor = pipeline_executor
         self.guard_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slm-guard")
         self.draining = False
 
@@ -367,9 +367,10 @@ def create_app(
     if backends is None:
         backends = load_backends(cfg, on_batch=lambda name, n: metrics.batch_size.labels(name).observe(n))
     guarded = Guarded(guard) if guard is not None else load_guard(cfg.guard)
-    if pipelines is None:
-        pipelines = load_pipelines(cfg.pipelines)
-    door = Door(cfg, backends, guarded, pipelines, KeyStore(), metrics)
+    pipeline_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slm-pipeline")
+    if pipelines is None:  # loaded on the thread that runs them (their SQLite indexes belong to it)
+        pipelines = pipeline_executor.submit(load_pipelines, cfg.pipelines, cfg.threads).result()
+    door = Door(cfg, backends, guarded, pipelines, KeyStore(), metrics, pipeline_executor)
 
     @asynccontextmanager
     async def lifespan(_app):

@@ -127,7 +127,8 @@ def revoke_key(name: str) -> int:
 
 class KeyStore:
     """Looks presented secrets up by hash, one connection per thread (reads are ~50 µs in WAL mode), so a
-    revocation takes effect on the next request."""
+    revocation takes effect on the next request. A `$SLMFORGE_KEYS_DB` file that is replaced (a Kubernetes
+    Secret update swaps it) is reopened on the next request."""
 
     def __init__(self):
         import threading
@@ -138,11 +139,26 @@ class KeyStore:
     def lookup(self, secret: str) -> ApiKey | None:
         if not secret.startswith(PREFIX) or len(secret) > 128:
             return None
+        stamp = _file_stamp()
         con = getattr(self._local, "con", None)
-        if con is None:
+        if con is None or self._local.stamp != stamp:
+            if con is not None:
+                con.close()
             con = self._local.con = connect()
+            self._local.stamp = stamp
         rows = _rows(con, "WHERE hash = ?", (hash_key(secret),))
         return rows[0] if rows else None
+
+
+def _file_stamp() -> tuple | None:
+    path = os.environ.get("SLMFORGE_KEYS_DB")
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def check_scopes(scopes: list[str]) -> list[str]:

@@ -347,17 +347,23 @@ def load_guard(spec: dict | None) -> Guarded:
     return Guarded(guard_module.load_guard(spec))
 
 
-def load_pipelines(spec: str | dict | None) -> dict[str, Any]:
+def load_pipelines(spec: str | dict | None, threads: int | None = None) -> dict[str, Any]:
+    """{name: pipeline} from slmforge.pipeline, warmed up (models loaded) when it can be."""
     if spec is None:
         return {}
     try:
         from slmforge import pipeline as pipeline_module
     except ImportError:
         raise SlmError("the config names pipelines but this slmforge has no slmforge.pipeline") from None
-    pipelines = pipeline_module.load_pipelines(spec)
+    import inspect
+
+    takes_threads = "threads" in inspect.signature(pipeline_module.load_pipelines).parameters
+    pipelines = pipeline_module.load_pipelines(spec, **({"threads": threads} if takes_threads else {}))
     for name, p in pipelines.items():
         if not callable(getattr(p, "run", None)):
             raise SlmError(f"pipeline {name!r} has no run(text) method")
+        if callable(getattr(p, "warm", None)):
+            p.warm()
     return pipelines
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 
 import pytest
@@ -130,11 +132,24 @@ def test_a_shared_keys_file_and_a_read_only_one(tmp_path, monkeypatch, make_app)
     body, headers = {"model": "intents", "input": "x"}, {"Authorization": f"Bearer {secret}"}
     with TestClient(make_app()) as c:
         assert c.post("/v1/classify", json=body, headers=headers).status_code == 200
+    real_access = os.access
     monkeypatch.setattr(auth.os, "access", lambda *a: False)  # as mounted read-only from a Kubernetes Secret
     with TestClient(make_app()) as c:
         assert c.post("/v1/classify", json=body, headers=headers).status_code == 200
     with pytest.raises(SlmError, match="could not write the keys to .*readonly"):
         create_key("another", ["chat"])
+    # a Secret update swaps the file: the running server reads the new one (here: the key revoked)
+    monkeypatch.setattr(auth.os, "access", real_access)
+    newer = tmp_path / "keys" / "newer.db"
+    shutil.copy(keys_db, newer)
+    monkeypatch.setenv("SLMFORGE_KEYS_DB", str(newer))
+    auth.revoke_key("replica-user")
+    monkeypatch.setenv("SLMFORGE_KEYS_DB", str(keys_db))
+    monkeypatch.setattr(auth.os, "access", lambda *a: False)
+    with TestClient(make_app()) as c:
+        assert c.post("/v1/classify", json=body, headers=headers).status_code == 200
+        os.replace(newer, keys_db)
+        assert c.post("/v1/classify", json=body, headers=headers).status_code == 401
     with sqlite3.connect(workspace.home() / "workspace.db") as con:  # the workspace holds no keys
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     assert "api_keys" not in tables and "audit" in tables
