@@ -466,6 +466,8 @@ def create_app(
         params = gen_params(body, body.max_completion_tokens or body.max_tokens, b)
         ids = b.encode(messages)
         rec.tokens_in = len(ids)
+        if not rec.tokens_in:
+            raise ApiError(400, "the prompt is empty", param="prompt")
         cid = "chatcmpl-" + rec.request_id
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
@@ -488,6 +490,8 @@ def create_app(
         params = gen_params(body, body.max_tokens, b)
         ids = b.encode(None, prompt)
         rec.tokens_in = len(ids)
+        if not rec.tokens_in:
+            raise ApiError(400, "the prompt is empty", param="prompt")
         cid = "cmpl-" + rec.request_id
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
