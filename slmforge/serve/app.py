@@ -225,7 +225,7 @@ class FrontDoor:
             if state["done"]:
                 return
             state["done"] = True
-            rec.status = status
+            rec.status = status = rec.status or status  # a stream that failed midway set its own status
             rec.latency_ms = round((time.perf_counter() - started) * 1000, 3)
             if endpoint != "metrics":  # a scraper every few seconds is not an audit event
                 door.audit.write(rec)
@@ -286,7 +286,7 @@ class FrontDoor:
             if state["admitted"]:
                 door.admission.leave()
                 door.metrics.queue_depth.set(door.admission.depth)
-            await finish(state["status"] or 499)  # 499: the client went away before the answer
+            await finish(499)  # only if the answer never completed: the client went away
 
     async def _guarded_call(self, scope, receive, send) -> None:
         started = False

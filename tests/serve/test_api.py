@@ -75,6 +75,9 @@ def test_sse_stream_format(client, new_key):
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert json.loads(lines[0][6:])["object"] == "text_completion"
+    client.app.state.door.audit.flush()
+    streamed = audit.query(limit=2)[1]  # the streamed chat: its tokens are recorded when the stream ends
+    assert streamed.status == 200 and streamed.tokens_out == whole["usage"]["completion_tokens"]
 
 
 def test_stop_sequences_cut_the_text(client, new_key):

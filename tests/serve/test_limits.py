@@ -141,3 +141,17 @@ def test_micro_batcher_passes_errors_to_every_request():
 
     outs = asyncio.run(main())
     assert all(isinstance(o, ValueError) for o in outs)
+
+
+def test_a_stream_that_times_out_is_audited_as_504(make_app, new_key):
+    slow = SlowChat()
+    app = make_app(extra_backends={"slow": slow}, limits={"timeout_s": 0.5})
+    with TestClient(app) as c:
+        with c.stream(
+            "POST", "/v1/chat/completions", json={**SLOW, "stream": True}, headers=bearer(new_key("*"))
+        ) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert r.status_code == 200  # the headers went out before the timeout
+        assert '"timeout"' in lines[-2] and lines[-1] == "data: [DONE]"
+        app.state.door.audit.flush()
+    assert audit.query(endpoint="chat")[0].status == 504
