@@ -41,6 +41,7 @@ INJECTION_LABEL = "injection"
 DETECTOR_NAME = "guard-injection"
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DATA = REPO / "benchmarks" / "data" / "injection" / "train.csv"
+BANK_INTENTS = REPO / "examples" / "bank" / "intents.csv"  # 196 benign customer requests, also used as benign
 
 # Classic attack phrasings. Matched case-insensitively on the text and on a normalised copy (leetspeak
 # digits mapped to letters, s p a c e d letters joined), so trivial obfuscation does not slip through.
@@ -344,77 +345,102 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def build_detector(
     out: str | None = None,
     data: str | None = None,
-    epochs: int = 3,
+    extra_benign: list[str] | None = None,
+    extra_text_col: str = "text",
+    layers: int | None = 3,
+    epochs: int = 1,
+    heal_epochs: int = 2,
     max_len: int = 128,
     quantize: bool = False,
-    extra_benign: str | None = None,
-    extra_text_col: str = "text",
     threads: int | None = None,
-    max_minutes: float | None = 5,
+    max_minutes: float | None = 4,
     progress: bool = True,
     overwrite: bool = True,
 ) -> dict:
-    """Train the injection classifier with slmforge's classification workflow and export it to ONNX
-    (verified against torch); returns where it went and the training metrics.
+    """Train the injection detector with slmforge's own workflows; return where it went and its metrics.
+
+    1. `slm classify train` on `data` (default benchmarks/data/injection/train.csv) plus `extra_benign`
+       CSVs (column `extra_text_col`; every row labelled benign: add your own benign traffic; default:
+       examples/bank/intents.csv, pass [] for none), base minilm-l6;
+    2. `slm prune --layers 3` (no vocabulary trimming: an attack's unseen words must not become [UNK]),
+       healed by distillation from step 1's model for `heal_epochs` (`layers=None` skips this step);
+    3. `slm export --format onnx`, verified against torch; `quantize=True` then `slm quantize` (uint8
+       weights): refused by its own verification on this model, see benchmarks/results/guard.md.
 
     `out` (default `$SLMFORGE_HOME/models/guard-injection`) is what `detector: auto` loads.
-    `extra_benign`: a CSV of your own benign traffic (column `extra_text_col`), added as label benign.
-    `quantize`: uint8 weights via `slm quantize` (off: it is refused by its verification on this model,
-    see benchmarks/results/guard.md).
     """
     import tempfile
 
     from slmforge.classify import ClassifyTrainConfig, train_classifier
+    from slmforge.compress import CompressConfig, prune
     from slmforge.export import ExportConfig, export
     from slmforge.quantize import QuantizeConfig
     from slmforge.quantize import quantize as quantize_model
 
+    started = time.perf_counter()
     out_path = Path(out) if out else default_detector_path()
     data = data or str(TRAIN_DATA)
     if not Path(data).is_file():
         raise SlmError(f"injection training data {data} does not exist")
+    if extra_benign is None:
+        extra_benign = [str(BANK_INTENTS)] if BANK_INTENTS.exists() else []
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
         if extra_benign:
             data = _merge_benign(data, extra_benign, extra_text_col, Path(tmp) / "train.csv")
-        torch_dir = Path(tmp) / "torch"
+        model_dir = Path(tmp) / "torch"
         trained = train_classifier(
             ClassifyTrainConfig(
-                data=data, out=str(torch_dir), epochs=epochs, max_len=max_len, threads=threads,
+                data=data, out=str(model_dir), epochs=epochs, max_len=max_len, threads=threads,
                 max_minutes=max_minutes, val_fraction=0.1,
             ),
             progress=progress,
         )  # fmt: skip
+        info = {"teacher_val_accuracy": trained.val_accuracy, "train_examples": trained.train_examples}
+        if layers:
+            pruned = Path(tmp) / f"torch-{layers}l"
+            healed = prune(
+                CompressConfig(
+                    teacher=str(model_dir), data=data, out=str(pruned), layers=layers, trim_vocab=False,
+                    epochs=heal_epochs, threads=threads,
+                ),
+                progress=progress,
+            )  # fmt: skip
+            info |= {
+                "layers": layers,
+                "val_accuracy": healed.get("val_accuracy"),
+                "params": healed.get("params"),
+            }
+            model_dir = pruned
         if quantize:
             metrics = quantize_model(
-                QuantizeConfig(model=str(torch_dir), out=str(out_path), overwrite=overwrite)
+                QuantizeConfig(model=str(model_dir), out=str(out_path), overwrite=overwrite)
             )
         else:
-            metrics = export(ExportConfig(model=str(torch_dir), out=str(out_path), overwrite=overwrite))
+            metrics = export(ExportConfig(model=str(model_dir), out=str(out_path), overwrite=overwrite))
     return {
         "out": str(out_path),
-        "val_accuracy": trained.val_accuracy,
-        "train_examples": trained.train_examples,
-        "train_seconds": round(trained.elapsed_s, 1),
-        **{
-            k: metrics[k]
-            for k in ("precision", "verify_top1_agreement", "verify_cosine_mean")
-            if k in metrics
-        },
+        **info,
+        "precision": metrics.get("precision"),
+        "verify_top1_agreement": metrics.get("verify_top1_agreement"),
+        "build_seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def _merge_benign(data: str, extra: str, text_col: str, out: Path) -> str:
+def _merge_benign(data: str, extra: list[str], text_col: str, out: Path) -> str:
     import csv
 
     from slmforge.classify import read_examples
 
     texts, labels = read_examples(data, "text", "label")
-    with open(extra, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or text_col not in rows[0]:
-        raise SlmError(f"{extra} has no column {text_col!r}")
-    texts += [r[text_col] for r in rows if r[text_col].strip()]
+    for path in extra:
+        if not Path(path).is_file():
+            raise SlmError(f"benign texts file {path} does not exist")
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or text_col not in rows[0]:
+            raise SlmError(f"{path} has no column {text_col!r}")
+        texts += [r[text_col] for r in rows if r[text_col].strip()]
     labels += ["benign"] * (len(texts) - len(labels))
     with open(out, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -423,7 +449,19 @@ def _merge_benign(data: str, extra: str, text_col: str, out: Path) -> str:
     return str(out)
 
 
-if __name__ == "__main__":  # python -m slmforge.guard [OUT]: build the detector
-    import sys
+if (
+    __name__ == "__main__"
+):  # python -m slmforge.guard [--out DIR] [--extra-benign CSV ...]: build the detector
+    import argparse
 
-    print(build_detector(sys.argv[1] if len(sys.argv) > 1 else None))
+    ap = argparse.ArgumentParser(description=build_detector.__doc__)
+    ap.add_argument(
+        "--out", help="default: $SLMFORGE_HOME/models/guard-injection (what `detector: auto` loads)"
+    )
+    ap.add_argument(
+        "--extra-benign", nargs="*", help="CSVs of benign texts (column 'text'); default: the bank intents"
+    )
+    ap.add_argument("--layers", type=int, default=3, help="0: keep all six layers")
+    ap.add_argument("--threads", type=int)
+    a = ap.parse_args()
+    print(build_detector(a.out, extra_benign=a.extra_benign, layers=a.layers or None, threads=a.threads))

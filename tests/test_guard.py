@@ -190,3 +190,12 @@ def test_detector_without_injection_label_is_refused(tmp_path):
     )
     with pytest.raises(SlmError, match="has no 'injection' label"):
         load_guard({"detector": str(out)})
+
+
+def test_build_detector_refuses_missing_inputs_before_training(tmp_path):
+    from slmforge.guard import build_detector
+
+    with pytest.raises(SlmError, match="injection training data .* does not exist"):
+        build_detector(str(tmp_path / "det"), data=str(tmp_path / "none.csv"), progress=False)
+    with pytest.raises(SlmError, match="benign texts file .* does not exist"):
+        build_detector(str(tmp_path / "det"), extra_benign=[str(tmp_path / "none.csv")], progress=False)
