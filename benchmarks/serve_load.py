@@ -102,7 +102,7 @@ def main() -> None:
         wait_ready(url, server, work)
         for phase in phases:
             print(f"{phase}: {args.clients} clients x {args.seconds:g} s ...", flush=True)
-            r = asyncio.run(run_phase(url, secret, phase, args.clients, args.seconds, args.max_tokens))
+            r = asyncio.run(run_phase(port, secret, phase, args.clients, args.seconds, args.max_tokens))
             sent += r.pop("sent")
             results["phases"][phase] = r
             print("  " + summary_line(r), flush=True)
@@ -130,43 +130,83 @@ def main() -> None:
     sys.exit(0 if results["no_5xx"] and results["audit_complete"] else 1)
 
 
-async def run_phase(url: str, secret: str, phase: str, clients: int, seconds: float, max_tokens: int) -> dict:
-    import httpx
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator shares the cores with the server, and
+    httpx costs a few milliseconds of CPU per request, which would be measured as server overhead."""
 
-    headers = {"Authorization": f"Bearer {secret}"}
+    def __init__(self, port: int, secret: str):
+        self.port, self.secret = port, secret
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: dict) -> int:
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.secret}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()  # fmt: skip
+        for attempt in (0, 1):  # the server may close an idle keep-alive connection: reconnect once
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+                self.writer.write(head + data)
+                await self.writer.drain()
+                header = await self.reader.readuntil(b"\r\n\r\n")
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                if attempt:
+                    raise
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            (int(v) for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "content-length"), 0
+        )
+        await self.reader.readexactly(length)
+        if any(x.lower() == "connection: close" for x in lines):
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def run_phase(
+    port: int, secret: str, phase: str, clients: int, seconds: float, max_tokens: int
+) -> dict:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=seconds + 180
-    ) as client:
-        end = time.perf_counter() + seconds
+    end = time.perf_counter() + seconds
 
-        async def one_client(i: int) -> None:
-            nonlocal errors
-            rng = random.Random(i)
-            while time.perf_counter() < end:
-                if phase == "chat":
-                    path = "/v1/chat/completions"
-                    body = {"model": "chat", "max_tokens": max_tokens, "temperature": 0,
-                            "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}  # fmt: skip
-                else:
-                    path = "/v1/classify"
-                    body = {"model": "intents" if phase == "classify" else "intents-unbatched",
-                            "input": rng.choice(TEXTS)}  # fmt: skip
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(path, json=body)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                except httpx.HTTPError:
-                    errors += 1
+    async def one_client(i: int) -> None:
+        nonlocal errors
+        rng = random.Random(i)
+        conn = Connection(port, secret)
+        while time.perf_counter() < end:
+            if phase == "chat":
+                path = "/v1/chat/completions"
+                body = {"model": "chat", "max_tokens": max_tokens, "temperature": 0,
+                        "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}  # fmt: skip
+            else:
+                path = "/v1/classify"
+                body = {
+                    "model": "intents" if phase == "classify" else "intents-unbatched",
+                    "input": rng.choice(TEXTS),
+                }
+            t0 = time.perf_counter()
+            try:
+                status = await conn.post(path, body)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                errors += 1
+                conn.close()
+        conn.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
+    wall = time.perf_counter() - started
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     sent = sum(statuses.values())
     return {
