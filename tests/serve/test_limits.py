@@ -155,3 +155,31 @@ def test_a_stream_that_times_out_is_audited_as_504(make_app, new_key):
         assert '"timeout"' in lines[-2] and lines[-1] == "data: [DONE]"
         app.state.door.audit.flush()
     assert audit.query(endpoint="chat")[0].status == 504
+
+
+def test_concurrent_generations_share_the_weights_safely(make_app, new_key):
+    from concurrent.futures import ThreadPoolExecutor
+
+    k = bearer(new_key("chat"))
+    prompts = ["the cat sees", "a small dog likes", "my friend builds", "the teacher reads"]
+    with LiveServer(make_app(limits={"generation_workers": 4})) as srv:
+
+        def ask(p: str) -> str:
+            body = {"model": "tiny", "messages": [{"role": "user", "content": p}], "max_tokens": 8}
+            r = httpx.post(srv.url + "/v1/chat/completions", json=body, headers=k, timeout=60)
+            return r.json()["choices"][0]["message"]["content"]
+
+        alone = [ask(p) for p in prompts]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, prompts * 2))
+    assert together == alone * 2  # greedy: the same text whatever runs beside it
+
+
+def test_chunked_oversized_body_is_413(make_app, new_key):
+    k = bearer(new_key("*"))
+    with TestClient(make_app(limits={"max_body_bytes": 1000})) as c:
+        chunks = (b'{"model": "intents", "input": "' + b"x" * 600, b"x" * 600 + b'"}')
+        r = c.post("/v1/classify", content=iter(chunks), headers={**k, "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        r = c.post("/v1/classify", content=b"{}", headers={**k, "Content-Length": "abc"})
+        assert r.status_code == 400
