@@ -261,7 +261,7 @@ class Pipeline:
         self.res.classifier(self.cfg.classify.model)
         for b in [*self.cfg.routes.values(), self.cfg.low_confidence, self.cfg.fallback]:
             if b is not None and b.type == "rag":
-                self.res.retriever(b.index, b.store)
+                self.res.retriever(b.index, b.store).embedder  # noqa: B018  (loads the query encoder)
 
     def run(self, text: str) -> dict:
         if not isinstance(text, str) or not text.strip():
