@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,7 @@ class Guard:
     def __init__(self, cfg: GuardConfig):
         self.cfg = cfg
         self._models: dict[str, object] = {}
+        self._lock = threading.Lock()  # a fast tokenizer must not be called from two threads at once
         self.detector = self._resolve(cfg.detector, "guard.detector")
         for route, policy in cfg.routes.items():
             if policy.detector:
@@ -297,7 +299,8 @@ class Guard:
         """The detector's injection probability: the highest over the text's windows."""
         clf = self._model(detector or self.detector)
         windows = text_windows(text, self.cfg.window_chars, self.cfg.max_windows)
-        logits = clf.logits(windows, batch_size=len(windows))
+        with self._lock:
+            logits = clf.logits(windows, batch_size=len(windows))
         probs = _softmax(logits)[:, clf.labels.index(INJECTION_LABEL)]
         return float(probs.max())
 

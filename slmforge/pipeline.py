@@ -220,6 +220,9 @@ class _Resources:
                 self._items[key] = make()
             return self._items[key]
 
+    def lock(self, key: tuple) -> threading.Lock:
+        return self.get(("lock", *key), threading.Lock)
+
     def classifier(self, path: str):
         from slmforge.classify import load_classifier
 
@@ -291,7 +294,8 @@ class Pipeline:
     def _classify(self, model: str, text: str, step: str, steps: list) -> tuple[str, float]:
         t0 = time.perf_counter()
         clf = self.res.classifier(model)
-        logits = clf.logits([text])[0]
+        with self.res.lock(("classifier", model)):  # a fast tokenizer must not be shared by two threads
+            logits = clf.logits([text])[0]
         e = np.exp(logits - logits.max())
         probs = e / e.sum()
         best = int(probs.argmax())
