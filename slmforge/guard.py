@@ -16,10 +16,12 @@ when it blocks, so a blocked request's text can be logged), the reasons and the 
       /v1/pipelines/*: {pii: redact, injection: block, threshold: 0.7}
 
 Personal data comes from `slmforge.pii` (emails, phones, Luhn-valid cards, mod-97 IBANs). The injection
-detector is rules OR a small classifier (MiniLM fine-tuned by `slmforge.classify` on the hand-written
-set in benchmarks/data/injection, exported to ONNX with uint8 weights): `build_detector()` makes it.
-Long texts are scored in overlapping windows (the highest score counts), so an attack at the end of a
-long message is not truncated away. Measured TPR / FPR and latency: benchmarks/guard.py.
+detector is rules OR a small classifier: MiniLM fine-tuned by `slmforge.classify` on the hand-written
+set in benchmarks/data/injection, pruned to 3 layers (healed by distillation) and exported to ONNX;
+`build_detector()` (`python -m slmforge.guard`) makes it in about 3 minutes on 2 cores. Long texts are
+scored in overlapping windows (the highest score counts), so an attack at the end of a long message is
+not truncated away. Measured (benchmarks/guard.py, benchmarks/results/guard.md): 97.0 % TPR at 4.0 % FPR
+on the held-out split, 5-8.5 ms p50 added per request with one thread.
 """
 
 from __future__ import annotations
