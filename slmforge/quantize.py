@@ -2,7 +2,11 @@
 
 One function per (scheme, format); `quantize(cfg)` picks it. Today: `int8` = ONNX Runtime dynamic
 int8 (weights int8, per output channel by default; activations quantised on the fly) for encoders and
-classifiers. The input is an ONNX directory from `slm export`, or a torch classifier / encoder, which
+classifiers. Only the encoder's MatMuls are quantised: the classification head stays fp32, because its
+weights come from a logistic regression on standardised features (scaled by 1/std per feature), so the
+per-tensor rounding of its input is amplified in the low-variance features (a BANKING77 classifier with a
+quantised head agreed with fp32 on 73 % of test texts, without it on 99 %); the token embeddings stay fp32
+too (a table lookup costs no compute, and quantising it cost another 0.4 points of agreement). The input is an ONNX directory from `slm export`, or a torch classifier / encoder, which
 is exported first (into a temporary directory). The int8 model's outputs are compared with the fp32
 ONNX model's on the same texts (cosine, max |diff|, top-1 agreement for classifiers) and recorded in
 its manifest. Dynamic int8 of causal LMs belongs to other runtimes (see BENCHMARKS.md): refused here.
@@ -93,6 +97,7 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
             str(tmp / "model.onnx"),
             per_channel=cfg.per_channel,
             weight_type=QuantType.QUInt8 if cfg.weight_type == "uint8" else QuantType.QInt8,
+            nodes_to_quantize=encoder_matmuls(source / "model.onnx"),
         )
         for item in source.iterdir():
             if item.name not in ("model.onnx", workspace.MANIFEST) and item.is_file():
@@ -109,7 +114,9 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
     metrics = {
         "format": "onnx",
         "precision": "int8",
-        "scheme": f"ort-dynamic-{cfg.weight_type}-" + ("per-channel" if cfg.per_channel else "per-tensor"),
+        "scheme": f"ort-dynamic-{cfg.weight_type}-"
+        + ("per-channel" if cfg.per_channel else "per-tensor")
+        + "-encoder-matmuls",
         "model_kind": kind,
         "params": src_metrics.get("params"),
         "verify_vs": verify_vs or str(source),
@@ -128,3 +135,14 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
         metrics={**keep, **metrics},
     )
     return {"out": str(out), **metrics}
+
+
+def encoder_matmuls(path: Path) -> list[str]:
+    """Names of the graph's MatMul nodes outside the classification head (the ones worth quantising)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    names = [n.name for n in graph.node if n.op_type == "MatMul" and "classifier" not in n.name]
+    if not names:
+        raise SlmError(f"{path} has no MatMul to quantise (is it an encoder exported by `slm export`?)")
+    return names
