@@ -251,7 +251,15 @@ class FrontDoor:
             await finish(e.status)
 
         try:
-            key = self._authenticate(scope, endpoint)
+            try:
+                key = self._authenticate(scope, endpoint)
+            except ApiError:  # failed attempts are rate-limited per client address, like a key's requests
+                client = (scope.get("client") or ("?", 0))[0]
+                wait = door.limiter.take(f"unauthenticated@{client}")
+                if wait > 0:
+                    raise ApiError(429, "too many requests without a valid key", "rate_limit_error",
+                                   "rate_limited", headers={"Retry-After": retry_after(wait)}) from None  # fmt: skip
+                raise
             rec.key_name = key.name
             if not key.allows(endpoint):
                 raise ApiError(403, f"this key may not call {endpoint}", "permission_error", "scope")

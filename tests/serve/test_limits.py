@@ -183,3 +183,13 @@ def test_chunked_oversized_body_is_413(make_app, new_key):
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
         r = c.post("/v1/classify", content=b"{}", headers={**k, "Content-Length": "abc"})
         assert r.status_code == 400
+
+
+def test_failed_key_attempts_are_rate_limited_per_client(make_app, new_key):
+    with TestClient(make_app(limits={"rate_per_minute": 60, "burst": 3})) as c:
+        bad = {"Authorization": "Bearer slm-guess"}
+        codes = [c.get("/v1/models", headers=bad).status_code for _ in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        assert (
+            c.get("/v1/models", headers=bearer(new_key("models"))).status_code == 200
+        )  # keys have their own
