@@ -26,6 +26,17 @@ class RateLimiter:
         self.burst = burst
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+        self.max_buckets = 50_000  # many client addresses never grow memory past this
+
+    def _prune(self, now: float) -> None:
+        """Forget buckets idle long enough to be full again (forgetting them changes nothing); if all are
+        busy, the oldest half."""
+        full_after = self.burst / (self.rate_per_minute / 60.0)
+        idle = [k for k, b in self._buckets.items() if now - b.updated >= full_after]
+        if not idle:
+            idle = sorted(self._buckets, key=lambda k: self._buckets[k].updated)[: len(self._buckets) // 2]
+        for k in idle:
+            del self._buckets[k]
 
     def take(self, key: str, rate_per_minute: int | None = None, now: float | None = None) -> float:
         """Spend one request for `key`: 0 when allowed, else the seconds to wait (for Retry-After)."""
@@ -35,6 +46,8 @@ class RateLimiter:
         with self._lock:
             b = self._buckets.get(key)
             if b is None:
+                if len(self._buckets) >= self.max_buckets:
+                    self._prune(now)
                 b = self._buckets[key] = _Bucket(float(burst), now)
             b.tokens = min(float(burst), b.tokens + (now - b.updated) * rate)
             b.updated = now

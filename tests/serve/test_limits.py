@@ -193,3 +193,13 @@ def test_failed_key_attempts_are_rate_limited_per_client(make_app, new_key):
         assert (
             c.get("/v1/models", headers=bearer(new_key("models"))).status_code == 200
         )  # keys have their own
+
+
+def test_rate_limiter_memory_is_bounded():
+    rl = RateLimiter(rate_per_minute=60, burst=2)
+    rl.max_buckets = 100
+    for i in range(1000):
+        rl.take(f"ip{i}", now=i * 0.001)
+    assert len(rl._buckets) <= 100
+    rl.take("late", now=10_000)  # everything idle long enough is forgotten
+    assert len(rl._buckets) <= 100
