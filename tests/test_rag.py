@@ -397,3 +397,34 @@ def test_two_stage_vector_search_matches_the_exact_scan(tmp_path, monkeypatch):
                                             "WHERE f.path LIKE '%file1%'")}  # fmt: skip
     assert len(only) == 10 and {c for c, _ in only} <= ids1
     store.close()
+
+
+def test_bm25_postings_rank_like_fts5_and_stale_postings_fall_back(built, tmp_path):
+    from slmforge.rag.sqlite_store import SqliteStore
+    from slmforge.rag.store import NewChunk
+
+    _, index, _ = built
+    store = SqliteStore(index)
+    assert store._bm25_fresh()  # build_index ended with finish(): postings stored and current
+    queries = [["prune", "roses"], ["pasta", "water", "salt"], ["error", "code"], ["flux", "capacitor"]]
+    fast = [store.search_text(q, 5, Filters()) for q in queries]
+    for q, got in zip(queries, fast, strict=True):
+        stamp = store.meta()["bm25_stamp"]
+        store.con.execute("UPDATE meta SET value = 'stale' WHERE key = 'bm25_stamp'")  # what FTS5 says
+        store._bm25_version = None
+        ref = store.search_text(q, 5, Filters())
+        store.con.execute("UPDATE meta SET value = ? WHERE key = 'bm25_stamp'", (stamp,))
+        store._bm25_version = None
+        assert [c for c, _ in got] == [c for c, _ in ref], q
+        assert all(s > 0 for _, s in got)
+    # a file added without finish() (an index run killed between batches): postings are stale, FTS5 answers
+    store.put_file("/x/new.md", "sha", [], [NewChunk("new.md", "New", 0, 9, "zebra crossing rules")],
+                   np.ones((1, 384), dtype="float32") / np.sqrt(384))  # fmt: skip
+    store.commit()
+    assert not store._bm25_fresh()
+    hit = store.search_text(["zebra"], 5, Filters())
+    assert len(hit) == 1
+    store.finish()
+    assert store._bm25_fresh() and store.search_text(["zebra"], 5, Filters())[0][0] == hit[0][0]
+    assert store.search_text(["zebra"], 5, Filters(path="*garden*")) == []  # filters apply to postings too
+    store.close()

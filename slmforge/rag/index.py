@@ -85,6 +85,7 @@ def build_index(cfg: RagIndexConfig, progress: bool = True) -> IndexResult:
         todo = [(p, h) for p, h in files.items() if indexed.get(p) != h]
         result.files_unchanged = len(files) - len(todo)
         _index_files(store, embedder, todo, cfg, chunk_cfg, result, progress)
+        store.finish()
         counts = store.counts()
         result.chunks_total, result.size_bytes = counts["chunks"], counts.get("size_bytes", 0)
     finally:

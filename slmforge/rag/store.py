@@ -111,6 +111,10 @@ class Store(ABC):
     @abstractmethod
     def commit(self) -> None: ...
 
+    def finish(self) -> None:
+        """After an index run: bring derived search structures up to date (a no-op unless a store has some)."""
+        return None
+
     @abstractmethod
     def search_text(self, terms: list[str], k: int, filters: Filters) -> list[tuple[int, float]]:
         """Full-text ranking of chunks matching any of `terms` (BM25 on SQLite): [(chunk id, score)]."""
