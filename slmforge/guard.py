@@ -141,7 +141,7 @@ def parse_config(raw: dict) -> GuardConfig:
     if not isinstance(raw, dict):
         raise SlmError(f"guard: expected a mapping, got {type(raw).__name__}")
     top = {"detector", "threshold", "rules", "threads", "window_chars", "max_windows", "default", "routes"}
-    _unknown(raw, top, "guard")
+    check_fields(raw, top, "guard")
     cfg = GuardConfig()
     if "detector" in raw:
         d = raw["detector"]
@@ -149,7 +149,7 @@ def parse_config(raw: dict) -> GuardConfig:
             raise SlmError("guard.detector: expected a path, 'auto' or 'none'")
         cfg.detector = None if d is None or str(d).lower() in ("none", "off", "") else str(d)
     if "threshold" in raw:
-        cfg.threshold = _threshold(raw["threshold"], "guard.threshold")
+        cfg.threshold = check_unit(raw["threshold"], "guard.threshold")
     if "rules" in raw:
         if not isinstance(raw["rules"], bool):
             raise SlmError("guard.rules: expected true or false")
@@ -171,14 +171,14 @@ def parse_config(raw: dict) -> GuardConfig:
 def _policy(raw, where: str) -> RoutePolicy:
     if not isinstance(raw, dict):
         raise SlmError(f"{where}: expected a mapping like {{pii: redact, injection: block}}")
-    _unknown(raw, {"pii", "injection", "threshold", "detector"}, where)
+    check_fields(raw, {"pii", "injection", "threshold", "detector"}, where)
     p = RoutePolicy()
     if "pii" in raw:
         p.pii = _choice(raw["pii"], PII_ACTIONS, f"{where}.pii")
     if "injection" in raw:
         p.injection = _choice(raw["injection"], INJECTION_ACTIONS, f"{where}.injection")
     if "threshold" in raw:
-        p.threshold = _threshold(raw["threshold"], f"{where}.threshold")
+        p.threshold = check_unit(raw["threshold"], f"{where}.threshold")
     if "detector" in raw:
         if not isinstance(raw["detector"], str):
             raise SlmError(f"{where}.detector: expected a path")
@@ -194,13 +194,15 @@ def _choice(value, allowed: tuple, where: str) -> str:
     return value.lower()
 
 
-def _threshold(value, where: str) -> float:
+def check_unit(value, where: str) -> float:
+    """A config number in [0, 1], or a one-line error naming where it is."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise SlmError(f"{where}: expected a number in [0, 1], got {value!r}")
     return float(value)
 
 
-def _unknown(raw: dict, allowed: set, where: str) -> None:
+def check_fields(raw: dict, allowed: set, where: str) -> None:
+    """Refuse config fields outside `allowed`, naming the first one."""
     extra = sorted(str(k) for k in raw if k not in allowed)
     if extra:
         raise SlmError(f"{where}: unknown field {extra[0]!r} (expected {', '.join(sorted(allowed))})")

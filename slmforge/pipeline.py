@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.errors import SlmError
+from slmforge.guard import check_fields, check_unit
 
 BRANCH_TYPES = ("rag", "template", "generate", "cascade", "human")
 DEFAULT_HUMAN = "I'm passing your question to a member of our team, who will get back to you shortly."
@@ -117,14 +118,14 @@ def _pipeline(name: str, spec, base: Path) -> PipelineConfig:
     where = f"pipeline {name!r}"
     if not isinstance(spec, dict):
         raise SlmError(f"{where}: expected a mapping with classify and routes")
-    _no_extra(spec, {"classify", "routes", "low_confidence", "fallback", "description"}, where)
+    check_fields(spec, {"classify", "routes", "low_confidence", "fallback", "description"}, where)
     c = spec.get("classify")
     if not isinstance(c, dict) or not c.get("model"):
         raise SlmError(f"{where}: step 'classify': field 'model' is required (a classifier directory)")
-    _no_extra(c, {"model", "min_confidence"}, f"{where}: step 'classify'")
+    check_fields(c, {"model", "min_confidence"}, f"{where}: step 'classify'")
     classify = ClassifyStep(
         model=_path(str(c["model"]), base),
-        min_confidence=_unit(
+        min_confidence=check_unit(
             c.get("min_confidence", 0.5), f"{where}: step 'classify': field 'min_confidence'"
         ),
     )
@@ -153,7 +154,7 @@ def _branch(spec, where: str, base: Path) -> Branch:
     if kind not in BRANCH_TYPES:
         raise SlmError(f"{where}: field 'type' must be one of {', '.join(BRANCH_TYPES)}, got {kind!r}")
     where = f"{where} ({kind})"
-    _no_extra(spec, _ALLOWED[kind] | {"type"}, where)
+    check_fields(spec, _ALLOWED[kind] | {"type"}, where)
     for name in _REQUIRED.get(kind, ()):
         if not spec.get(name):
             raise SlmError(f"{where}: field {name!r} is required")
@@ -166,7 +167,7 @@ def _branch(spec, where: str, base: Path) -> Branch:
         if t == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise SlmError(f"{where}: field {key!r} must be a positive integer, got {value!r}")
         if t == "float":
-            value = _unit(value, f"{where}: field {key!r}")
+            value = check_unit(value, f"{where}: field {key!r}")
         if t == "list[str]":
             if isinstance(value, str):
                 value = [value]
@@ -189,18 +190,6 @@ def _path(value: str, base: Path) -> str:
     if not p.is_absolute() and (base / p).exists():
         return str(base / p)
     return str(p) if p.is_absolute() else value
-
-
-def _unit(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise SlmError(f"{where} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _no_extra(spec: dict, allowed: set, where: str) -> None:
-    extra = sorted(str(k) for k in spec if k not in allowed)
-    if extra:
-        raise SlmError(f"{where}: unknown field {extra[0]!r} (expected one of {', '.join(sorted(allowed))})")
 
 
 # ---------------------------------------------------------------- running

@@ -145,7 +145,7 @@ def test_bad_yaml_is_a_one_line_error_naming_step_and_field(tmp_path):
     assert "route 'x' (template): unknown field 'txt'" in error(
         {"pipelines": {"p": {**p, "routes": {"x": {"type": "template", "txt": "hi"}}}}}
     )
-    assert "step 'classify': field 'min_confidence' must be a number in [0, 1]" in error(
+    assert "step 'classify': field 'min_confidence': expected a number in [0, 1]" in error(
         {"pipelines": {"p": {"classify": {"model": "m", "min_confidence": 5}, "routes": ok_routes}}}
     )
     assert "step 'low_confidence' (rag): field 'k' must be a positive integer" in error(
