@@ -1022,10 +1022,15 @@ def quickstart(
     rag_docs: list[str] | None = typer.Option(
         None, "--rag-docs", help="Docs to index and answer from (default: 3 Python doc pages; 'none' skips)."
     ),
+    serve: bool = typer.Option(
+        True, "--serve/--no-serve", help="End by serving the bank pipeline (Ctrl-C stops it)."
+    ),
+    port: int = typer.Option(8000, "--port", help="Port for the bank pipeline's server."),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
 ) -> None:
     """The main job on built-in defaults: ingest, tokenizer, pretrain, continue-pretrain, evaluate, generate,
-    then index a few docs and answer a question from them with citations."""
+    index a few docs and answer a question from them with citations, then serve the bank pipeline example
+    behind an API key and print a ready curl line."""
     from rich.table import Table
 
     from slmforge.quickstart import QuickstartConfig
@@ -1037,6 +1042,7 @@ def quickstart(
         pretrain_minutes=pretrain_minutes,
         base=base,
         continue_minutes=continue_minutes,
+        port=port,
         threads=threads,
     )
     if corpus:
@@ -1071,6 +1077,23 @@ def quickstart(
             out.print(f"[bold]A:[/bold] [cyan]{r['answer']}[/cyan]", highlight=False)
         for src in r["sources"]:
             out.print(f"   {src}", highlight=False)
+    if s.get("serve"):
+        b = s["serve"]
+        res = b["result"]
+        cites = ", ".join(f"[{c['n']}] {Path(c['path']).name}" for c in res.get("citations") or [])
+        out.print(
+            f"[bold]bank pipeline[/bold]: {b['question']!r} -> intent {res.get('label')} "
+            f"({res.get('confidence', 0):.2f}), answered from {cites or 'no source'}",
+            highlight=False,
+        )
+        out.print(f"API key {b['key_name']} (shown once, expires in 7 days; `slm keys revoke` ends it)")
+        out.print(f"try it:\n  {b['curl']}", highlight=False, soft_wrap=True)
+        if serve:
+            from slmforge.cli_serve import serve as serve_cmd
+
+            serve_cmd(config=b["config"], host=None, port=None, log_level="warning")
+        else:
+            out.print(f"serve it with: slm serve --config {b['config']}", highlight=False)
     out.print(
         f"data: {s['data']} | tokenizer: {s['bytes_per_token']:.2f} bytes/token | "
         f"total {s['total_s'] / 60:.1f} min | `slm ls` lists everything it made",

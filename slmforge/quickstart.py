@@ -7,7 +7,9 @@
 5. evaluate domain perplexity before and after, generate a sample from each model,
 6. index a few of the docs for retrieval (`slm rag index`) and answer one question from them with
    numbered citations (`slm rag ask`, SmolLM2-135M-Instruct),
-7. print a summary table. Everything lands in the workspace (`slm ls`).
+7. build the bank example (an intent model routing customer questions to its knowledge base), create
+   an API key and write a serve config; the CLI then prints a ready `curl` line and serves it,
+8. print a summary table. Everything lands in the workspace (`slm ls`).
 
 Fits in about 15 minutes on 2 CPU cores with the defaults.
 """
@@ -41,6 +43,11 @@ class QuickstartConfig:
     rag_docs: list[str] = field(default_factory=lambda: [f"{PYDOCS}/library/{n}.rst.txt" for n in RAG_DOCS])
     """Documents the retrieval step indexes; an empty list skips the step."""
     rag_question: str = "How do I serialize a Python object to a JSON formatted string?"
+    bank: bool = True
+    """Build the bank pipeline example, a key and a serve config for it (step 7)."""
+    bank_quick: bool = False
+    """Train the bank intent model on 8 examples per intent for 1 epoch (tests)."""
+    port: int = 8000
     threads: int | None = None
 
 
@@ -65,7 +72,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         stderr.rule(f"[bold]{title}")
         return time.perf_counter()
 
-    steps = 6 if cfg.rag_docs else 5
+    steps = 5 + bool(cfg.rag_docs) + cfg.bank
     t = stage(f"1/{steps} ingest documents")
     stats = ingest(IngestConfig(paths=cfg.corpus, out=str(root / "data"), overwrite=True))
     summary["data"] = f"{stats['train_docs']} train / {stats['val_docs']} val documents"
@@ -144,6 +151,10 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         t = stage(f"6/{steps} index the docs and answer a question from them")
         summary["rag"] = _rag(cfg, root)
         summary["rag_s"] = time.perf_counter() - t
+    if cfg.bank:
+        t = stage(f"{steps}/{steps} the bank example behind the API: intents -> knowledge base, one key")
+        summary["serve"] = _bank(cfg, root)
+        summary["bank_s"] = time.perf_counter() - t
     summary["total_s"] = time.perf_counter() - t_all
     return summary
 
@@ -180,3 +191,29 @@ def _rag(cfg: QuickstartConfig, root: Path) -> dict:
         seconds=answer.seconds,
     )
     return out
+
+
+def _bank(cfg: QuickstartConfig, root: Path) -> dict:
+    """Build the bank example, answer the stolen-card question with it, write serve.yaml, create a key."""
+    import yaml
+
+    from slmforge.fsutil import atomic_file
+    from slmforge.pipeline import build_bank_example, load_pipelines
+    from slmforge.serve.auth import create_key
+
+    pipelines = build_bank_example(
+        str(root / "bank"), quick=cfg.bank_quick, threads=cfg.threads, overwrite=True
+    )
+    question = "my credit card was stolen"
+    result = load_pipelines(pipelines)["bank"].run(question)
+    config = root / "serve.yaml"
+    with atomic_file(config) as f:
+        f.write(
+            yaml.safe_dump({"host": "127.0.0.1", "port": cfg.port, "threads": 1, "pipelines": str(pipelines)})
+        )
+    secret, key = create_key(f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}", ["pipelines:bank"], expires="7d")
+    curl = (
+        f"curl -s http://127.0.0.1:{cfg.port}/v1/pipelines/bank -H 'Authorization: Bearer {secret}' "
+        "-H 'Content-Type: application/json' -d '{\"input\": \"" + question + "\"}'"
+    )
+    return {"config": str(config), "key_name": key.name, "curl": curl, "question": question, "result": result}

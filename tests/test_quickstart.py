@@ -39,6 +39,7 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
             prompt="The cat",
             rag_docs=[str(rag_docs)],
             rag_question="When should I prune roses?",
+            bank_quick=True,
         )
     )
     assert s["scratch"].steps >= 1 and (tmp_path / "qs" / "scratch" / "model" / "model.safetensors").exists()
@@ -51,6 +52,13 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     rag = s["rag"]
     assert rag["files"] >= 3 and rag["chunks"] >= 3 and Path(rag["index"]).exists()
     assert rag["answer"] and (rag["abstained"] or rag["sources"][0].startswith("[1] garden.md > Gardening"))
+    serve = s["serve"]
+    assert serve["result"]["label"] == "lost_or_stolen_card" and serve["result"]["citations"]
+    from slmforge.serve.auth import list_keys
+    from slmforge.serve.config import load_config
+
+    assert load_config(serve["config"]).pipelines and "Bearer slm-" in serve["curl"]
+    assert [k.name for k in list_keys()] == [serve["key_name"]]
     kinds = [a.kind for a in workspace.list_artifacts()]
     assert kinds.count("model") >= 2 and "dataset" in kinds and "tokenizer" in kinds
 
