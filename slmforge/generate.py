@@ -27,6 +27,9 @@ class GenerateConfig:
     temperature: 0 picks the most likely token (greedy); above 0 samples, with top_k (0 = off) and
     top_p (1 = off) limiting the candidates, reproducibly for a given seed.
     chat: wrap the prompt in the tokenizer's chat template when it has one.
+    repetition_penalty: above 1, the logits of tokens already generated are divided (if positive) or
+    multiplied (if negative) by it before picking (Keskar et al., 2019), which stops small models looping;
+    the prompt's tokens are not penalised, so answers may still quote their sources.
     threads: torch threads (default: the free cores, never more).
     """
 
@@ -41,6 +44,7 @@ class GenerateConfig:
     system: str | None = None
     threads: int | None = None
     device: str = "auto"
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -216,6 +220,8 @@ def complete(
     started = time.perf_counter()
     logits = step.prefill(input_ids)
     for _ in range(max_new):
+        if cfg.repetition_penalty != 1.0 and done.token_ids:
+            logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
         token = pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         if not done.token_ids:
             done.first_token_seconds = time.perf_counter() - started
@@ -231,6 +237,15 @@ def complete(
     done.seconds = time.perf_counter() - started
     done.text = "".join(pieces)
     return done
+
+
+def penalise_repeats(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
+    """A copy of `logits` with the tokens in `seen` made `penalty` times less likely to be picked."""
+    idx = torch.tensor(sorted(set(seen)), dtype=torch.long, device=logits.device)
+    picked = logits[idx]
+    out = logits.clone()
+    out[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return out
 
 
 def pick_token(
@@ -299,6 +314,8 @@ def _check_config(cfg: GenerateConfig) -> None:
         raise SlmError(f"--top-k must be 0 (off) or more (got {cfg.top_k})")
     if not 0 < cfg.top_p <= 1:
         raise SlmError(f"--top-p must be in (0, 1] (got {cfg.top_p})")
+    if cfg.repetition_penalty <= 0:
+        raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")
 
 
 def _messages(system: str | None, prompt: str) -> list[dict]:

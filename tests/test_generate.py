@@ -156,3 +156,23 @@ def test_cli_generate_streams_to_stdout(slm_cli, tiny_model_dir):
     assert "tok/s" in stderr
     code, stdout, stderr = slm_cli("generate", tiny_model_dir, "--prompt", "x", "--top-k", "-1")
     assert code == 2 and "error:" in stderr and "Traceback" not in stderr
+
+
+def test_repetition_penalty_only_touches_generated_tokens():
+    import torch
+
+    from slmforge.generate import penalise_repeats
+
+    logits = torch.tensor([2.0, -1.0, 3.0, 0.5])
+    out = penalise_repeats(logits, [2, 1, 2], 2.0)
+    assert out.tolist() == [2.0, -2.0, 1.5, 0.5]  # positive halved, negative doubled, others untouched
+    assert logits.tolist() == [2.0, -1.0, 3.0, 0.5]  # a copy
+    assert int(torch.argmax(out)) == 0  # the repeated favourite (2) lost to the next best
+
+
+def test_bad_repetition_penalty_is_one_line(slm_cli, tiny_model_dir):
+    from slmforge.errors import SlmError
+    from slmforge.generate import GenerateConfig, generate
+
+    with pytest.raises(SlmError, match="--repetition-penalty must be above 0"):
+        generate(GenerateConfig(model=str(tiny_model_dir), prompt="hi", repetition_penalty=0))

@@ -44,6 +44,8 @@ class AskConfig:
     min_cosine: float | None = None
     context_tokens: int = 1024
     max_new_tokens: int = 128
+    repetition_penalty: float = 1.3
+    """SmolLM2-135M loops ("The answer to your question is:" over and over) without it."""
     path_filter: str | None = None
     tags: list[str] = field(default_factory=list)
     threads: int | None = None
@@ -87,6 +89,8 @@ class Asker:
     def ask(self, cfg: AskConfig) -> Answer:
         from slmforge.generate import GenerateConfig, TorchStep, complete, eos_token_ids, prompt_ids
 
+        if cfg.repetition_penalty <= 0:
+            raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")
         started = time.perf_counter()
         found = self.retriever.search(cfg.question, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags)))
         if found.best_cosine is None:  # bm25 mode: the gate still needs the question's nearest chunk
@@ -110,7 +114,11 @@ class Asker:
             target -= len(ids) - budget + 4
         else:
             raise SlmError(f"could not fit the question and a source in {budget} prompt tokens")
-        gen = GenerateConfig(model=self.model_name, max_new_tokens=cfg.max_new_tokens)
+        gen = GenerateConfig(
+            model=self.model_name,
+            max_new_tokens=cfg.max_new_tokens,
+            repetition_penalty=cfg.repetition_penalty,
+        )
         done = complete(TorchStep(self.lm), self.tokenizer, ids, gen, eos_token_ids(self.lm, self.tokenizer))
         text = done.text.strip()
         abstained = IDK.lower() in text.lower().replace("’", "'") or not text
