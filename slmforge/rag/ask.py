@@ -44,11 +44,11 @@ class AskConfig:
     min_cosine: float | None = None
     context_tokens: int = 1024
     max_new_tokens: int = 128
-    repetition_penalty: float = 1.3
-    """SmolLM2-135M loops ("The answer to your question is:" over and over) without it."""
     path_filter: str | None = None
     tags: list[str] = field(default_factory=list)
     threads: int | None = None
+    repetition_penalty: float = 1.3
+    """SmolLM2-135M loops ("The answer to your question is:" over and over) without it."""
 
 
 @dataclass
