@@ -87,8 +87,7 @@ class Retriever:
         self, index: str, store: str | None = None, embed_model: str | None = None, runtime: str | None = None,
         candidates: int = 50, parallel: bool = True, fusion: str = "convex", alpha: float = ALPHA,
     ):  # fmt: skip
-        if fusion not in FUSIONS:
-            raise SlmError(f"--fusion must be one of {', '.join(FUSIONS)} (got {fusion!r})")
+        _check_fusion(fusion)
         if not 0 <= alpha <= 1:
             raise SlmError(f"--alpha must be between 0 and 1 (got {alpha})")
         self.fusion, self.alpha = fusion, alpha
@@ -141,9 +140,7 @@ class Retriever:
         fusion: str | None = None,
     ) -> SearchResult:  # fmt: skip
         """`fusion` overrides the retriever's own for this query (hybrid mode)."""
-        fusion = fusion or self.fusion
-        if fusion not in FUSIONS:
-            raise SlmError(f"--fusion must be one of {', '.join(FUSIONS)} (got {fusion!r})")
+        fusion = _check_fusion(fusion or self.fusion)
         if mode not in MODES:
             raise SlmError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
         if k < 1:
@@ -181,6 +178,12 @@ class Retriever:
         ]
         best = max(cosine.values()) if cosine else None
         return SearchResult(hits, best, time.perf_counter() - started)
+
+
+def _check_fusion(fusion: str) -> str:
+    if fusion not in FUSIONS:
+        raise SlmError(f"--fusion must be one of {', '.join(FUSIONS)} (got {fusion!r})")
+    return fusion
 
 
 def query_terms(query: str, limit: int = MAX_TERMS) -> list[str]:

@@ -316,14 +316,7 @@ class SqliteStore(Store):
             idf = max(float(np.log((n - len(pos) + 0.5) / (len(pos) + 0.5))), 1e-6)
             scores[pos] += idf * tf * (K1 + 1) / (tf + norm[pos])
         if filters:
-            where, fparams = self._filter_sql(filters)
-            allowed = np.fromiter(
-                (r[0] for r in self._text_con().execute(
-                    f"SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE {where}", fparams
-                )),
-                dtype=np.int64,
-            )  # fmt: skip
-            scores[~np.isin(ids, allowed)] = 0
+            scores[~self._allowed(ids, filters, self._text_con())] = 0
         found = np.flatnonzero(scores)
         if len(found) > k:
             found = found[np.argpartition(-scores[found], k - 1)[:k]]
@@ -347,15 +340,7 @@ class SqliteStore(Store):
         if len(ids) == 0:
             return []
         q = np.asarray(vector, dtype=np.float32)
-        allowed = None
-        if filters:
-            where, fparams = self._filter_sql(filters)
-            allowed = np.isin(ids, np.fromiter(
-                (r[0] for r in self.con.execute(
-                    f"SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE {where}", fparams
-                )),
-                dtype=np.int64,
-            ))  # fmt: skip
+        allowed = self._allowed(ids, filters, self.con) if filters else None
         candidates = max(MIN_CANDIDATES, 20 * k)
         if len(ids) <= EXACT_UP_TO or len(ids) <= 2 * candidates:
             rows = np.arange(len(ids))
@@ -395,6 +380,12 @@ class SqliteStore(Store):
             self._projection = None
             self._version = version
         return self._ids, self._matrix
+
+    def _allowed(self, ids: np.ndarray, filters: Filters, con: sqlite3.Connection) -> np.ndarray:
+        """A mask over `ids`: which chunks pass the path / tag filters."""
+        where, params = self._filter_sql(filters)
+        sql = f"SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE {where}"
+        return np.isin(ids, np.fromiter((r[0] for r in con.execute(sql, params)), dtype=np.int64))
 
     def _filter_sql(self, filters: Filters) -> tuple[str, list]:
         where, params = ["1"], []
