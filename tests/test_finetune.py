@@ -1,0 +1,214 @@
+"""`slm finetune` on a tiny Llama: full SFT that stops at EOS in plain transformers, prompt tuning, exact
+resume after an interrupt, time budget, refusal of quantised bases, and one-line CLI errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from slmforge import workspace
+from slmforge.errors import SlmError
+from slmforge.finetune import FinetuneConfig, finetune, load_finetuned
+
+SUBJECTS = ["the cat", "a small dog", "my friend", "the teacher", "our team", "the old man", "a young girl"]
+VERBS = ["sees", "likes", "builds", "finds", "reads", "carries", "follows", "paints", "remembers"]
+OBJECTS = ["the red house", "a long book", "the green field", "the blue sky", "a new song", "the warm sun"]
+
+
+def _prompts(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        verb = rng.choice(VERBS)
+        out.append((f"{rng.choice(SUBJECTS)} {verb} {rng.choice(OBJECTS)}.", verb))
+    return out
+
+
+@pytest.fixture(scope="module")
+def verb_data(tmp_path_factory):
+    """200 prompt/completion rows: the answer is the sentence's verb (a fixed, learnable pattern)."""
+    path = tmp_path_factory.mktemp("sft") / "verbs.jsonl"
+    rows = [{"prompt": p, "completion": v} for p, v in _prompts(200, seed=0)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cfg(model, data, out, **kw) -> FinetuneConfig:
+    base = dict(seq_len=128, batch_size=8, threads=1, precision="fp32", log_every=100, checkpoint_every=100)
+    return FinetuneConfig(model=str(model), data=str(data), out=str(out), **{**base, **kw})
+
+
+def _losses(run) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_full_sft_learns_and_the_saved_model_stops_at_eos_in_plain_transformers(
+    tiny_model_dir, verb_data, tmp_path
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "run"
+    result = finetune(
+        _cfg(tiny_model_dir, verb_data, run, method="full", lr=3e-3, max_steps=60), progress=False
+    )
+    assert result.train_loss < 0.5 < 5 < result.first_loss
+    model_dir = run / "model"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
+        assert (model_dir / name).exists(), name
+    assert (run / "loss.png").exists() and max(_losses(run)) == 60
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.chat_template and im_end in model.generation_config.eos_token_id
+    stops = correct = 0
+    for prompt, verb in _prompts(50, seed=1):  # unseen combinations
+        enc = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        new = model.generate(**enc, max_new_tokens=24)[0, enc["input_ids"].shape[1] :].tolist()
+        stops += len(new) < 24 and new[-1] in model.generation_config.eos_token_id
+        correct += tok.decode(new, skip_special_tokens=True) == verb
+    assert stops >= 49, stops  # ≥ 98 % end with EOS by themselves
+    assert correct >= 40, correct
+    kinds = {a.kind: a for a in workspace.list_artifacts()}
+    assert kinds["model"].path == str(model_dir.resolve()) and kinds["model"].metrics["method"] == "full"
+
+
+def test_prompt_tuning_with_20_virtual_tokens_trains_saves_and_loads(tiny_model_dir, verb_data, tmp_path):
+    from slmforge.finetune import masked_loss
+    from slmforge.generate import load
+    from slmforge.sft_data import load_sft
+
+    run = tmp_path / "pt"
+    result = finetune(
+        _cfg(tiny_model_dir, verb_data, run, method="prompt-tuning", lr=0.3, max_steps=40), progress=False
+    )
+    assert result.trainable_params == 20 * 64 and result.train_loss < result.first_loss - 1
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "PROMPT_TUNING" and adapter["num_virtual_tokens"] == 20
+    tuned, tok = load_finetuned(run)
+    base, _ = load(str(tiny_model_dir))
+    rows, _ = load_sft(verb_data, tok, 100)
+    tuned_loss = masked_loss(tuned, rows[:64], tok, 16, 0, "cpu")["loss"]
+    base_loss = masked_loss(base, rows[:64], tok, 16, 0, "cpu")["loss"]
+    assert tuned_loss < base_loss - 1, (tuned_loss, base_loss)
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "the cat sees the red house."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    assert tuned.generate(**enc, max_new_tokens=8).shape[1] > enc["input_ids"].shape[1]
+
+
+def test_an_interrupted_run_resumes_with_the_uninterrupted_losses_and_weights(
+    tiny_model_dir, verb_data, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    from slmforge import telemetry
+
+    kw = dict(
+        method="lora", lr=1e-2, max_steps=12, checkpoint_every=3, batch_size=4
+    )  # LoRA dropout: RNG matters
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    finetune(_cfg(tiny_model_dir, verb_data, straight, **kw), progress=False)
+
+    real_step = telemetry.StepLogger.step
+
+    def crash_after_8(self, step, *args):
+        real_step(self, step, *args)
+        if step == 8:
+            raise KeyboardInterrupt  # like a kill: steps 7 and 8 were logged after the step-6 checkpoint
+
+    monkeypatch.setattr(telemetry.StepLogger, "step", crash_after_8)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_cfg(tiny_model_dir, verb_data, crashed, **kw), progress=False)
+    monkeypatch.setattr(telemetry.StepLogger, "step", real_step)
+    assert max(_losses(crashed)) == 8 and not (crashed / "adapter").exists()
+    finetune(_cfg(tiny_model_dir, verb_data, crashed, resume=True), progress=False)
+    a, b = _losses(straight), _losses(crashed)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+    wa = load_file(straight / "adapter" / "adapter_model.safetensors")
+    wb = load_file(crashed / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_resume_refuses_a_different_config_and_a_missing_run(tiny_model_dir, verb_data, tmp_path):
+    run = tmp_path / "run"
+    finetune(_cfg(tiny_model_dir, verb_data, run, method="lora", max_steps=2), progress=False)
+    with pytest.raises(SlmError, match="different config.*lora_r"):
+        finetune(_cfg(tiny_model_dir, verb_data, run, lora_r=4, resume=True), progress=False)
+    with pytest.raises(SlmError, match="already holds a run"):
+        finetune(_cfg(tiny_model_dir, verb_data, run, method="lora", max_steps=2), progress=False)
+    with pytest.raises(SlmError, match="nothing to resume"):
+        finetune(_cfg(tiny_model_dir, verb_data, tmp_path / "new", resume=True), progress=False)
+
+
+def test_time_budget_stops_early_and_still_saves(tiny_model_dir, verb_data, tmp_path):
+    run = tmp_path / "run"
+    result = finetune(
+        _cfg(tiny_model_dir, verb_data, run, method="lora", max_steps=10_000, max_minutes=0.02),
+        progress=False,
+    )
+    assert 0 < result.steps < 10_000 and (run / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["quantization_config", "onnx"])
+def test_a_quantised_base_is_refused_naming_the_right_order(tiny_model_dir, verb_data, tmp_path, kind):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    if kind == "onnx":
+        (base / "model.safetensors").unlink()
+        (base / "model.onnx").write_bytes(b"onnx")
+    else:
+        config = json.loads((base / "config.json").read_text())
+        config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+        (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SlmError, match="fine-tune the full-precision model, then quantise"):
+        finetune(_cfg(base, verb_data, tmp_path / "run", method="lora", max_steps=1), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_fails_in_one_line_and_writes_nothing(tiny_model_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"\n')
+    with pytest.raises(SlmError, match="1 bad line\\(s\\), first at line 2"):
+        finetune(_cfg(tiny_model_dir, data, tmp_path / "run", max_steps=1), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SlmError, match="--method must be one of full, lora, prompt-tuning"):
+        finetune(_cfg(tiny_model_dir, data, tmp_path / "run", method="qlora"), progress=False)
+
+
+def test_cli_finetune_and_its_one_line_errors(tiny_model_dir, verb_data, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from slmforge import cli_finetune
+
+    app = typer.Typer()
+    cli_finetune.register(app)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["finetune", str(tiny_model_dir), "--data", str(verb_data), "--out", str(run), "--threads", "1"]
+    ok = runner.invoke(
+        app, [*args, "--method", "lora", "--max-steps", "2", "--lora-targets", "q_proj,v_proj"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["target_modules"] in (
+        ["q_proj", "v_proj"],
+        ["v_proj", "q_proj"],
+    )
+    bad = runner.invoke(app, [*args, "--overwrite", "--on-bad-line", "maybe"])
+    assert isinstance(bad.exception, SlmError) and "--on-bad-line must be stop or skip" in str(bad.exception)
