@@ -1,10 +1,11 @@
-"""Export models to other runtimes, verified against the source: `slm export MODEL --format onnx`.
+"""Export models to other runtimes, verified against the source: `slm export MODEL --format onnx|gguf`.
 
 One function per (format, model kind); `export(cfg)` picks it. Today: ONNX for encoders, both
 classifiers from `slm classify train` (output `logits`) and plain sentence encoders such as
-`minilm-l6` (output `embeddings`, mean-pooled). Every export runs the source and the exported model
-on the same texts and records their agreement (max |diff|, cosine, top-1 agreement) in the manifest;
-an export that disagrees is not written.
+`minilm-l6` (output `embeddings`, mean-pooled); GGUF (llama.cpp) for Llama-family causal LMs, in
+`slmforge.gguf_export` (`out/model.gguf`, quant f32/f16/q8_0/q4_0). Every export runs the source and
+the exported model on the same texts and records their agreement (max |diff|, cosine, top-1
+agreement) in the manifest; an export that disagrees is not written.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from slmforge.errors import SlmError
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "gguf")
 
 # Short, varied queries for verification when no data file is given.
 VERIFY_TEXTS = [
@@ -50,6 +51,8 @@ class ExportConfig:
     tolerance: float = 1e-3
     """Largest |difference| between the source's and the export's outputs that passes verification."""
     overwrite: bool = False
+    quant: str = "q8_0"
+    """GGUF only: f32, f16, q8_0 or q4_0."""
 
 
 def export(cfg: ExportConfig) -> dict:
@@ -59,9 +62,15 @@ def export(cfg: ExportConfig) -> dict:
     from slmforge.hub import resolve_model
 
     source = Path(resolve_model(cfg.model))
+    if cfg.format == "gguf":
+        from slmforge.gguf_export import export_gguf
+
+        return export_gguf(source, Path(cfg.out), cfg.quant, overwrite=cfg.overwrite)
     kind = model_kind(source)
     if kind == "causal-lm":
-        raise SlmError(f"{cfg.model} is a causal LM; this version exports encoders and classifiers to ONNX")
+        raise SlmError(
+            f"{cfg.model} is a causal LM: ONNX export is for encoders and classifiers; use --format gguf"
+        )
     return export_encoder_onnx(source, Path(cfg.out), kind, cfg)
 
 
