@@ -182,8 +182,14 @@ _TOP_K = typer.Option(0, "--top-k", help="Sample only among the k likeliest toke
 _TOP_P = typer.Option(1.0, "--top-p", help="Sample only within this probability mass (1 = off).")
 _SEED = typer.Option(0, "--seed", help="Seed for sampling.")
 _SYSTEM = typer.Option(None, "--system", help="A system message.")
-_THREADS = typer.Option(None, "--threads", help="Torch threads [default: the free cores].")
+_THREADS = typer.Option(None, "--threads", help="Compute threads [default: the free cores, never more].")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+_BACKEND = typer.Option(
+    "auto",
+    "--backend",
+    help="auto (ONNX Runtime on CPU when the model converts, else torch), ort, torch or llama.cpp.",
+)
+_PRECISION = typer.Option("int8", "--precision", help="Weights on the ort backend: int8, int4 or fp32.")
 
 
 @app.command("generate")
@@ -199,13 +205,16 @@ def generate_cmd(
     system: str | None = _SYSTEM,
     threads: int | None = _THREADS,
     device: str = _DEVICE,
+    backend: str = _BACKEND,
+    precision: str = _PRECISION,
 ) -> None:
     """Generate text from a prompt, streaming it to stdout."""
     from slmforge.generate import GenerateConfig, generate_completion
 
     cfg = GenerateConfig(
-        model, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, system, threads, device
-    )
+        model, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, system, threads, device,
+        backend=backend, precision=precision,
+    )  # fmt: skip
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)
@@ -232,13 +241,16 @@ def chat_cmd(
     system: str | None = _SYSTEM,
     threads: int | None = _THREADS,
     device: str = _DEVICE,
+    backend: str = _BACKEND,
+    precision: str = _PRECISION,
 ) -> None:
     """Chat with a model in the terminal (/reset forgets the conversation, /exit leaves)."""
     from slmforge.generate import GenerateConfig, chat
 
     cfg = GenerateConfig(
-        model, "", max_new_tokens, temperature, top_k, top_p, seed, True, system, threads, device
-    )
+        model, "", max_new_tokens, temperature, top_k, top_p, seed, True, system, threads, device,
+        backend=backend, precision=precision,
+    )  # fmt: skip
     banner = ["[dim]chatting; /reset forgets the conversation, /exit leaves[/dim]"]
 
     def read(prompt: str) -> str:

@@ -30,7 +30,10 @@ class GenerateConfig:
     repetition_penalty: above 1, the logits of tokens already generated are divided (if positive) or
     multiplied (if negative) by it before picking (Keskar et al., 2019), which stops small models looping;
     the prompt's tokens are not penalised, so answers may still quote their sources.
-    threads: torch threads (default: the free cores, never more).
+    threads: compute threads (default: the free cores, never more).
+    backend: `auto` (ONNX Runtime GenAI on CPU when the model converts, else torch), `ort`, `torch` or
+    `llama.cpp`; precision: the ort backend's weights, `int8` (default), `int4` or `fp32`.
+    See `slmforge.engines`.
     """
 
     model: str
@@ -45,6 +48,8 @@ class GenerateConfig:
     threads: int | None = None
     device: str = "auto"
     repetition_penalty: float = 1.0
+    backend: str = "auto"
+    precision: str = "int8"
 
 
 @dataclass
@@ -71,10 +76,16 @@ def generate(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) 
 def generate_completion(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) -> Completion:
     """`generate`, returning the token ids and timings too."""
     _check_config(cfg)
-    runtime.set_threads(cfg.threads)
-    model, tokenizer = load(cfg.model, cfg.device)
-    input_ids = prompt_ids(tokenizer, _messages(cfg.system, cfg.prompt), chat=cfg.chat)
-    return complete(TorchStep(model), tokenizer, input_ids, cfg, eos_token_ids(model, tokenizer), on_text)
+    lm = open_cfg(cfg)
+    input_ids = prompt_ids(lm.tokenizer, _messages(cfg.system, cfg.prompt), chat=cfg.chat)
+    return complete(lm.step(), lm.tokenizer, input_ids, cfg, lm.eos, on_text)
+
+
+def open_cfg(cfg: GenerateConfig):
+    """The `slmforge.engines.LM` that `cfg` asks for."""
+    from slmforge.engines import open_lm
+
+    return open_lm(cfg.model, cfg.backend, cfg.precision, cfg.threads, cfg.device)
 
 
 def chat(
@@ -84,12 +95,12 @@ def chat(
 ) -> list[dict]:
     """A chat REPL that keeps the conversation; `/exit` (or end of input) leaves, `/reset` forgets."""
     _check_config(cfg)
-    runtime.set_threads(cfg.threads)
-    model, tokenizer = load(cfg.model, cfg.device)
+    lm = open_cfg(cfg)
+    tokenizer = lm.tokenizer
     if not getattr(tokenizer, "chat_template", None):
         raise SlmError(f"{cfg.model} has no chat template; use `slm generate --no-chat` instead")
     on_text = on_text or _print
-    step, eos = TorchStep(model), eos_token_ids(model, tokenizer)
+    step, eos = lm.step(), lm.eos
     start = _messages(cfg.system, "")[:-1]
     history = list(start)
     pending = cfg.prompt
@@ -109,7 +120,9 @@ def chat(
             continue
         history.append({"role": "user", "content": user})
         input_ids = prompt_ids(tokenizer, history, chat=True)
-        while _too_long(model, input_ids, cfg) and len(history) > len(start) + 2:  # forget the oldest turn
+        while (
+            _too_long(lm.max_positions, input_ids, cfg) and len(history) > len(start) + 2
+        ):  # forget the oldest turn
             del history[len(start) : len(start) + 2]
             input_ids = prompt_ids(tokenizer, history, chat=True)
         reply = complete(step, tokenizer, input_ids, cfg, eos, on_text)
@@ -178,7 +191,7 @@ class TorchStep:
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.past = None
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
         self.past = None
         return self._forward(ids)
 
@@ -218,7 +231,7 @@ def complete(
                 on_text(piece)
 
     started = time.perf_counter()
-    logits = step.prefill(input_ids)
+    logits = step.prefill(input_ids, max_new)
     for _ in range(max_new):
         if cfg.repetition_penalty != 1.0 and done.token_ids:
             logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
@@ -237,6 +250,75 @@ def complete(
     done.seconds = time.perf_counter() - started
     done.text = "".join(pieces)
     return done
+
+
+def complete_batch(
+    lm, prompts: list[list[int]], cfg: GenerateConfig, max_batch: int = 16
+) -> list[Completion]:
+    """`complete` for several prompts; on the ort backend, prompts of equal length decode together.
+
+    ONNX Runtime GenAI does not mask left padding exactly, so only equal-length prompts share a batch
+    (sorting a workload by length fills batches well); each row keeps its own picks, penalty and seeded
+    sampler, so every result equals its `complete` up to float rounding. Other backends go one by one.
+    """
+    results: list[Completion | None] = [None] * len(prompts)
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), max_batch):
+            chunk = idx[start : start + max_batch]
+            if lm.backend == "ort" and len(chunk) > 1:
+                done = _decode_together(lm, [prompts[i] for i in chunk], cfg)
+            else:
+                done = [complete(lm.step(), lm.tokenizer, prompts[i], cfg, lm.eos) for i in chunk]
+            for i, d in zip(chunk, done):
+                results[i] = d
+    return results
+
+
+def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[Completion]:
+    from slmforge.engines import OrtBatch
+
+    limit, length = lm.max_positions, len(prompts[0])
+    if limit and length >= limit:
+        raise SlmError(f"the prompt is {length} tokens; this model reads at most {limit}")
+    max_new = min(cfg.max_new_tokens, limit - length) if limit else cfg.max_new_tokens
+    eos, pad = set(lm.eos), lm.eos[0]
+    dones = [Completion(text="", prompt_tokens=length) for _ in prompts]
+    streams = [TextStream(lm.tokenizer) for _ in prompts]
+    samplers = [torch.Generator().manual_seed(cfg.seed) for _ in prompts]
+    pieces: list[list[str]] = [[] for _ in prompts]
+    active = [True] * len(prompts)
+    batch = OrtBatch(lm.info["og_model"])
+    started = time.perf_counter()
+    logits = batch.prefill(prompts, max_new)
+    for _ in range(max_new):
+        picks = []
+        for i, done in enumerate(dones):
+            token = pad
+            if active[i]:
+                row = logits[i]
+                if cfg.repetition_penalty != 1.0 and done.token_ids:
+                    row = penalise_repeats(row, done.token_ids, cfg.repetition_penalty)
+                token = pick_token(row, cfg.temperature, cfg.top_k, cfg.top_p, samplers[i])
+                if not done.token_ids:
+                    done.first_token_seconds = time.perf_counter() - started
+                if token in eos:
+                    done.stopped_at_eos, active[i], token = True, False, pad
+                else:
+                    done.token_ids.append(token)
+                    pieces[i].append(streams[i].push(token))
+                    active[i] = len(done.token_ids) < max_new
+            picks.append(token)
+        if not any(active):
+            break
+        logits = batch.next(picks)
+    seconds = time.perf_counter() - started
+    for done, stream, piece in zip(dones, streams, pieces):
+        done.text = "".join(piece) + stream.flush()
+        done.seconds = seconds
+    return dones
 
 
 def penalise_repeats(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
@@ -323,8 +405,7 @@ def _messages(system: str | None, prompt: str) -> list[dict]:
     return head + [{"role": "user", "content": prompt}]
 
 
-def _too_long(model, input_ids: list[int], cfg: GenerateConfig) -> bool:
-    limit = getattr(model.config, "max_position_embeddings", None)
+def _too_long(limit: int | None, input_ids: list[int], cfg: GenerateConfig) -> bool:
     return bool(limit) and len(input_ids) + cfg.max_new_tokens > limit
 
 

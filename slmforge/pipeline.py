@@ -230,9 +230,9 @@ class _Resources:
         return self.get(("asker", index, store, model), lambda: Asker(index, model, store, self.threads))
 
     def lm(self, model: str):
-        from slmforge.generate import load
+        from slmforge.engines import open_lm
 
-        return self.get(("lm", model), lambda: load(model))
+        return self.get(("lm", model), lambda: open_lm(model, threads=self.threads))
 
     def close(self) -> None:
         for item in self._items.values():
@@ -362,15 +362,16 @@ class Pipeline:
         return {"answer": answer, "citations": [_citation(n, h) for n, h in enumerate(top, 1)]}
 
     def _generate(self, b: Branch, text: str) -> str:
-        from slmforge.generate import GenerateConfig, TorchStep, complete, eos_token_ids, prompt_ids
+        from slmforge.generate import GenerateConfig, complete, prompt_ids
 
-        lm, tokenizer = self.res.lm(b.model)
+        lm = self.res.lm(b.model)
+        tokenizer = lm.tokenizer
         messages = ([{"role": "system", "content": b.system}] if b.system else []) + [
             {"role": "user", "content": text}
         ]
         ids = prompt_ids(tokenizer, messages, chat=bool(getattr(tokenizer, "chat_template", None)))
         gen = GenerateConfig(model=b.model, max_new_tokens=b.max_new_tokens)
-        return complete(TorchStep(lm), tokenizer, ids, gen, eos_token_ids(lm, tokenizer)).text.strip()
+        return complete(lm.step(), tokenizer, ids, gen, lm.eos).text.strip()
 
     def close(self) -> None:
         self.res.close()

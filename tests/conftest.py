@@ -11,6 +11,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _shared_runtime_cache(tmp_path_factory):
+    """Converted runtime artifacts (ONNX Runtime GenAI) are keyed by the model's content: share them
+    across the session's tests, so each tiny model converts once."""
+    os.environ["SLMFORGE_CACHE"] = str(tmp_path_factory.mktemp("runtime-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path_factory, monkeypatch):
     """Every test gets its own SLMFORGE_HOME so the registry and caches never leak between tests."""

@@ -73,11 +73,12 @@ class Asker:
     """An open index and a loaded model, to answer many questions (eval, benchmarks)."""
 
     def __init__(self, index: str, model: str, store: str | None = None, threads: int | None = None):
-        from slmforge.generate import load
+        from slmforge.engines import open_lm
 
         runtime.set_threads(threads)
         self.retriever = Retriever(index, store)
-        self.lm, self.tokenizer = load(model)
+        self.lm = open_lm(model, threads=threads)
+        self.tokenizer = self.lm.tokenizer
         self.model_name = model
 
     def __enter__(self) -> Asker:
@@ -87,7 +88,7 @@ class Asker:
         self.retriever.close()
 
     def ask(self, cfg: AskConfig) -> Answer:
-        from slmforge.generate import GenerateConfig, TorchStep, complete, eos_token_ids, prompt_ids
+        from slmforge.generate import GenerateConfig, complete, prompt_ids
 
         if cfg.repetition_penalty <= 0:
             raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")
@@ -103,7 +104,7 @@ class Asker:
             best = "none" if found.best_cosine is None else f"{found.best_cosine:.2f}"
             text = f"{IDK}: nothing in the index is close enough to the question (best similarity {best} < {gate})."
             return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started)
-        limit = getattr(self.lm.config, "max_position_embeddings", None) or cfg.context_tokens
+        limit = self.lm.max_positions or cfg.context_tokens
         budget = min(cfg.context_tokens, limit - cfg.max_new_tokens)
         target = budget
         for _ in range(4):  # the template's own tokens are estimated: shrink until the real prompt fits
@@ -119,7 +120,7 @@ class Asker:
             max_new_tokens=cfg.max_new_tokens,
             repetition_penalty=cfg.repetition_penalty,
         )
-        done = complete(TorchStep(self.lm), self.tokenizer, ids, gen, eos_token_ids(self.lm, self.tokenizer))
+        done = complete(self.lm.step(), self.tokenizer, ids, gen, self.lm.eos)
         text = done.text.strip()
         abstained = IDK.lower() in text.lower().replace("’", "'") or not text
         cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", text) if 1 <= int(n) <= len(sources)})

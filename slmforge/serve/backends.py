@@ -51,13 +51,11 @@ class ChatBackend:
     kind = "chat"
 
     def __init__(self, cfg: ModelConfig, threads: int | None = None):
-        from slmforge import runtime
-        from slmforge.generate import eos_token_ids, load
+        from slmforge.engines import open_lm
 
-        runtime.set_threads(threads)
         self.cfg = cfg
-        self.model, self.tokenizer = load(cfg.path)
-        self.eos = eos_token_ids(self.model, self.tokenizer)
+        self.lm = open_lm(cfg.path, cfg.backend, cfg.precision, threads)
+        self.tokenizer, self.eos = self.lm.tokenizer, self.lm.eos
 
     def encode(self, messages: list[dict] | None, prompt: str | None = None) -> list[int]:
         from slmforge.generate import prompt_ids
@@ -76,7 +74,7 @@ class ChatBackend:
         self, ids: list[int], p: GenParams, on_text: Callable[[str], None] | None, cancel: threading.Event
     ) -> GenResult:
         """Decode (in a worker thread); `cancel` stops it at the next piece of text."""
-        from slmforge.generate import GenerateConfig, TorchStep, complete
+        from slmforge.generate import GenerateConfig, complete
 
         pieces: list[str] = []
         stopped = False
@@ -105,7 +103,7 @@ class ChatBackend:
 
         started = time.perf_counter()
         try:
-            done = complete(TorchStep(self.model), self.tokenizer, ids, gen, self.eos, take)
+            done = complete(self.lm.step(), self.tokenizer, ids, gen, self.eos, take)
         except Cancelled:
             if not stopped:
                 raise

@@ -84,6 +84,8 @@ class ModelConfig:
     path: str = ""
     max_new_tokens: int = 128
     runtime: str = "onnx"  # embeddings: onnx | onnx-int8 | torch
+    backend: str = "auto"  # chat: auto | ort | torch | llama.cpp (slmforge.engines)
+    precision: str = "int8"  # chat on the ort backend: int8 | int4 | fp32
     index: str = ""
     generator: str = ""
     store: str | None = None
@@ -176,6 +178,12 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             raise SlmError(f"{w}: needs a path (or, for chat, an upstream)")
         if m.max_new_tokens < 1:
             raise SlmError(f"{w}: max_new_tokens must be at least 1")
+        from slmforge.engines import BACKENDS, PRECISIONS
+
+        if m.backend not in BACKENDS or m.precision not in PRECISIONS:
+            raise SlmError(
+                f"{w}: backend must be one of {', '.join(BACKENDS)} and precision one of {', '.join(PRECISIONS)}"
+            )
         if m.batch.max_size < 1 or m.batch.max_wait_ms < 0:
             raise SlmError(f"{w}: batch.max_size must be >= 1 and batch.max_wait_ms >= 0")
     lim = cfg.limits

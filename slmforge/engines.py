@@ -1,0 +1,439 @@
+"""The engines behind text generation: ONNX Runtime GenAI by default, torch as the reference.
+
+`open_lm(model)` returns an `LM`: the tokenizer, the ids that end a reply, and `step()`, a fresh decode
+state (own KV cache) speaking the step interface of `slmforge.generate.complete` (`prefill(ids, max_new)`
+then `next(token)`, each returning next-token logits). Everything that generates (`slm generate`, `slm
+chat`, `slm eval`, `slm rag ask`, pipelines and the server) goes through it, so they share one decode
+loop and give the same greedy output for the same engine.
+
+Backends, chosen by measurement on a 2-core AVX2 CPU (BENCHMARKS.md, `benchmarks/generate.py`):
+- `ort`: ONNX Runtime GenAI on a model converted once by its model builder (weight-only int8 or int4
+  `MatMulNBits`, fp32 for exactness) and cached under `cache_root()/ort/`. Default on CPU.
+- `torch`: plain transformers fp32 (bf16 on GPUs), the reference; the default on CUDA and the fallback
+  for what the converter does not support (adapters, GGUF files, unknown architectures).
+- `llama.cpp`: a GGUF file (or a model exported to q8_0 GGUF once) through `llama-cpp-python`, when
+  installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slmforge import runtime, workspace
+from slmforge.errors import SlmError
+from slmforge.fsutil import atomic_dir
+
+BACKENDS = ("auto", "ort", "torch", "llama.cpp")
+PRECISIONS = ("int8", "int4", "fp32")
+# Architectures the ONNX Runtime GenAI model builder converts (a subset of its list, the ones we test).
+ORT_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Phi3ForCausalLM",
+    "GraniteForCausalLM",
+    "SmolLM3ForCausalLM",
+)
+# Logits cosine to torch fp32 on the check prompts below which a conversion is refused.
+MIN_COSINE = {"fp32": 0.999, "int8": 0.98, "int4": 0.9}
+CHECK_TEXTS = ("The capital of France is", "def fibonacci(n):\n    ")
+
+
+@dataclass
+class LM:
+    """A loaded text-generation model on one backend."""
+
+    backend: str
+    precision: str
+    tokenizer: Any
+    eos: list[int]
+    max_positions: int | None
+    new_step: Callable[[], Any]
+    source: str = ""
+    info: dict = field(default_factory=dict)
+    torch_model: Any = None  # the transformers model, on the torch backend only
+
+    def step(self):
+        """A fresh decode state (own KV cache): one per conversation or request."""
+        return self.new_step()
+
+
+def open_lm(
+    model: str,
+    backend: str = "auto",
+    precision: str = "int8",
+    threads: int | None = None,
+    device: str = "auto",
+) -> LM:
+    """Load `model` (catalog name, directory, .gguf file or hub id) for generation on `backend`."""
+    from slmforge import hub
+
+    if backend not in BACKENDS:
+        raise SlmError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise SlmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    threads = runtime.set_threads(threads)
+    entry = hub.CATALOG.get(model)
+    if entry is not None and entry.kind != "causal-lm":
+        raise SlmError(f"{model} is an {entry.kind}, not a model that generates text")
+    path = Path(hub.resolve_model(model))
+    if backend == "auto":
+        backend, why = _auto_backend(path, device)
+    else:
+        why = "forced"
+    if backend == "ort":
+        return _open_ort(path, precision, threads, why)
+    if backend == "llama.cpp":
+        return _open_llama_cpp(path, threads, why)
+    return _open_torch(str(path) if path.exists() else model, device, why)
+
+
+def cache_root() -> Path:
+    """Where converted runtime artifacts live: $SLMFORGE_CACHE, else $SLMFORGE_HOME/cache."""
+    return Path(os.environ.get("SLMFORGE_CACHE") or workspace.home() / "cache")
+
+
+def ort_unsupported(path: Path) -> str | None:
+    """Why the ONNX Runtime converter cannot take `path` (None when it can)."""
+    if path.is_file():
+        return f"{path.name} is a file, not a transformers model directory"
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        return "no config.json (an adapter or not a transformers model)"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("quantization_config"):
+        return "the model is already quantised"
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in ORT_ARCHITECTURES:
+        return f"architecture {arch} is not supported (supported: {', '.join(ORT_ARCHITECTURES)})"
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        return "no weights (*.safetensors) in the directory"
+    return None
+
+
+def ort_model_dir(source: Path, precision: str = "int8") -> Path:
+    """The ONNX Runtime GenAI conversion of `source` at `precision`, built once and cached.
+
+    The conversion runs the model builder in a subprocess, writes to a temp dir and is renamed into
+    place only after its logits agree with torch fp32 on `CHECK_TEXTS` (cosine in the manifest).
+    """
+    reason = ort_unsupported(source)
+    if reason:
+        raise SlmError(f"cannot convert {source} for ONNX Runtime: {reason}")
+    _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
+    dest = cache_root() / "ort" / f"{_fingerprint(source)}-{precision}"
+    if (dest / "genai_config.json").exists():
+        return dest
+    build_ort(source, dest, precision)
+    return dest
+
+
+def build_ort(source: Path, dest: Path, precision: str, extra: dict | None = None) -> dict:
+    """Convert `source` into `dest` (ONNX + genai_config.json) and verify it; return the manifest."""
+    _require("onnx_ir", "onnx-ir", "the ONNX Runtime GenAI model builder")
+    started = time.perf_counter()
+    _note(f"converting {source.name} for ONNX Runtime ({precision}), once; cached in {dest.parent}")
+    with atomic_dir(dest) as tmp:
+        cache = tmp / ".hf-cache"
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
+        cmd += ["-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(cache)]
+        options = {"shared_embeddings": "true"} if _tied(source) else {}
+        options.update(extra or {})
+        if options:
+            cmd += ["--extra_options", *[f"{k}={v}" for k, v in options.items()]]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_quiet_env())
+        if done.returncode != 0 or not (tmp / "genai_config.json").exists():
+            last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+            raise SlmError(f"ONNX Runtime conversion of {source} failed: {last[-1] if last else 'no output'}")
+        _rmtree(cache)
+        check = compare_logits(source, tmp)
+        if check["cosine_min"] < MIN_COSINE[precision]:
+            raise SlmError(
+                f"the {precision} conversion of {source} disagrees with the source "
+                f"(logits cosine {check['cosine_min']:.4f} < {MIN_COSINE[precision]})"
+            )
+        manifest = {
+            "source": str(source),
+            "precision": precision,
+            "builder_options": options,
+            "verify": check,
+            "bytes": _dir_bytes(tmp),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (tmp / workspace.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:
+    """Next-token logits of torch fp32 vs the ONNX model on `texts`: cosine and top-1 agreement."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source)
+    ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    session = ort_session(ort_dir)
+    cosines, top1 = [], []
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        with torch.inference_mode():
+            a = ref(torch.tensor([ids])).logits[0].float().numpy()
+        b = ort_logits(session, ids)
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        cosines.extend(cos.tolist())
+        top1.extend((a.argmax(-1) == b.argmax(-1)).tolist())
+    return {
+        "cosine_mean": round(float(np.mean(cosines)), 5),
+        "cosine_min": round(float(np.min(cosines)), 5),
+        "top1_agreement": round(float(np.mean(top1)), 4),
+        "positions": len(cosines),
+    }
+
+
+def ort_session(ort_dir: Path, threads: int = 1):
+    """A plain ONNX Runtime session on the converted decoder (full-sequence logits, for perplexity)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        str(Path(ort_dir) / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    decoder = json.loads((Path(ort_dir) / "genai_config.json").read_text())["model"]["decoder"]
+    session.kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
+    return session
+
+
+def ort_logits(session, ids: list[int]) -> np.ndarray:
+    """Logits for every position of `ids` from an `ort_session`, starting from an empty KV cache."""
+    x = np.asarray([ids], dtype=np.int64)
+    feed = {"input_ids": x, "attention_mask": np.ones_like(x)}
+    heads, size = session.kv_shape
+    for inp in session.get_inputs():
+        if inp.name.startswith("past_key_values"):
+            feed[inp.name] = np.zeros((1, heads, 0, size), np.float32)
+    return session.run(["logits"], feed)[0][0]
+
+
+class OrtStep:
+    """One decode state on ONNX Runtime GenAI: a Generator (with its own KV cache) per prompt."""
+
+    def __init__(self, model, max_positions: int | None):
+        self.model = model
+        self.max_positions = max_positions
+        self.device = "cpu"
+        self.generator = None
+
+    def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
+        self.generator = og.Generator(self.model, params)
+        self.generator.append_tokens(np.asarray([ids], dtype=np.int32))
+        return self._logits()
+
+    def next(self, token: int) -> torch.Tensor:
+        self.generator.append_tokens(np.asarray([[token]], dtype=np.int32))
+        return self._logits()
+
+    def _logits(self) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.generator.get_logits(), dtype=np.float32).reshape(-1))
+
+
+class OrtBatch:
+    """Equal-length prompts decoded together on ONNX Runtime GenAI.
+
+    GenAI only takes tokens from its own search after the prompt, so each step reads the logits, lets the
+    caller pick a token per row, and forces that pick by masking every other logit before the search step.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.generator = None
+        self.rows = 0
+
+    def prefill(self, prompts: list[list[int]], max_new: int) -> torch.Tensor:
+        import onnxruntime_genai as og
+
+        if len({len(p) for p in prompts}) != 1:
+            raise ValueError("OrtBatch takes prompts of equal length")
+        self.rows = len(prompts)
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompts[0]) + max_new, batch_size=self.rows, do_sample=False)
+        self.generator = og.Generator(self.model, params)
+        self.generator.append_tokens(np.asarray(prompts, dtype=np.int32))
+        return self._logits()
+
+    def next(self, tokens: list[int]) -> torch.Tensor:
+        shape = np.shape(self.generator.get_logits())
+        forced = np.full((self.rows, shape[-1]), -1e9, dtype=np.float32)
+        forced[np.arange(self.rows), tokens] = 0.0
+        self.generator.set_logits(forced.reshape(shape))
+        self.generator.generate_next_token()
+        return self._logits()
+
+    def _logits(self) -> torch.Tensor:
+        return torch.from_numpy(
+            np.array(self.generator.get_logits(), dtype=np.float32).reshape(self.rows, -1)
+        )
+
+
+class LlamaCppStep:
+    """One decode state on llama.cpp (llama-cpp-python), for GGUF files."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.max_positions = llm.n_ctx()
+        self.device = "cpu"
+
+    def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return self._logits()
+
+    def next(self, token: int) -> torch.Tensor:
+        self.llm.eval([token])
+        return self._logits()
+
+    def _logits(self) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _auto_backend(path: Path, device: str) -> tuple[str, str]:
+    if runtime.pick_device(device).type == "cuda":
+        return "torch", "a GPU is present"
+    if path.is_file() and path.suffix == ".gguf":
+        if importlib.util.find_spec("llama_cpp") is not None:
+            return "llama.cpp", "a GGUF file and llama-cpp-python is installed"
+        return "torch", "a GGUF file (llama-cpp-python is not installed)"
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        return "torch", "onnxruntime-genai is not installed"
+    reason = ort_unsupported(path) if path.exists() else "a hub id (not converted)"
+    return ("torch", reason) if reason else ("ort", "fastest measured CPU backend")
+
+
+def _open_ort(path: Path, precision: str, threads: int, why: str) -> LM:
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    ort_dir = ort_model_dir(path, precision)
+    config = og.Config(str(ort_dir))
+    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+    model = og.Model(config)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    eos = _eos_ids(path, tokenizer)
+    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    info = {"why": why, "model_dir": str(ort_dir), "threads": threads}
+    lm = LM("ort", precision, tokenizer, eos, limit, lambda: OrtStep(model, limit), str(path), info)
+    lm.info["og_model"] = model
+    return lm
+
+
+def _open_torch(ref: str, device: str, why: str) -> LM:
+    from slmforge.generate import TorchStep, eos_token_ids, load
+
+    model, tokenizer = load(ref, device)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    eos = eos_token_ids(model, tokenizer)
+    lm = LM("torch", "fp32", tokenizer, eos, limit, lambda: TorchStep(model), ref, {"why": why})
+    lm.torch_model = model
+    return lm
+
+
+def _open_llama_cpp(path: Path, threads: int, why: str) -> LM:
+    _require("llama_cpp", "llama-cpp-python", "the llama.cpp backend")
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    if path.is_file() and path.suffix == ".gguf":
+        gguf, tok_ref, tok_kwargs = path, str(path.parent), {"gguf_file": path.name}
+    else:
+        gguf, tok_ref, tok_kwargs = _gguf_for(path), str(path), {}
+    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=threads, n_batch=512, verbose=False)
+    tokenizer = AutoTokenizer.from_pretrained(tok_ref, **tok_kwargs)
+    eos = sorted({llm.token_eos(), *_eos_ids(path if path.is_dir() else None, tokenizer)})
+    info = {"why": why, "gguf": str(gguf), "threads": threads}
+    return LM("llama.cpp", "gguf", tokenizer, eos, llm.n_ctx(), lambda: LlamaCppStep(llm), str(path), info)
+
+
+def _gguf_for(path: Path) -> Path:
+    """A q8_0 GGUF export of the model directory `path`, made once and cached."""
+    from slmforge.gguf_export import export_gguf
+
+    dest = cache_root() / "gguf" / f"{_fingerprint(path)}-q8_0.gguf"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        export_gguf(path, dest, "q8_0")
+    return dest
+
+
+def _eos_ids(path: Path | None, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    gen = path / "generation_config.json" if path is not None else None
+    if gen is not None and gen.exists():
+        configured = json.loads(gen.read_text()).get("eos_token_id")
+        ids += configured if isinstance(configured, list) else [configured]
+    if "<|im_end|>" in getattr(tokenizer, "all_special_tokens", []):
+        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted({i for i in ids if i is not None})
+
+
+def _fingerprint(path: Path) -> str:
+    """Identifies a model directory's content cheaply: config text and each weight file's size and mtime."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _tied(source: Path) -> bool:
+    return bool(json.loads((source / "config.json").read_text()).get("tie_word_embeddings"))
+
+
+def _require(module: str, package: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise SlmError(f"{what} needs {package}: run `pip install {package}`")
+
+
+def _quiet_env() -> dict:
+    env = dict(os.environ)
+    env.update(
+        {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    )
+    return env
+
+
+def _note(message: str) -> None:
+    print(f"[slmforge] {message}", file=sys.stderr, flush=True)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
