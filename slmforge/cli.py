@@ -504,31 +504,46 @@ def classify_predict(
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Argument(..., help="A classifier dir, or an encoder (catalog name or dir)."),
-    out_dir: str = typer.Option(..., "--out", "-o", help="Directory to write (model.onnx, tokenizer, …)."),
-    format: str = typer.Option("onnx", "--format", help="onnx."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    model: str = typer.Argument(
+        ..., help="A classifier dir, an encoder, or a causal LM (catalog name or dir)."
+    ),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Directory to write (model.onnx or model.gguf, …)."),
+    format: str = typer.Option(
+        "onnx", "--format", help="onnx (encoders, classifiers; causal LMs with KV cache) or gguf (Llama LMs)."
+    ),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (encoders)."),
+    quant: str = typer.Option("q8_0", "--quant", help="GGUF weights: f32, f16, q8_0 or q4_0."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Export a model to another runtime, verified against the source (agreement in the manifest)."""
     from slmforge.export import ExportConfig, export
 
-    m = export(ExportConfig(model=model, out=out_dir, format=format, opset=opset, overwrite=overwrite))
+    m = export(
+        ExportConfig(model=model, out=out_dir, format=format, opset=opset, overwrite=overwrite, quant=quant)
+    )
     _table("export", _derived_rows(m))
 
 
 @app.command("quantize")
 def quantize_cmd(
-    model: str = typer.Argument(..., help="An ONNX dir from `slm export`, or a classifier / encoder dir."),
+    model: str = typer.Argument(
+        ...,
+        help="A causal LM (catalog name or dir), an ONNX dir from `slm export`, or a classifier / encoder.",
+    ),
     out_dir: str = typer.Option(..., "--out", "-o", help="Directory to write."),
-    scheme: str = typer.Option("int8", "--scheme", help="int8 (ONNX Runtime dynamic)."),
+    scheme: str = typer.Option(
+        "int8", "--scheme", help="int8, or int4 (causal LMs: weight-only, ONNX Runtime GenAI MatMulNBits)."
+    ),
+    calib: str | None = typer.Option(
+        None, "--calib", help="Causal LMs: held-out text for the perplexity check [default: the Python docs]."
+    ),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Weight scales per channel."),
     weight_type: str = typer.Option(
         "uint8", "--weight-type", help="uint8 (faithful on every x86) or int8 (needs AVX-512 VNNI)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    """Quantize a model (int8 weights) and verify it against the fp32 model (agreement in the manifest)."""
+    """Quantize a model (int8 / int4 weights) and verify it against fp32 (agreement, perplexity in the manifest)."""
     from slmforge.quantize import QuantizeConfig, quantize
 
     m = quantize(
@@ -539,6 +554,7 @@ def quantize_cmd(
             per_channel=per_channel,
             weight_type=weight_type,
             overwrite=overwrite,
+            calib=calib,
         )
     )
     _table("quantize", _derived_rows(m))
@@ -711,6 +727,13 @@ def _derived_rows(m: dict) -> dict:
     rows["cosine mean / min"] = f"{m['verify_cosine_mean']:.4f} / {m['verify_cosine_min']:.4f}"
     if "verify_top1_agreement" in m:
         rows["top-1 agreement"] = f"{m['verify_top1_agreement']:.3f} ({m['verify_texts']} texts)"
+    if "perplexity" in m:
+        rows["perplexity"] = (
+            f"{m['perplexity_fp32']} → {m['perplexity']} ({m['perplexity_rise_pct']:+.2f} %, "
+            f"{m['perplexity_tokens']} held-out tokens)"
+        )
+    if m.get("size_ratio"):
+        rows["size vs fp32 weights"] = f"{100 * m['size_ratio']:.1f} %"
     return rows
 
 
@@ -924,70 +947,94 @@ def rag_eval(
 def eval_(
     models: list[str] = typer.Argument(..., help="Models to compare; the first is the baseline."),
     data: list[str] = typer.Option(
-        ..., "--data", help="Dataset dir (val split), .jsonl or .txt; repeatable."
+        ..., "--data", help="Dataset dir (val split), .jsonl, .csv or .txt; repeatable."
     ),
-    task: str = typer.Option("perplexity", "--task", help="What to measure: perplexity or classification."),
-    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per scored window."),
-    max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens scored per data source."),
-    batch_size: int = typer.Option(4, "--batch-size"),
-    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
+    task: str = typer.Option(
+        "perplexity", "--task", help="perplexity, generation, classification or multiple-choice."
+    ),
+    seq_len: int = typer.Option(512, "--seq-len", help="Perplexity: tokens per scored window."),
+    max_tokens: int = typer.Option(32768, "--max-tokens", help="Perplexity: tokens scored per data source."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Perplexity: windows per forward pass."),
+    threads: int | None = typer.Option(None, "--threads", help="Compute threads (default: free cores)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
-    text_col: str | None = typer.Option(None, "--text-col", help="Classification: text column."),
-    label_col: str | None = typer.Option(None, "--label-col", help="Classification: label column."),
+    out_dir: str | None = typer.Option(
+        None, "--out", help="Write eval.json, eval.md, eval.png (and predictions.jsonl) here."
+    ),
+    text_col: str | None = typer.Option(None, "--text-col", help="Prompt column / JSONL key."),
+    label_col: str | None = typer.Option(None, "--label-col", help="Answer / label column / JSONL key."),
+    backend: str = typer.Option("auto", "--backend", help="Generation: auto, ort, torch or llama.cpp."),
+    precision: str = typer.Option("int8", "--precision", help="ort weights: int8, int4 or fp32."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Generation: longest answer."),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate a seeded sample of N items."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --limit and --shots."),
+    shots: int = typer.Option(0, "--shots", help="Examples shown before each prompt (needs --shots-from)."),
+    shots_from: str | None = typer.Option(None, "--shots-from", help="File the shots are drawn from."),
+    instruction: str | None = typer.Option(None, "--instruction", help="System prompt text."),
+    labels_from: str | None = typer.Option(
+        None, "--labels-from", help="Allowed labels (.json list, .txt, or a labelled .csv/.jsonl)."
+    ),
+    chat: bool = typer.Option(True, "--chat/--no-chat", help="Use the tokenizer's chat template."),
+    latency_items: int = typer.Option(20, "--latency-items", help="Items timed one at a time for p50/p95."),
+    price_per_hour: float = typer.Option(
+        0.10, "--price-per-hour", help="Machine price (USD/hour) for the cost per 1,000 requests."
+    ),
+    isolate: bool = typer.Option(
+        True, "--isolate/--no-isolate", help="One fresh process per model (its own peak memory)."
+    ),
     report_dir: str | None = typer.Option(
-        None, "--report-dir", help="Classification: write metrics, per-class report, confusion.png here."
+        None, "--report-dir", help="Classifiers: write metrics, per-class report, confusion.png here."
     ),
     unseen_as_oos: bool = typer.Option(
-        False, "--unseen-as-oos", help="Classification: score labels the model never saw as `oos`."
+        False, "--unseen-as-oos", help="Classifiers: score labels the model never saw as `oos`."
     ),
     latency_queries: int = typer.Option(
-        200, "--latency-queries", help="Classification: single queries timed for p50/p95."
+        200, "--latency-queries", help="Classifiers: single queries timed for p50/p95."
     ),
 ) -> None:
-    """Evaluate models side by side: perplexity (loss, bits per byte, change vs the first) or classification."""
-    from rich.table import Table
-
+    """Evaluate models side by side, offline: perplexity, or for causal LMs generation (EM, F1, ROUGE-L,
+    chrF) and classification / multiple choice by label log-likelihood, next to latency, memory and cost."""
     from slmforge.evaluate import EvalConfig, evaluate
     from slmforge.fsutil import write_json
 
     rows = evaluate(
         EvalConfig(
-            models=models,
-            data=data,
-            task=task,
-            seq_len=seq_len,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-            threads=threads,
-            text_col=text_col,
-            label_col=label_col,
-            report_dir=report_dir,
-            unseen_as_oos=unseen_as_oos,
-            latency_queries=latency_queries,
+            models=models, data=data, task=task, seq_len=seq_len, max_tokens=max_tokens,
+            batch_size=batch_size, threads=threads, text_col=text_col, label_col=label_col,
+            report_dir=report_dir, unseen_as_oos=unseen_as_oos, latency_queries=latency_queries,
+            backend=backend, precision=precision, max_new_tokens=max_new_tokens, limit=limit, seed=seed,
+            shots=shots, shots_from=shots_from, instruction=instruction, labels_from=labels_from,
+            chat=chat, latency_items=latency_items, price_per_hour=price_per_hour, isolate=isolate,
         )
-    )
-    if task == "classification":
+    )  # fmt: skip
+    if rows and "runtime" in rows[0]:  # trained classifiers
         _classification_table(rows)
-        if json_out:
-            write_json(json_out, rows)
-        return
-    table = Table(title=f"eval: {task}")
-    for col in ("model", "data", "tokens", "loss", "perplexity", "bits/byte", "change", "time"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(
-            r["model"],
-            r["data"],
-            f"{r['tokens']:,}",
-            f"{r['loss']:.4f}",
-            f"{r['perplexity']:.3f}",
-            f"{r['bpb']:.4f}",
-            f"{r['perplexity_change'] * 100:+.1f}%",
-            f"{r['seconds']:.0f}s",
-        )
-    out.print(table)
+    else:
+        _eval_table(rows, task)
+    summary = [{k: v for k, v in r.items() if k != "predictions"} for r in rows]
+    if out_dir:
+        from slmforge.gen_eval import write_report
+
+        if rows and "runtime" in rows[0]:
+            write_json(Path(out_dir) / "eval.json", {"task": task, "rows": summary})
+        else:
+            written = write_report(rows, task, out_dir)
+            out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False)
     if json_out:
-        write_json(json_out, rows)
+        write_json(json_out, summary)
+
+
+def _eval_table(rows: list[dict], task: str) -> None:
+    from rich.table import Table
+
+    from slmforge.gen_eval import table_rows
+
+    head, body = table_rows(rows, task)
+    table = Table(title=f"eval: {task}")
+    for i, col in enumerate(head):
+        table.add_column(col, overflow="fold", min_width=max([len(col)] + [len(c[i]) for c in body]))
+    for cells in body:
+        table.add_row(*cells)
+    out.print(table)
 
 
 def _classification_table(rows: list[dict]) -> None:

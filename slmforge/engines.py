@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +54,14 @@ ORT_ARCHITECTURES = (
 )
 # Logits cosine to torch fp32 on the check prompts below which a conversion is refused.
 MIN_COSINE = {"fp32": 0.999, "int8": 0.98, "int4": 0.9}
+# Copied next to the ONNX model so a converted directory loads on its own (`open_lm(dir)`).
+STANDALONE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 CHECK_TEXTS = ("The capital of France is", "def fibonacci(n):\n    ")
 
 
@@ -94,6 +103,12 @@ def open_lm(
     if entry is not None and entry.kind != "causal-lm":
         raise SlmError(f"{model} is an {entry.kind}, not a model that generates text")
     path = Path(hub.resolve_model(model))
+    if is_ort_dir(path):  # already converted (`slm quantize` / `slm export --format onnx`)
+        if backend not in ("auto", "ort"):
+            raise SlmError(f"{model} is an ONNX Runtime GenAI model: it runs on the ort backend only")
+        made = _manifest(path)
+        precision = made.get("precision") or made.get("metrics", {}).get("precision", "?")
+        return _load_ort(path, path, precision, threads, "a converted model")
     if backend == "auto":
         backend, why = _auto_backend(path, device)
     else:
@@ -145,12 +160,21 @@ def ort_model_dir(source: Path, precision: str = "int8") -> Path:
     return dest
 
 
-def build_ort(source: Path, dest: Path, precision: str, extra: dict | None = None) -> dict:
-    """Convert `source` into `dest` (ONNX + genai_config.json) and verify it; return the manifest."""
+def build_ort(
+    source: Path,
+    dest: Path,
+    precision: str,
+    extra: dict | None = None,
+    measure: Callable[[Path], dict] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Convert `source` into `dest` (ONNX + genai_config.json + the tokenizer and generation files, so the
+    directory stands alone) and verify it; `measure(tmp_dir)` adds metrics before the rename. Returns the
+    manifest."""
     _require("onnx_ir", "onnx-ir", "the ONNX Runtime GenAI model builder")
     started = time.perf_counter()
     _note(f"converting {source.name} for ONNX Runtime ({precision}), once; cached in {dest.parent}")
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, overwrite=overwrite) as tmp:
         cache = tmp / ".hf-cache"
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
         cmd += ["-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(cache)]
@@ -163,6 +187,11 @@ def build_ort(source: Path, dest: Path, precision: str, extra: dict | None = Non
             last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
             raise SlmError(f"ONNX Runtime conversion of {source} failed: {last[-1] if last else 'no output'}")
         _rmtree(cache)
+        if precision == "int8":
+            share_int8_embeddings(tmp)
+        for name in STANDALONE_FILES:
+            if (source / name).exists():
+                shutil.copy2(source / name, tmp / name)
         check = compare_logits(source, tmp)
         if check["cosine_min"] < MIN_COSINE[precision]:
             raise SlmError(
@@ -177,8 +206,74 @@ def build_ort(source: Path, dest: Path, precision: str, extra: dict | None = Non
             "bytes": _dir_bytes(tmp),
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if measure is not None:
+            manifest.update(measure(tmp))
         (tmp / workspace.MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def share_int8_embeddings(model_dir: Path) -> bool:
+    """Let the token embedding read the int8 output head's weights when the model ties them.
+
+    The builder quantises the output head to int8 but keeps a second, fp32 copy of the same matrix for the
+    embedding lookup (its quantised lookup is 4-bit only): for SmolLM2-135M that copy is 113 MB of 270.
+    Here the lookup gathers the head's int8 rows and scales instead (standard Gather/Cast/Sub/Mul ops;
+    MatMulNBits stores symmetric 8-bit weights offset by 128), and the fp32 copy is dropped.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = model_dir / "model.onnx"
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits), None)
+    head = next(
+        (n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None
+    )
+    if gather is None or head is None or len(head.input) > 3:
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    table = inits[gather.input[0]]
+    if attrs.get("bits") != 8 or list(table.dims) != [attrs["N"], attrs["K"]]:
+        return False
+    weights, scales = head.input[1], head.input[2]
+    ids, out, p = gather.input[1], gather.output[0], "/model/embed_tokens/shared_int8"
+    consts = [
+        numpy_helper.from_array(np.array(128.0, np.float32), f"{p}/offset"),
+        numpy_helper.from_array(np.array([-1], np.int64), f"{p}/last_axis"),
+        numpy_helper.from_array(np.array([0, 0, attrs["K"]], np.int64), f"{p}/shape"),
+    ]
+    nodes = [
+        helper.make_node("Gather", [weights, ids], [f"{p}/q"], name=f"{p}/GatherQ"),
+        helper.make_node("Cast", [f"{p}/q"], [f"{p}/qf"], name=f"{p}/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Sub", [f"{p}/qf", f"{p}/offset"], [f"{p}/centred"], name=f"{p}/Sub"),
+        helper.make_node("Gather", [scales, ids], [f"{p}/s"], name=f"{p}/GatherScales"),
+        helper.make_node("Unsqueeze", [f"{p}/s", f"{p}/last_axis"], [f"{p}/s1"], name=f"{p}/Unsqueeze"),
+        helper.make_node("Mul", [f"{p}/centred", f"{p}/s1"], [f"{p}/rows"], name=f"{p}/Mul"),
+        helper.make_node("Reshape", [f"{p}/rows", f"{p}/shape"], [out], name=f"{p}/Reshape"),
+    ]
+    at = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    graph.initializer.remove(table)
+    graph.initializer.extend(consts)
+    data = model_dir / "model.onnx.data"
+    tmp_model, tmp_data = model_dir / "shared.onnx", model_dir / "shared.onnx.data"
+    onnx.save(model, str(tmp_model), save_as_external_data=True, location=tmp_data.name, size_threshold=1024)
+    del model
+    # the graph names its data file: write under the final name by re-pointing, then swap both files
+    m2 = onnx.load(str(tmp_model), load_external_data=False)
+    for t in m2.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = data.name
+    data.unlink()
+    os.replace(tmp_data, data)
+    onnx.save(m2, str(path))
+    tmp_model.unlink()
+    return True
 
 
 def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:
@@ -188,7 +283,7 @@ def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:
     tok = AutoTokenizer.from_pretrained(source)
     ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     session = ort_session(ort_dir)
-    cosines, top1 = [], []
+    cosines, top1, diff = [], [], 0.0
     for text in texts:
         ids = tok(text)["input_ids"]
         with torch.inference_mode():
@@ -196,13 +291,24 @@ def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:
         b = ort_logits(session, ids)
         cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
         cosines.extend(cos.tolist())
+        diff = max(diff, float(np.abs(a - b).max()))
         top1.extend((a.argmax(-1) == b.argmax(-1)).tolist())
     return {
         "cosine_mean": round(float(np.mean(cosines)), 5),
         "cosine_min": round(float(np.min(cosines)), 5),
         "top1_agreement": round(float(np.mean(top1)), 4),
+        "max_abs_diff": round(diff, 5),
         "positions": len(cosines),
     }
+
+
+def verify_rows(made: dict, source: Path) -> dict:
+    """`build_ort`'s manifest flattened into the `verify_*` metrics every export and quantization reports."""
+    out = {k: v for k, v in made.items() if k != "verify"}
+    out.update({f"verify_{k}": v for k, v in made["verify"].items()})
+    out["verify_vs"] = f"{source} (torch fp32)"
+    out["verify_texts"] = len(CHECK_TEXTS)
+    return out
 
 
 def ort_session(ort_dir: Path, threads: int = 1):
@@ -228,6 +334,21 @@ def ort_logits(session, ids: list[int]) -> np.ndarray:
         if inp.name.startswith("past_key_values"):
             feed[inp.name] = np.zeros((1, heads, 0, size), np.float32)
     return session.run(["logits"], feed)[0][0]
+
+
+class OrtLogits:
+    """Full-sequence logits from a converted decoder, shaped like a transformers model call
+    (`model(input_ids=...).logits`), so `slmforge.evaluate.perplexity` scores it unchanged."""
+
+    def __init__(self, ort_dir: Path, threads: int = 1):
+        self.session = ort_session(ort_dir, threads)
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids: torch.Tensor, **_) -> Any:
+        rows = [ort_logits(self.session, row.tolist()) for row in input_ids]
+        return type("Out", (), {"logits": torch.from_numpy(np.stack(rows))})()
 
 
 class OrtStep:
@@ -331,18 +452,36 @@ def _auto_backend(path: Path, device: str) -> tuple[str, str]:
     return ("torch", reason) if reason else ("ort", "fastest measured CPU backend")
 
 
+def is_ort_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "genai_config.json").exists()
+
+
 def _open_ort(path: Path, precision: str, threads: int, why: str) -> LM:
+    ort_dir = ort_model_dir(path, precision)
+    try:
+        return _load_ort(ort_dir, path, precision, threads, why)
+    except SlmError:
+        _note(f"the cached conversion in {ort_dir} is unreadable; converting again")
+        _rmtree(ort_dir)
+        return _load_ort(ort_model_dir(path, precision), path, precision, threads, why)
+
+
+def _load_ort(ort_dir: Path, path: Path, precision: str, threads: int, why: str) -> LM:
+    _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
     import onnxruntime_genai as og
     from transformers import AutoTokenizer
 
-    ort_dir = ort_model_dir(path, precision)
-    config = og.Config(str(ort_dir))
-    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
-    model = og.Model(config)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        config = og.Config(str(ort_dir))
+        session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+        model = og.Model(config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (RuntimeError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SlmError(f"{ort_dir} is not a loadable ONNX Runtime GenAI model (corrupt?): {first}") from None
     eos = _eos_ids(path, tokenizer)
-    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    limit = json.loads((ort_dir / "genai_config.json").read_text())["model"].get("context_length")
     info = {"why": why, "model_dir": str(ort_dir), "threads": threads}
     lm = LM("ort", precision, tokenizer, eos, limit, lambda: OrtStep(model, limit), str(path), info)
     lm.info["og_model"] = model
@@ -398,6 +537,14 @@ def _eos_ids(path: Path | None, tokenizer) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
+def _manifest(path: Path) -> dict:
+    f = path / workspace.MANIFEST
+    try:
+        return json.loads(f.read_text()) if f.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _fingerprint(path: Path) -> str:
     """Identifies a model directory's content cheaply: config text and each weight file's size and mtime."""
     h = hashlib.sha256(str(path.resolve()).encode())
@@ -434,6 +581,4 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)

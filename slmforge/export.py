@@ -67,10 +67,17 @@ def export(cfg: ExportConfig) -> dict:
 
         return export_gguf(source, Path(cfg.out), cfg.quant, overwrite=cfg.overwrite)
     kind = model_kind(source)
-    if kind == "causal-lm":
-        raise SlmError(
-            f"{cfg.model} is a causal LM: ONNX export is for encoders and classifiers; use --format gguf"
-        )
+    if kind == "causal-lm":  # fp32 decoder with KV cache, for ONNX Runtime (GenAI)
+        from slmforge import workspace
+        from slmforge.engines import build_ort, ort_unsupported, verify_rows
+
+        reason = ort_unsupported(source)
+        if reason:
+            raise SlmError(f"cannot export {cfg.model} to ONNX: {reason}")
+        made = build_ort(source, Path(cfg.out), "fp32", overwrite=cfg.overwrite)
+        metrics = {"format": "onnxruntime-genai", "model_kind": kind, **verify_rows(made, source)}
+        workspace.register("model", Path(cfg.out), source=f"export:{source}", metrics=metrics)
+        return {"out": cfg.out, **metrics}
     return export_encoder_onnx(source, Path(cfg.out), kind, cfg)
 
 

@@ -1,0 +1,189 @@
+"""The generation engines on a tiny random Llama: ONNX Runtime GenAI against the torch reference, batching,
+the conversion cache, quantisation and export of causal LMs, and the bad cases."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from slmforge import engines
+from slmforge.errors import SlmError
+from slmforge.generate import GenerateConfig, complete, complete_batch, generate_completion, prompt_ids
+
+PROMPTS = ["The cat sees", "Every student reads a long book", "the old man walks to the sea", "hi"]
+
+
+def _ids(lm, text):
+    return prompt_ids(lm.tokenizer, [{"role": "user", "content": text}], chat=False)
+
+
+def _greedy(lm, text, n=24):
+    cfg = GenerateConfig(model="x", max_new_tokens=n)
+    return complete(lm.step(), lm.tokenizer, _ids(lm, text), cfg, lm.eos).token_ids
+
+
+def test_ort_fp32_greedy_equals_torch(tiny_model_dir):
+    ort = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=1)
+    ref = engines.open_lm(str(tiny_model_dir), "torch", threads=1)
+    assert ort.backend == "ort" and ref.backend == "torch"
+    assert ort.eos == ref.eos
+    for text in PROMPTS:
+        assert _greedy(ort, text) == _greedy(ref, text)
+
+
+def test_int8_conversion_is_verified_and_close(tiny_model_dir):
+    lm = engines.open_lm(str(tiny_model_dir), "ort", "int8", threads=1)
+    made = json.loads((engines.Path(lm.info["model_dir"]) / "slmforge.json").read_text())
+    assert made["precision"] == "int8"
+    assert made["verify"]["cosine_min"] >= engines.MIN_COSINE["int8"]
+    same = sum(
+        _greedy(lm, t, 8)[:4] == _greedy(engines.open_lm(str(tiny_model_dir), "torch"), t, 8)[:4]
+        for t in PROMPTS
+    )
+    assert same >= 2  # quantisation may flip a near tie, not most prompts
+
+
+def test_batch_equals_one_by_one(tiny_model_dir):
+    lm = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=1)
+    cfg = GenerateConfig(model="x", max_new_tokens=16)
+    prompts = [_ids(lm, t) for t in ["the cat sees", "the dog sees", "the cat likes", "a small dog"]]
+    prompts.append(_ids(lm, "Every student reads a long book"))  # a different length: its own batch
+    batched = complete_batch(lm, prompts, cfg)
+    singles = [complete(lm.step(), lm.tokenizer, p, cfg, lm.eos) for p in prompts]
+    assert [b.token_ids for b in batched] == [s.token_ids for s in singles]
+    assert [b.text for b in batched] == [s.text for s in singles]
+    assert [b.stopped_at_eos for b in batched] == [s.stopped_at_eos for s in singles]
+
+
+def test_sampling_is_seeded_and_same_on_both_engines(tiny_model_dir):
+    ort = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=1)
+    ref = engines.open_lm(str(tiny_model_dir), "torch", threads=1)
+    cfg = GenerateConfig(model="x", max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
+    ids = _ids(ort, "The cat sees")
+    a = complete(ort.step(), ort.tokenizer, ids, cfg, ort.eos).token_ids
+    b = complete(ref.step(), ref.tokenizer, ids, cfg, ref.eos).token_ids
+    assert a == complete(ort.step(), ort.tokenizer, ids, cfg, ort.eos).token_ids
+    assert a[:4] == b[:4]  # same sampler on (nearly) the same logits
+
+
+def test_conversion_is_cached_and_a_corrupt_cache_is_rebuilt(tiny_model_dir, capsys):
+    first = engines.ort_model_dir(tiny_model_dir, "fp32")
+    stamp = (first / "genai_config.json").stat().st_mtime_ns
+    assert engines.ort_model_dir(tiny_model_dir, "fp32") == first
+    assert (first / "genai_config.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    data = first / "model.onnx"
+    data.write_bytes(data.read_bytes()[:200])  # truncate the graph
+    lm = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=1)
+    assert "converting again" in capsys.readouterr().err
+    assert _greedy(lm, "The cat sees") == _greedy(
+        engines.open_lm(str(tiny_model_dir), "torch"), "The cat sees"
+    )
+
+
+def test_a_corrupt_converted_model_is_named(tiny_model_dir, tmp_path):
+    out = tmp_path / "q"
+    shutil.copytree(engines.ort_model_dir(tiny_model_dir, "fp32"), out)
+    (out / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(SlmError, match="not a loadable ONNX Runtime GenAI model"):
+        engines.open_lm(str(out))
+
+
+def test_quantize_causal_lm_measures_perplexity_and_size(tiny_model_dir, tmp_path):
+    from slmforge.quantize import QuantizeConfig, quantize
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
+    m = quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(tmp_path / "q8"), calib=str(calib)))
+    assert m["precision"] == "int8" and m["format"] == "onnxruntime-genai"
+    assert m["perplexity_fp32"] > 1 and abs(m["perplexity_rise_pct"]) < 5
+    assert m["verify_cosine_min"] >= 0.98 and 0 < m["size_ratio"] < 1
+    lm = engines.open_lm(str(tmp_path / "q8"), threads=1)  # the quantized dir loads on its own
+    assert lm.backend == "ort" and lm.precision == "int8" and lm.eos
+    with pytest.raises(SlmError, match="already exists"):
+        quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(tmp_path / "q8"), calib=str(calib)))
+
+
+def test_int8_embedding_shares_the_output_head(tiny_model_dir, tmp_path):
+    import onnx
+
+    made = engines.ort_model_dir(tiny_model_dir, "int8")
+    graph = onnx.load(str(made / "model.onnx"), load_external_data=False).graph
+    assert not any(i.name == "model.embed_tokens.weight" for i in graph.initializer)
+    assert any(n.name.endswith("shared_int8/GatherQ") for n in graph.node)
+
+
+def test_export_causal_lm_to_onnx(tiny_model_dir, tmp_path):
+    from slmforge.export import ExportConfig, export
+
+    m = export(ExportConfig(model=str(tiny_model_dir), out=str(tmp_path / "onnx"), format="onnx"))
+    assert m["precision"] == "fp32" and m["verify_cosine_min"] >= 0.999
+    lm = engines.open_lm(str(tmp_path / "onnx"), threads=1)
+    ref = engines.open_lm(str(tiny_model_dir), "torch")
+    assert _greedy(lm, "The cat sees") == _greedy(ref, "The cat sees")
+
+
+def test_auto_falls_back_to_torch_and_forced_backends_explain(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(gpt2)
+    shutil.copy(tiny_model_dir / "tokenizer.json", gpt2)
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", gpt2)
+    with pytest.raises(SlmError, match="GPT2LMHeadModel is not supported .*LlamaForCausalLM"):
+        engines.open_lm(str(gpt2), "ort")
+    assert engines.open_lm(str(gpt2)).backend == "torch"
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime_genai" else real(n, *a)
+    )
+    assert engines.open_lm(str(tiny_model_dir)).backend == "torch"
+    with pytest.raises(SlmError, match="pip install onnxruntime-genai"):
+        engines.open_lm(str(tiny_model_dir), "ort")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
+    with pytest.raises(SlmError, match="pip install llama-cpp-python"):
+        engines.open_lm(str(tiny_model_dir), "llama.cpp")
+
+
+def test_bad_backend_precision_and_too_many_threads(tiny_model_dir):
+    with pytest.raises(SlmError, match="unknown backend"):
+        engines.open_lm(str(tiny_model_dir), "vllm")
+    with pytest.raises(SlmError, match="unknown precision"):
+        engines.open_lm(str(tiny_model_dir), "ort", "int3")
+    with pytest.warns(UserWarning, match="threads asked for"):
+        lm = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=engines.runtime.free_cores() + 3)
+    assert lm.info["threads"] == engines.runtime.free_cores()
+
+
+def test_generate_and_server_give_the_same_greedy_text(tiny_model_dir):
+    """`slm generate` and the server's chat endpoint both run the default engine: same greedy reply."""
+    from fastapi.testclient import TestClient
+
+    from slmforge.serve.app import create_app
+    from slmforge.serve.config import from_dict
+
+    prompt = "the cat sees the dog"
+    done = generate_completion(
+        GenerateConfig(model=str(tiny_model_dir), prompt=prompt, max_new_tokens=20, threads=1)
+    )
+    cfg = from_dict(
+        {
+            "models": [{"name": "tiny", "kind": "chat", "path": str(tiny_model_dir)}],
+            "auth": {"open_on_loopback": ["chat"]},
+        }
+    )
+    with TestClient(create_app(cfg), client=("127.0.0.1", 5000)) as client:
+        r = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 20,
+                "temperature": 0,
+            },
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == done.text
