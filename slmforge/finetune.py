@@ -178,6 +178,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     optimizer = _optimizer(model, lr, cfg.weight_decay, device)
 
     # ---- resume or start
+    selected = cfg.method != "prompt-tuning" and _selected_logits_match(model, rows, pad_id, device)
     flops_tok = _flops_per_token(_base_config(model), seq_len)
     peak = peak_flops(device, amp or torch.float32, threads)  # a first, uncached call draws random matrices
     torch.manual_seed(cfg.seed)  # so the loop's RNG (dropout) starts from the seed, or from the checkpoint
@@ -215,7 +216,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         batch = [rows[i] for i in batch_windows(step, global_batch, len(rows), cfg.seed)]
-        loss_value, n_tokens = _train_step(model, batch, cfg, pad_id, device, ctx)
+        loss_value, n_tokens = _train_step(model, batch, cfg, pad_id, device, ctx, selected)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -240,7 +241,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
         )
         last = step == total_steps or stop.requested
         if val_rows and (step % cfg.eval_every == 0 or last):
-            val_metrics = masked_loss(model, val_rows, tokenizer, cfg.batch_size, pad_id, device, ctx)
+            val_metrics = masked_loss(
+                model, val_rows, tokenizer, cfg.batch_size, pad_id, device, ctx, selected
+            )
             log.val(step, val_metrics)
         if step % cfg.checkpoint_every == 0 or last:
             _save_checkpoint(out, model, optimizer, step, elapsed)
@@ -558,7 +561,9 @@ def _wrap(model, cfg: FinetuneConfig, base: str):
         ) from None
 
 
-def _train_step(model, batch: list, cfg: FinetuneConfig, pad_id: int, device, ctx) -> tuple[float, int]:
+def _train_step(
+    model, batch: list, cfg: FinetuneConfig, pad_id: int, device, ctx, selected: bool = False
+) -> tuple[float, int]:
     """Forward/backward over the step's micro-batches; loss is the mean over all its trained tokens."""
     micro = [batch[i : i + cfg.batch_size] for i in range(0, len(batch), cfg.batch_size)]
     targets = sum(sum(1 for t in r.labels[1:] if t != sft_data.IGNORE) for r in batch)
@@ -566,15 +571,28 @@ def _train_step(model, batch: list, cfg: FinetuneConfig, pad_id: int, device, ct
     for rows in micro:
         b = {k: v.to(device) for k, v in sft_data.collate(rows, pad_id).items()}
         with ctx:
-            nats = _sum_nats(model, b)
+            nats = _sum_nats(model, b, selected)
         (nats / max(1, targets)).backward()
         total += nats.item()
         tokens += int(b["attention_mask"].sum())
     return total / max(1, targets), tokens
 
 
-def _sum_nats(model, b: dict) -> torch.Tensor:
-    """Summed next-token loss on labelled positions (prompt-tuning logits carry the virtual tokens first)."""
+def _sum_nats(model, b: dict, selected: bool = False) -> torch.Tensor:
+    """Summed next-token loss on labelled positions (prompt-tuning logits carry the virtual tokens first).
+
+    `selected` runs the LM head on the labelled positions only: the same loss, without the batch × length ×
+    vocabulary logits (with a 49k vocabulary and loss on ~15% of tokens, a fifth of the compute).
+    """
+    if selected:
+        base = _base_model(model)
+        hidden = base.get_decoder()(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
+        ).last_hidden_state
+        y = b["labels"][:, 1:]
+        keep = y != sft_data.IGNORE
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, y[keep], reduction="sum")
     width = b["input_ids"].shape[1]
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
     logits = logits[:, -width:].float()
@@ -587,7 +605,9 @@ def _sum_nats(model, b: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def masked_loss(model, rows: list, tokenizer, batch_size: int, pad_id: int, device, ctx=None) -> dict:
+def masked_loss(
+    model, rows: list, tokenizer, batch_size: int, pad_id: int, device, ctx=None, selected: bool = False
+) -> dict:
     """Mean loss on the trained (assistant) tokens of `rows`, with perplexity and bits per byte."""
     from slmforge.tokenizer import token_byte_lengths
 
@@ -598,7 +618,7 @@ def masked_loss(model, rows: list, tokenizer, batch_size: int, pad_id: int, devi
     for i in range(0, len(rows), batch_size):
         b = {k: v.to(device) for k, v in sft_data.collate(rows[i : i + batch_size], pad_id).items()}
         with ctx or nullcontext():
-            nats += _sum_nats(model, b).item()
+            nats += _sum_nats(model, b, selected).item()
         y = b["labels"][:, 1:]
         y = y[y != sft_data.IGNORE].cpu()
         tokens += y.numel()
@@ -611,6 +631,21 @@ def masked_loss(model, rows: list, tokenizer, batch_size: int, pad_id: int, devi
         "bpb": nats / math.log(2) / max(1, nbytes),
         "tokens": tokens,
     }
+
+
+@torch.no_grad()
+def _selected_logits_match(model, rows: list, pad_id: int, device) -> bool:
+    """Whether the head-on-labelled-positions loss equals the full forward's for this model (checked once)."""
+    b = {k: v.to(device) for k, v in sft_data.collate(rows[:2], pad_id).items()}
+    was_training = model.training
+    model.eval()
+    try:
+        full, fast = _sum_nats(model, b).item(), _sum_nats(model, b, True).item()
+    except (AttributeError, TypeError, NotImplementedError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    return abs(full - fast) <= 1e-4 * max(1.0, abs(full))
 
 
 def _base_config(model):

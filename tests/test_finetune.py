@@ -212,3 +212,27 @@ def test_cli_finetune_and_its_one_line_errors(tiny_model_dir, verb_data, tmp_pat
     )
     bad = runner.invoke(app, [*args, "--overwrite", "--on-bad-line", "maybe"])
     assert isinstance(bad.exception, SlmError) and "--on-bad-line must be stop or skip" in str(bad.exception)
+
+
+def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_dir, verb_data):
+    from transformers import AutoTokenizer
+
+    from slmforge.finetune import _load_base, _selected_logits_match, _sum_nats, _wrap
+    from slmforge.sft_data import collate, load_sft, pack
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = pack(load_sft(verb_data, tok, 128)[0], 128)
+    cfg = _cfg(tiny_model_dir, verb_data, "unused", method="lora", lora_dropout=0.0)
+    model = _wrap(_load_base(str(tiny_model_dir), "tiny"), cfg, str(tiny_model_dir))
+    with torch.no_grad():  # a LoRA delta that matters, so the check covers the adapted layers
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    assert _selected_logits_match(model, rows, 0, "cpu")
+    b = collate(rows[:4], 0)
+    grads = []
+    for selected in (False, True):
+        model.zero_grad()
+        _sum_nats(model, b, selected).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    assert all(torch.allclose(g0, g1, atol=1e-5) for g0, g1 in zip(*grads, strict=True))
