@@ -9,8 +9,9 @@ repetitions is reported with its ratio to transformers fp32 at the same threads 
 decodes exactly --new-tokens tokens (EOS ignored) greedily after a ~50-token chat prompt, after a warm-up.
 
 - hf: `AutoModelForCausalLM.generate(do_sample=False)`, fp32, torch intra-op threads = --threads.
-- ort-*: slmforge's own decode loop (`slmforge.generate.complete` / `complete_batch`: Python token picks
-  and incremental detokenisation included) on ONNX Runtime GenAI, the model converted once and cached.
+- ort-*: slmforge's own decode loop (`slmforge.generate.complete` / `complete_batch`, incremental
+  detokenisation included) on ONNX Runtime GenAI, the model converted once and cached; greedy picks are
+  GenAI's own argmax (the loop's fast path), EOS suppressed like `min_new_tokens`.
 - ct2-int8: CTranslate2 `generate_batch`, when `ctranslate2` is installed (converted once to /tmp).
 - llama.cpp: llama-cpp-python on GGUF files (the shipped Q4_1 and, when slmforge.gguf_export exists, our
   q8_0 and q4_0 exports), batch 1 only (its Python API decodes one sequence); skipped when not installed.
@@ -166,11 +167,22 @@ def hf_runner(cell, ids):
 def ort_runner(cell, ids):
     from dataclasses import replace
 
-    from slmforge.engines import open_lm
+    import onnxruntime_genai as og
+
+    from slmforge.engines import OrtStep, open_lm
     from slmforge.generate import GenerateConfig, complete, complete_batch
 
     precision = cell["backend"].split("-", 1)[1]
-    lm = replace(open_lm(cell["model"], "ort", precision, cell["threads"]), eos=[-1])  # never stop early
+    lm = open_lm(cell["model"], "ort", precision, cell["threads"])
+    # like min_new_tokens for the others: GenAI's search must not stop at EOS before n tokens either
+    config = og.Config(lm.info["model_dir"])
+    session = {"intra_op_num_threads": cell["threads"], "inter_op_num_threads": 1}
+    search = {"min_length": len(ids) + cell["new_tokens"]}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}, "search": search}))
+    model = og.Model(config)
+    lm = replace(
+        lm, eos=[-1], new_step=lambda: OrtStep(model, lm.max_positions), info={**lm.info, "og_model": model}
+    )
 
     def run(n):
         cfg = GenerateConfig(model=cell["model"], max_new_tokens=n)

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from slmforge import cli_serve
+from slmforge import cli_finetune, cli_serve
 from slmforge.errors import SlmError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -36,6 +36,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(classify_app, name="classify")
 app.add_typer(rag_app, name="rag")
 cli_serve.register(app)  # serve, keys, audit
+cli_finetune.register(app)  # finetune, merge
 
 
 def main() -> None:

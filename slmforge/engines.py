@@ -103,6 +103,16 @@ def open_lm(
     if entry is not None and entry.kind != "causal-lm":
         raise SlmError(f"{model} is an {entry.kind}, not a model that generates text")
     path = Path(hub.resolve_model(model))
+    if path.is_dir():
+        from slmforge.finetune import output_dir
+
+        path = output_dir(path)  # a finetune run dir -> its model/ or adapter/
+    if (path / "adapter_config.json").exists():
+        if backend not in ("auto", "torch"):
+            raise SlmError(
+                f"{model} is a PEFT adapter: it runs on torch (or `slm merge` it, then any backend)"
+            )
+        return _open_adapter(path, device)
     if is_ort_dir(path):  # already converted (`slm quantize` / `slm export --format onnx`)
         if backend not in ("auto", "ort"):
             raise SlmError(f"{model} is an ONNX Runtime GenAI model: it runs on the ort backend only")
@@ -373,6 +383,11 @@ class OrtStep:
         self.generator.append_tokens(np.asarray([[token]], dtype=np.int32))
         return self._logits()
 
+    def greedy(self) -> int:
+        """Pick the most likely next token with GenAI's own search and feed it back (no logits copy)."""
+        self.generator.generate_next_token()
+        return int(self.generator.get_next_tokens()[0])
+
     def _logits(self) -> torch.Tensor:
         return torch.from_numpy(np.array(self.generator.get_logits(), dtype=np.float32).reshape(-1))
 
@@ -400,6 +415,11 @@ class OrtBatch:
         self.generator = og.Generator(self.model, params)
         self.generator.append_tokens(np.asarray(prompts, dtype=np.int32))
         return self._logits()
+
+    def greedy(self) -> list[int]:
+        """Every row's most likely next token, picked and fed back by GenAI's own search."""
+        self.generator.generate_next_token()
+        return [int(t) for t in self.generator.get_next_tokens()]
 
     def next(self, tokens: list[int]) -> torch.Tensor:
         shape = np.shape(self.generator.get_logits())
@@ -480,8 +500,12 @@ def _load_ort(ort_dir: Path, path: Path, precision: str, threads: int, why: str)
     except (RuntimeError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SlmError(f"{ort_dir} is not a loadable ONNX Runtime GenAI model (corrupt?): {first}") from None
-    eos = _eos_ids(path, tokenizer)
-    limit = json.loads((ort_dir / "genai_config.json").read_text())["model"].get("context_length")
+    genai = json.loads((ort_dir / "genai_config.json").read_text())["model"]
+    own = genai.get("eos_token_id")  # GenAI's search stops a row at these: so must we
+    eos = sorted(
+        {*_eos_ids(path, tokenizer), *(own if isinstance(own, list) else [own] if own is not None else [])}
+    )
+    limit = genai.get("context_length")
     info = {"why": why, "model_dir": str(ort_dir), "threads": threads}
     lm = LM("ort", precision, tokenizer, eos, limit, lambda: OrtStep(model, limit), str(path), info)
     lm.info["og_model"] = model
@@ -495,6 +519,26 @@ def _open_torch(ref: str, device: str, why: str) -> LM:
     limit = getattr(model.config, "max_position_embeddings", None)
     eos = eos_token_ids(model, tokenizer)
     lm = LM("torch", "fp32", tokenizer, eos, limit, lambda: TorchStep(model), ref, {"why": why})
+    lm.torch_model = model
+    return lm
+
+
+def _open_adapter(path: Path, device: str) -> LM:
+    """A LoRA adapter (merged into its base for decoding) or a prompt-tuning adapter (its virtual tokens
+    are prepended to every prompt's embeddings by the step), on torch."""
+    from slmforge.finetune import adapter_type, load_finetuned
+    from slmforge.generate import TorchStep, eos_token_ids
+
+    model, tokenizer = load_finetuned(path, device)
+    prefix = None
+    if adapter_type(path) == "PROMPT_TUNING":
+        with torch.inference_mode():
+            prefix = model.get_prompt(batch_size=1).detach().to(next(model.parameters()).device)
+        model = model.get_base_model()
+    limit = getattr(model.config, "max_position_embeddings", None)
+    eos = sorted({*eos_token_ids(model, tokenizer), *_eos_ids(path, tokenizer)})
+    why = f"a {adapter_type(path).lower().replace('_', '-')} adapter"
+    lm = LM("torch", "fp32", tokenizer, eos, limit, lambda: TorchStep(model, prefix), str(path), {"why": why})
     lm.torch_model = model
     return lm
 

@@ -185,15 +185,23 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 class TorchStep:
     """The step function behind the decode loop: token ids in, next-token logits out, KV cache kept inside."""
 
-    def __init__(self, model):
+    def __init__(self, model, prefix: torch.Tensor | None = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.prefix = prefix  # [1, n, hidden] embeddings put before every prompt (prompt tuning)
         self.past = None
 
     def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
         self.past = None
-        return self._forward(ids)
+        if self.prefix is None:
+            return self._forward(ids)
+        with torch.inference_mode():
+            x = torch.tensor([ids], dtype=torch.long, device=self.device)
+            embeds = torch.cat([self.prefix, self.model.get_input_embeddings()(x)], dim=1)
+            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        return out.logits[0, -1].float()
 
     def next(self, token: int) -> torch.Tensor:
         return self._forward([token])
@@ -230,12 +238,17 @@ def complete(
             if on_text is not None:
                 on_text(piece)
 
+    # plain greedy on an engine with its own argmax (ONNX Runtime GenAI): the same pick, no logits copy
+    fast = cfg.temperature <= 0 and cfg.repetition_penalty == 1.0 and hasattr(step, "greedy")
     started = time.perf_counter()
     logits = step.prefill(input_ids, max_new)
     for _ in range(max_new):
-        if cfg.repetition_penalty != 1.0 and done.token_ids:
-            logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
-        token = pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        if fast:
+            token = step.greedy()
+        else:
+            if cfg.repetition_penalty != 1.0 and done.token_ids:
+                logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
+            token = pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         if not done.token_ids:
             done.first_token_seconds = time.perf_counter() - started
         if token in eos:
@@ -245,7 +258,8 @@ def complete(
         emit(stream.push(token))
         if len(done.token_ids) == max_new:
             break
-        logits = step.next(token)
+        if not fast:
+            logits = step.next(token)
     emit(stream.flush())
     done.seconds = time.perf_counter() - started
     done.text = "".join(pieces)
@@ -291,17 +305,22 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[
     pieces: list[list[str]] = [[] for _ in prompts]
     active = [True] * len(prompts)
     batch = OrtBatch(lm.info["og_model"])
+    fast = cfg.temperature <= 0 and cfg.repetition_penalty == 1.0  # GenAI's own argmax picks
     started = time.perf_counter()
     logits = batch.prefill(prompts, max_new)
     for _ in range(max_new):
         picks = []
+        greedy = batch.greedy() if fast else None
         for i, done in enumerate(dones):
             token = pad
             if active[i]:
-                row = logits[i]
-                if cfg.repetition_penalty != 1.0 and done.token_ids:
-                    row = penalise_repeats(row, done.token_ids, cfg.repetition_penalty)
-                token = pick_token(row, cfg.temperature, cfg.top_k, cfg.top_p, samplers[i])
+                if fast:
+                    token = greedy[i]
+                else:
+                    row = logits[i]
+                    if cfg.repetition_penalty != 1.0 and done.token_ids:
+                        row = penalise_repeats(row, done.token_ids, cfg.repetition_penalty)
+                    token = pick_token(row, cfg.temperature, cfg.top_k, cfg.top_p, samplers[i])
                 if not done.token_ids:
                     done.first_token_seconds = time.perf_counter() - started
                 if token in eos:
@@ -313,7 +332,8 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[
             picks.append(token)
         if not any(active):
             break
-        logits = batch.next(picks)
+        if not fast:
+            logits = batch.next(picks)
     seconds = time.perf_counter() - started
     for done, stream, piece in zip(dones, streams, pieces):
         done.text = "".join(piece) + stream.flush()

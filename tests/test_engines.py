@@ -187,3 +187,43 @@ def test_generate_and_server_give_the_same_greedy_text(tiny_model_dir):
         )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == done.text
+
+
+def test_adapters_decode_on_torch(tiny_model_dir, tmp_path):
+    """A LoRA run decodes as its merged model; a prompt-tuning run prepends its virtual tokens."""
+    import torch
+
+    from slmforge.finetune import FinetuneConfig, finetune, load_finetuned
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"the cat {v} it.", "completion": v}) + "\n" for v in ["sees", "likes"] * 20
+        )
+    )
+    common = dict(
+        seq_len=64,
+        batch_size=4,
+        threads=1,
+        precision="fp32",
+        log_every=100,
+        checkpoint_every=100,
+        max_steps=3,
+    )
+    for method in ("lora", "prompt-tuning"):
+        run = tmp_path / method
+        finetune(
+            FinetuneConfig(model=str(tiny_model_dir), data=str(data), out=str(run), method=method, **common),
+            progress=False,
+        )
+        lm = engines.open_lm(str(run))
+        assert lm.backend == "torch" and method in lm.info["why"]
+        ids = _ids(lm, "the cat sees it.")
+        got = lm.step().prefill(ids)
+        peft_model, _ = load_finetuned(run / "adapter")
+        with torch.inference_mode():
+            want = peft_model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert torch.allclose(got, want, atol=1e-4)
+        assert len(_greedy(lm, "the cat likes it.", 6)) <= 6
+    with pytest.raises(SlmError, match="PEFT adapter: it runs on torch"):
+        engines.open_lm(str(tmp_path / "lora"), "ort")
