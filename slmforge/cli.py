@@ -1031,11 +1031,11 @@ def _eval_table(rows: list[dict], task: str) -> None:
 
     head, body = table_rows(rows, task)
     table = Table(title=f"eval: {task}")
-    for i, col in enumerate(head):
-        table.add_column(col, overflow="fold", min_width=max([len(col)] + [len(c[i]) for c in body]))
+    for i, col in enumerate(head):  # model names whole, the rest may fold on a narrow terminal
+        table.add_column(col, overflow="fold", min_width=max([len(c[i]) for c in body]) if i == 0 else None)
     for cells in body:
         table.add_row(*cells)
-    out.print(table)
+    out.print(table, width=None if out.is_terminal else max(out.width, 200), crop=out.is_terminal)
 
 
 def _classification_table(rows: list[dict]) -> None:

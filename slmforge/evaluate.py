@@ -1,4 +1,11 @@
-"""Evaluate models side by side. Task `perplexity`: held-out loss, perplexity and bits per byte on text.
+"""Evaluate models side by side, offline.
+
+Tasks: `perplexity` (below); `generation`, and `classification` / `multiple-choice` by label
+log-likelihood, for causal LMs with latency, memory and cost next to quality (`slmforge.gen_eval`);
+`classification` of a trained classifier (`slmforge.classify.evaluate_classifier`) when the models are
+classifiers rather than causal LMs.
+
+Task `perplexity`: held-out loss, perplexity and bits per byte on text.
 
 `evaluate(cfg)` loads each model once, scores each data source with it, and returns one row per
 (model, data) pair; the first model is the baseline that the others' perplexity change is measured
@@ -19,7 +26,7 @@ import numpy as np
 
 from slmforge.errors import SlmError
 
-TASKS = ("perplexity", "classification")
+TASKS = ("perplexity", "generation", "classification", "multiple-choice")
 
 
 @dataclass
@@ -45,14 +52,43 @@ class EvalConfig:
     """Classification: score labels the model never saw as out-of-scope instead of refusing the file."""
     latency_queries: int = 200
     """Classification: single queries timed for the p50 / p95 latency."""
+    # causal-LM tasks (generation, classification / multiple-choice by log-likelihood): see gen_eval
+    backend: str = "auto"
+    """Generation engine: auto (ONNX Runtime GenAI on CPU), ort, torch or llama.cpp."""
+    precision: str = "int8"
+    """The ort backend's weights: int8, int4 or fp32."""
+    max_new_tokens: int = 32
+    limit: int | None = None
+    """Evaluate a seeded sample of this many items per data file."""
+    seed: int = 0
+    shots: int = 0
+    shots_from: str | None = None
+    """File the `shots` examples are drawn from (seeded), shown as earlier user/assistant turns."""
+    instruction: str | None = None
+    """System prompt text."""
+    labels_from: str | None = None
+    """Allowed labels (.json list, .txt lines, or a labelled .csv/.jsonl): listed in the system prompt and,
+    for classification, the candidates scored."""
+    chat: bool = True
+    latency_items: int = 20
+    """Items timed one request at a time for p50 / p95 latency (batched backends)."""
+    gen_batch_size: int = 16
+    """Equal-length prompts decoded together on the ort backend."""
+    price_per_hour: float = 0.10
+    """USD per hour of the machine (default: a small 2-vCPU cloud VM), for the cost per 1,000 requests."""
+    isolate: bool = True
+    """Run each model in a fresh process, so its peak memory is its own."""
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> list[dict]:
+    from slmforge.gen_eval import evaluate_generative, is_causal_lm
     from slmforge.runtime import pick_device, set_threads
 
     _validate(cfg)
-    if cfg.task == "classification":
+    if cfg.task == "classification" and not all(is_causal_lm(m) for m in cfg.models):
         return _evaluate_classification(cfg, progress)
+    if cfg.task != "perplexity":
+        return evaluate_generative(cfg, progress)
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     texts = {d: _read_texts(d) for d in cfg.data}
@@ -151,7 +187,7 @@ def _validate(cfg: EvalConfig) -> None:
     if not cfg.models:
         raise SlmError("give at least one model to evaluate")
     if not cfg.data:
-        raise SlmError("give at least one --data source (dataset dir, .jsonl or .txt)")
+        raise SlmError("give at least one --data source (dataset dir, .jsonl, .csv or .txt)")
     if cfg.seq_len < 2 or cfg.max_tokens < cfg.seq_len or cfg.batch_size < 1:
         raise SlmError("need --seq-len ≥ 2, --max-tokens ≥ --seq-len and --batch-size ≥ 1")
 

@@ -85,3 +85,25 @@ def test_malformed_jsonl_names_the_line(tiny_model_dir, tmp_path):
     bad.write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(SlmError, match=r"bad.jsonl:2"):
         evaluate(EvalConfig(models=[str(tiny_model_dir)], data=[str(bad)]), progress=False)
+
+
+def test_cli_perplexity_writes_the_report(slm_cli, tiny_model_dir, tiny_corpus_dir, tmp_path):
+    out = tmp_path / "report"
+    code, stdout, err = slm_cli(
+        "eval",
+        tiny_model_dir,
+        "--data",
+        tiny_corpus_dir,
+        "--seq-len",
+        "32",
+        "--max-tokens",
+        "64",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    assert "bits/byte" in stdout and "+0.0%" in stdout
+    (row,) = json.loads((out / "eval.json").read_text())["rows"]
+    assert row["tokens"] == 64 and f"{row['bpb']:.4f}" in (out / "eval.md").read_text()
+    assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "predictions.jsonl").exists()
