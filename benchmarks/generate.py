@@ -105,11 +105,11 @@ def gguf_files(model_dir: str) -> dict[str, Path]:
         from slmforge.gguf_export import export_gguf
 
         for quant in ("q8_0", "q4_0"):
-            dest = Path("/tmp/slmforge-bench-gguf") / f"{Path(model_dir).name}-{quant}.gguf"
-            if not dest.exists():
+            dest = Path("/tmp/slmforge-bench-gguf") / f"{Path(model_dir).name}-{quant}"
+            if not (dest / "model.gguf").exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                export_gguf(Path(model_dir), dest, quant)
-            files[quant] = dest
+                export_gguf(Path(model_dir), dest, quant, overwrite=True)
+            files[quant] = dest / "model.gguf"
     return files
 
 
