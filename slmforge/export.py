@@ -91,7 +91,7 @@ def model_kind(path: Path) -> str:
     c = json.loads(config.read_text())
     if c.get("model_type") in ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra"):
         return "encoder"
-    if any(a.endswith("ForCausalLM") for a in c.get("architectures") or []):
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in c.get("architectures") or []):
         return "causal-lm"
     raise SlmError(f"{path}: cannot tell what kind of model this is (model_type {c.get('model_type')!r})")
 

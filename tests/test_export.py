@@ -86,14 +86,20 @@ def test_cli_export_and_quantize_torch_dir_directly(exported, slm_cli, tmp_path)
     [
         (("export", "{model}", "--out", "{tmp}/x", "--format", "tflite"), "unknown format 'tflite'"),
         (("quantize", "{model}", "--out", "{tmp}/x", "--scheme", "int3"), "unknown scheme 'int3'"),
-        (("export", "{llm}", "--out", "{tmp}/x"), "causal LM"),
+        (("export", "{gpt2}", "--out", "{tmp}/x"), "architecture GPT2LMHeadModel is not supported"),
         (("quantize", "{int8}", "--out", "{tmp}/x"), "already quantized"),
     ],
-    ids=["format", "scheme", "causal-lm", "requantize"],
+    ids=["format", "scheme", "causal-lm-architecture", "requantize"],
 )
-def test_bad_export_requests(exported, slm_cli, tmp_path, tiny_model_dir, args, expected):
+def test_bad_export_requests(exported, slm_cli, tmp_path, args, expected):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     model, _, int8 = exported
-    filled = [a.format(model=model, tmp=tmp_path, llm=tiny_model_dir, int8=int8["out"]) for a in args]
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100, n_positions=32)
+    ).save_pretrained(gpt2)
+    filled = [a.format(model=model, tmp=tmp_path, gpt2=gpt2, int8=int8["out"]) for a in args]
     code, _, err = slm_cli(*filled)
     assert code == 2 and expected in err, err
     assert not (tmp_path / "x").exists()
