@@ -18,7 +18,8 @@ Data: JSONL rows `{"prompt": ..., "completion": ...}` (optionally `system`; `tex
 are accepted too, multiple-choice rows add `choices` and an `answer` that is a choice or its index),
 or `{"messages": [...]}` whose final assistant turn is the reference; or CSV with a header
 (`text_col` / `label_col`, defaults guessed from the header). `shots` examples drawn (seeded) from
-`shots_from` become earlier user/assistant turns of every prompt; `instruction` and `labels_from`
+`shots_from` become earlier user/assistant turns of every prompt (a model named `MODEL@5shot` gets 5
+whatever `shots` says, so one table can hold a 5-shot baseline next to tuned zero-shot models); `instruction` and `labels_from`
 (the allowed labels) become its system prompt.
 
 Speed and cost, per model:
@@ -44,9 +45,10 @@ import io
 import json
 import math
 import random
+import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -579,13 +581,29 @@ def evaluate_generative(cfg, progress: bool = True) -> list[dict]:
         "latency_items": cfg.latency_items,
         "price_per_hour": cfg.price_per_hour,
     }
+    specs = [split_shots(m, cfg.shots) for m in cfg.models]
+    jobs_for = {cfg.shots: jobs}
+    for _, k in specs:
+        if k not in jobs_for:
+            jobs_for[k] = prepare_jobs(replace(cfg, shots=k))
     rows = []
-    for model in cfg.models:
+    for model, k in specs:
         if cfg.isolate:
-            rows += _in_fresh_process(evaluate_model, model, cfg.task, jobs, opts, progress)
+            rows += _in_fresh_process(evaluate_model, model, cfg.task, jobs_for[k], opts, progress)
         else:
-            rows += evaluate_model(model, cfg.task, jobs, opts, progress)
+            rows += evaluate_model(model, cfg.task, jobs_for[k], opts, progress)
     return rows
+
+
+_SHOTS_SUFFIX = re.compile(r"^(?P<model>.+)@(?P<k>\d+)-?shots?$")
+
+
+def split_shots(model: str, default: int) -> tuple[str, int]:
+    """`MODEL@5shot` (or `@0shot`, `@5-shots`): this model gets 5 shots whatever `--shots` says."""
+    m = _SHOTS_SUFFIX.match(model)
+    if m is None or Path(model).exists():
+        return model, default
+    return m["model"], int(m["k"])
 
 
 def prepare_jobs(cfg) -> list[dict]:
@@ -646,6 +664,7 @@ def is_causal_lm(model: str) -> bool:
     """Whether `model` names a text-generation model (catalog kind, GGUF file, or *ForCausalLM config)."""
     from slmforge import hub
 
+    model = split_shots(model, 0)[0]
     entry = hub.CATALOG.get(model)
     if entry is not None:
         return entry.kind == "causal-lm"

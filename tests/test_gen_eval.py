@@ -96,6 +96,22 @@ def test_shots_build_the_expected_conversation(tmp_path):
     assert prepare_jobs(cfg)[0]["messages"] == job["messages"]  # seeded
 
 
+def test_per_model_shots_suffix_puts_a_few_shot_baseline_in_the_same_table(tiny_model_dir, tmp_path):
+    from slmforge.gen_eval import split_shots
+
+    assert split_shots("qwen@5shot", 0) == ("qwen", 5) and split_shots("m@0-shots", 3) == ("m", 0)
+    assert split_shots("plain", 2) == ("plain", 2) and split_shots("a@b", 1) == ("a@b", 1)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(6)))
+    cfg = _cfg(tiny_model_dir, data, shots_from=str(data), limit=2, max_new_tokens=2, latency_items=1)
+    cfg.models = [str(tiny_model_dir), f"{tiny_model_dir}@2shot"]
+    rows = evaluate(cfg, False)
+    assert [(r["model"], r["shots"], r["items"]) for r in rows] == [
+        (str(tiny_model_dir), 0, 2),
+        (str(tiny_model_dir), 2, 2),
+    ]
+
+
 def test_build_messages_merges_the_rows_own_system_prompt():
     item = Item([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "hello")
     shot = Item([{"role": "user", "content": "yo"}], "hey")
