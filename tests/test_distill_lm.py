@@ -1,0 +1,264 @@
+"""Causal-LM distillation on tiny Llamas: logit KD moves the student towards the teacher, tokenizers must
+match for it (else one line naming --method sequence), sequence-level KD trains on the teacher's own
+greedy completions across tokenizers, --student-depth cuts a student from the teacher, and `slm distill`
+dispatches causal-LM teachers here and classifiers to the encoder path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmforge.distill_lm import (
+    DistillLMConfig,
+    build_student,
+    distill_lm,
+    layer_indices,
+    teacher_kl,
+)
+from slmforge.errors import SlmError
+
+FAST = dict(seq_len=128, batch_size=4, threads=1, checkpoint_every=1000)
+
+
+def _llama(tokenizer, out: Path, seed: int, hidden: int = 32, layers: int = 1) -> Path:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    eos = [tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=eos[0], eos_token_id=eos[0], pad_token_id=eos[0], initializer_range=0.1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=eos[0], eos_token_id=eos, pad_token_id=eos[0])
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory) -> Path:
+    """40 prompt/completion rows from the tiny corpus's grammar."""
+    from conftest import _tiny_docs
+
+    path = tmp_path_factory.mktemp("kd_data") / "train.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in _tiny_docs(40, seed=3):
+            words = doc.split(". ")[0].split()
+            f.write(json.dumps({"prompt": " ".join(words[:3]), "completion": " ".join(words[3:])}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def same_tok_student(tiny_model_dir, tmp_path_factory) -> Path:
+    """A differently initialised, narrower 1-layer Llama on the teacher's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return _llama(AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path_factory.mktemp("s") / "m", seed=1)
+
+
+@pytest.fixture(scope="module")
+def other_tok_student(tiny_corpus_dir, tmp_path_factory) -> Path:
+    """A tiny Llama on its own, smaller BPE tokenizer (300 tokens): a different token → id map."""
+    from transformers import AutoTokenizer
+
+    from slmforge.tokenizer import TokenizerConfig, train_tokenizer
+
+    tok_dir = tmp_path_factory.mktemp("other_tok") / "tok"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLMFORGE_HOME", str(tmp_path_factory.mktemp("slmhome_kd")))
+        train_tokenizer(
+            TokenizerConfig(data=str(tiny_corpus_dir), out=str(tok_dir), vocab_size=300), progress=False
+        )
+    return _llama(AutoTokenizer.from_pretrained(tok_dir), tmp_path_factory.mktemp("o") / "m", seed=2)
+
+
+def test_logit_distillation_lowers_the_kl_to_the_teacher(
+    tiny_model_dir, same_tok_student, sft_file, tmp_path
+):
+    out = tmp_path / "kd"
+    r = distill_lm(
+        DistillLMConfig(teacher=str(tiny_model_dir), student=str(same_tok_student), data=str(sft_file),
+                        out=str(out), max_steps=25, lr=1e-2, alpha=0.9, **FAST),
+        progress=False,
+    )  # fmt: skip
+    assert r.steps == 25 and r.kl_before is not None
+    assert r.kl_after < 0.7 * r.kl_before, (r.kl_before, r.kl_after)
+    # the reported KL is the measured one, and the saved student is what was measured
+    assert teacher_kl(str(tiny_model_dir), r.model_dir, str(sft_file), 128) == pytest.approx(
+        r.kl_after, rel=1e-4
+    )
+    model = Path(r.model_dir)
+    assert (model / "model.safetensors").exists() and "im_start" in (
+        model / "chat_template.jinja"
+    ).read_text()
+    im_end = json.loads((model / "tokenizer.json").read_text())["added_tokens"]
+    im_end = next(t["id"] for t in im_end if t["content"] == "<|im_end|>")
+    assert im_end in json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    assert json.loads((out / "distill.json").read_text())["kl_after"] == r.kl_after
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 25 and (out / "ckpt").is_dir()
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    from slmforge.distill_lm import kd_loss_sum
+
+    s, t, y = torch.randn(5, 11), torch.randn(5, 11), torch.randint(0, 11, (5,))
+    ce = torch.nn.functional.cross_entropy(s, y, reduction="sum")
+    assert torch.allclose(kd_loss_sum(s, t, y, 2.0, 0.0), ce)
+    assert torch.allclose(kd_loss_sum(s, s.clone(), y, 2.0, 1.0), torch.tensor(0.0), atol=1e-5)  # KL(p‖p) = 0
+
+
+def test_mismatched_tokenizers_name_sequence_level_distillation(tiny_model_dir, other_tok_student, sft_file,
+                                                                tmp_path):  # fmt: skip
+    out = tmp_path / "kd"
+    cfg = DistillLMConfig(teacher=str(tiny_model_dir), student=str(other_tok_student), data=str(sft_file),
+                          out=str(out))  # fmt: skip
+    with pytest.raises(SlmError, match=r"tokenizer.*--method sequence") as e:
+        distill_lm(cfg, progress=False)
+    assert "\n" not in str(e.value) and " vs 300 tokens" in str(e.value)
+    assert not out.exists()
+
+
+def test_sequence_level_trains_on_the_teachers_completions(
+    tiny_model_dir, other_tok_student, sft_file, tmp_path
+):
+    from slmforge.engines import open_lm
+    from slmforge.generate import GenerateConfig, complete, prompt_ids
+
+    out = tmp_path / "seq"
+    r = distill_lm(
+        DistillLMConfig(teacher=str(tiny_model_dir), student=str(other_tok_student), data=str(sft_file),
+                        out=str(out), method="sequence", teacher_backend="torch", max_new_tokens=8, max_steps=4,
+                        **FAST),
+        progress=False,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (out / "teacher.jsonl").read_text().splitlines()]
+    source = [json.loads(line) for line in sft_file.read_text().splitlines()]
+    assert r.completions == len(rows) and len(rows) + r.skipped_empty == len(source) and len(rows) > 30
+    assert {row["prompt"] for row in rows} <= {s["prompt"] for s in source}
+    # each completion is the teacher's greedy reply to the prompt
+    lm = open_lm(str(tiny_model_dir), "torch")
+    gen = GenerateConfig(model=str(tiny_model_dir), max_new_tokens=8)
+    for row in rows[:3]:
+        ids = prompt_ids(lm.tokenizer, [{"role": "user", "content": row["prompt"]}])
+        assert complete(lm.step(), lm.tokenizer, ids, gen, lm.eos).text.strip() == row["completion"]
+    assert rows[0]["completion"] != next(s for s in source if s["prompt"] == rows[0]["prompt"])["completion"]
+    # the student (another tokenizer) trained on them; no KL across tokenizers
+    assert r.steps == 4 and r.kl_before is None and Path(r.model_dir, "model.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["data"] == str(out / "teacher.jsonl")
+
+
+def test_student_depth_cuts_a_student_from_the_teacher(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    assert (
+        layer_indices(12, 4) == [0, 4, 7, 11]
+        and layer_indices(2, 1) == [0]
+        and layer_indices(3, 3) == [0, 1, 2]
+    )
+    info = build_student(str(tiny_model_dir), 1, tmp_path / "student")
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert student.config.num_hidden_layers == 1 and info["layers"] == [0] and not info["not_copied"]
+    assert student.config.hidden_size == teacher.config.hidden_size == 64
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    t0, s0 = teacher.model.layers[0].mlp.up_proj.weight, student.model.layers[0].mlp.up_proj.weight
+    assert torch.equal(s0, t0)
+    assert (tmp_path / "student" / "tokenizer.json").read_bytes() == (
+        tiny_model_dir / "tokenizer.json"
+    ).read_bytes()
+    with pytest.raises(SlmError, match="between 1 and the teacher's 2 layers"):
+        build_student(str(tiny_model_dir), 3, tmp_path / "too-deep")
+    assert not (tmp_path / "too-deep").exists()
+
+
+def test_cli_distills_a_causal_lm_into_a_student_depth_student(tiny_model_dir, sft_file, tmp_path, slm_cli):
+    out = tmp_path / "run"
+    code, stdout, err = slm_cli("distill", "--teacher", tiny_model_dir, "--student-depth", "1", "--data", sft_file,
+                                "--out", out, "--epochs", "1", "--batch-size", "8", "--seq-len", "128",
+                                "--lr", "3e-3", "--alpha", "1", "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    assert "KL to the teacher" in stdout and "1 layers" in stdout
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 1 and saved["hidden_size"] == 64
+    result = json.loads((out / "distill.json").read_text())
+    assert result["kl_after"] < result["kl_before"] and (out / "student-init" / "student.json").exists()
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, other_tok_student, sft_file, tmp_path,
+                                                      slm_cli):  # fmt: skip
+    out = tmp_path / "run"
+    code, _, err = slm_cli("distill", "--teacher", tiny_model_dir, "--student", other_tok_student,
+                           "--data", sft_file, "--out", out)  # fmt: skip
+    assert code == 2 and "--method sequence" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    code, _, err = slm_cli(
+        "distill", tiny_model_dir, "--student-depth", "5", "--data", sft_file, "--out", out
+    )
+    assert code == 2 and "between 1 and the teacher's 2 layers" in err and not out.exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
+    code, _, err = slm_cli("distill", tiny_model_dir, "--student-depth", "1", "--data", bad, "--out", out)
+    assert code == 2 and "line 2" in err and not out.exists()
+
+
+def test_cli_sends_classifier_teachers_to_the_encoder_path(tmp_path, slm_cli, monkeypatch):
+    import slmforge.compress
+
+    seen = {}
+
+    def fake_distill(cfg):
+        seen["cfg"] = cfg
+        return {"out": cfg.out, "params": 1, "params_vs_teacher": 0.5, "layers": 1, "vocab_size": 10,
+                "val_accuracy": 1.0, "teacher_val_accuracy": 1.0, "best_epoch": 1, "epochs_run": 1,
+                "train_seconds": 0}  # fmt: skip
+
+    monkeypatch.setattr(slmforge.compress, "distill", fake_distill)
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    (clf / "classifier.json").write_text("{}")
+    (clf / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    code, _, err = slm_cli("distill", clf, "--data", "train.csv", "--out", tmp_path / "d")
+    assert code == 0, err
+    cfg = seen["cfg"]
+    assert (cfg.student, cfg.epochs, cfg.lr, cfg.temperature, cfg.alpha) == ("minilm-l6", 3, 1e-4, 2.0, 0.5)
+    code, _, err = slm_cli(
+        "distill", clf, "--data", "train.csv", "--out", tmp_path / "d", "--student-depth", "2"
+    )
+    assert code == 2 and "classifier" in err
+
+
+def test_an_interrupted_distillation_resumes_with_the_same_losses(
+    tiny_model_dir, sft_file, tmp_path, monkeypatch
+):
+    from slmforge import telemetry
+
+    def losses(run):
+        return {json.loads(ln)["step"]: json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").open()}
+
+    kw = dict(student_depth=1, data=str(sft_file), max_steps=6, lr=3e-3, seq_len=128, batch_size=4, threads=1,
+              checkpoint_every=2)  # fmt: skip
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    distill_lm(DistillLMConfig(teacher=str(tiny_model_dir), out=str(straight), **kw), progress=False)
+    real_step = telemetry.StepLogger.step
+
+    def crash_after_5(self, step, *args):
+        real_step(self, step, *args)
+        if step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(telemetry.StepLogger, "step", crash_after_5)
+    with pytest.raises(KeyboardInterrupt):
+        distill_lm(DistillLMConfig(teacher=str(tiny_model_dir), out=str(crashed), **kw), progress=False)
+    monkeypatch.setattr(telemetry.StepLogger, "step", real_step)
+    assert (crashed / "ckpt").is_dir() and not (crashed / "model").exists()
+    with pytest.raises(SlmError, match="different config.*alpha"):
+        distill_lm(DistillLMConfig(str(tiny_model_dir), str(sft_file), str(crashed), alpha=0.2, resume=True))
+    distill_lm(DistillLMConfig(str(tiny_model_dir), str(sft_file), str(crashed), resume=True), progress=False)
+    a, b = losses(straight), losses(crashed)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(a[s] - b[s]) <= 1e-5 for s in a), (a, b)
