@@ -906,7 +906,7 @@ def rightsize_cmd(
             data=data,
             eval_data=eval_data,
             out=out_dir,
-            target=target or "accuracy>=0.97*base",
+            target="accuracy>=0.97*base" if target is None else target,
             max_latency_ms=max_latency_ms,
             base_model=base_model,
             base=base,
@@ -943,14 +943,15 @@ def _rightsize_generation(models, eval_data, out_dir, target, max_latency_ms, te
                           tune_minutes, tune_steps, tune_lr, threads) -> None:  # fmt: skip
     from rich.table import Table
 
-    from slmforge.rightsize_gen import RightsizeGenConfig, _fmt, no_pick_message, rightsize_generation
+    from slmforge.rightsize_gen import RightsizeGenConfig, format_value, no_pick_message, rightsize_generation
 
     ladder = [m.strip() for m in (models or "").split(",") if m.strip()]
     if not ladder:
         raise SlmError("--task generation needs --models A,B,C (catalog names, model dirs or finetune runs)")
     r = rightsize_generation(
         RightsizeGenConfig(
-            models=ladder, eval_data=eval_data, out=out_dir, target=target or "exact_match>=0.97*base",
+            models=ladder, eval_data=eval_data, out=out_dir,
+            target="exact_match>=0.97*base" if target is None else target,
             max_latency_ms=max_latency_ms, shots=shots, shots_from=shots_from, zero_shot=zero_shot,
             instruction=instruction, labels_from=labels_from, text_col=text_col, label_col=label_col,
             limit=limit, seed=seed, max_new_tokens=max_new_tokens, backend=backend, precision=precision,
@@ -967,7 +968,7 @@ def _rightsize_generation(models, eval_data, out_dir, target, max_latency_ms, te
         table.add_column(col, overflow="fold")
 
     def f(v, spec):
-        return "" if v is None else _fmt(v, spec)
+        return "" if v is None else format_value(v, spec)
 
     for t in r["table"]:
         variant = f"{t['shots']}-shot" if t["variant"] == "prompted" else t["variant"]

@@ -17,6 +17,9 @@ registered in the workspace.
 Targets: comma-separated clauses `METRIC OP VALUE`, METRIC one of accuracy, macro_f1, p50_ms,
 params, disk_mb; OP one of >= <= > <; VALUE a number, `base`, or `NUMBER*base` (relative to the
 base rung), e.g. "accuracy>=0.97*base" or "accuracy>=0.92,p50_ms<=5".
+
+`--task generation` (a ladder of causal LMs, prompted and fine-tuned) is `slmforge.rightsize_gen`; it
+shares `parse_target` with its own metric set (`TASK_METRICS`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ from pathlib import Path
 from slmforge.errors import SlmError
 
 METRICS = ("accuracy", "macro_f1", "p50_ms", "params", "disk_mb")
+TASK_METRICS = {
+    "classification": METRICS,
+    "generation": (
+        "exact_match",
+        "token_f1",
+        "rouge_l",
+        "chrf",
+        "p50_ms",
+        "p95_ms",
+        "params",
+        "disk_mb",
+        "tokens_per_s",
+    ),
+}
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _CLAUSE = re.compile(
     r"^\s*(?P<metric>[a-z_0-9]+)\s*(?P<op>>=|<=|>|<)\s*"
@@ -56,9 +73,9 @@ class Clause:
         return f"{self.metric}{self.op}{rhs}"
 
 
-def parse_target(expr: str) -> list[Clause]:
-    """'accuracy>=0.97*base, p50_ms<=5' -> clauses; a one-line SlmError for anything else."""
-    example = "e.g. 'accuracy>=0.92' or 'accuracy>=0.97*base,p50_ms<=5'"
+def parse_target(expr: str, metrics: tuple[str, ...] = METRICS) -> list[Clause]:
+    """'accuracy>=0.97*base, p50_ms<=5' -> clauses over `metrics`; a one-line SlmError for anything else."""
+    example = f"e.g. '{metrics[0]}>=0.92' or '{metrics[0]}>=0.97*base,p50_ms<=5'"
     clauses = []
     if not expr or not expr.strip():
         raise SlmError(f"--target is empty; {example}")
@@ -66,8 +83,8 @@ def parse_target(expr: str) -> list[Clause]:
         m = _CLAUSE.match(part)
         if not m:
             raise SlmError(f"cannot parse --target clause {part.strip()!r}; {example}")
-        if m["metric"] not in METRICS:
-            raise SlmError(f"--target: unknown metric {m['metric']!r}; known: {', '.join(METRICS)}")
+        if m["metric"] not in metrics:
+            raise SlmError(f"--target: unknown metric {m['metric']!r}; known: {', '.join(metrics)}")
         factor = float(m["factor"]) if m["factor"] else (1.0 if m["base"] else None)
         clauses.append(Clause(m["metric"], m["op"], float(m["value"]) if m["value"] else None, factor))
     return clauses
