@@ -668,9 +668,13 @@ def is_causal_lm(model: str) -> bool:
     entry = hub.CATALOG.get(model)
     if entry is not None:
         return entry.kind == "causal-lm"
-    path = Path(model).expanduser()
+    from slmforge.finetune import output_dir
+
+    path = output_dir(Path(model).expanduser())  # a finetune/distill run dir → its model/ or adapter/
     if path.is_file():
         return path.suffix == ".gguf"
+    if (path / "adapter_config.json").exists():
+        return True  # a PEFT adapter of a causal LM (slm finetune --method lora|prompt-tuning)
     cfg = path / "config.json"
     if not cfg.exists():
         return not path.exists()  # a hub id: assume a causal LM

@@ -255,3 +255,19 @@ def test_cli_errors_are_one_line(slm_cli, tiny_model_dir, tmp_path):
     code, _, err = slm_cli("eval", tiny_model_dir, "--task", "generation", "--data", data, "--shots", "1")
     assert code == 2 and err.count("\n") == 1 and "--shots needs --shots-from" in err
     assert not (tmp_path / "report").exists()
+
+
+def test_run_dirs_and_adapters_count_as_causal_lms(tmp_path, tiny_model_dir):
+    from slmforge.gen_eval import is_causal_lm
+
+    (tmp_path / "full" / "model").mkdir(parents=True)
+    (tmp_path / "full" / "model" / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"]})
+    )
+    (tmp_path / "lora" / "adapter").mkdir(parents=True)
+    (tmp_path / "lora" / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    assert is_causal_lm(str(tmp_path / "full")) and is_causal_lm(str(tmp_path / "lora"))
+    assert is_causal_lm(str(tiny_model_dir)) and is_causal_lm(f"{tiny_model_dir}@5shot")
+    assert not is_causal_lm(str(tmp_path / "enc"))
