@@ -1354,6 +1354,11 @@ def quickstart(
         "smollm2-135m-instruct", "--base", help="Model to continue pretraining, or none."
     ),
     continue_minutes: float = typer.Option(3.0, "--continue-minutes"),
+    finetune_minutes: float = typer.Option(
+        3.0,
+        "--finetune-minutes",
+        help="LoRA-tune the base on the bank intents this long, then eval; 0 skips.",
+    ),
     rag_docs: list[str] | None = typer.Option(
         None, "--rag-docs", help="Docs to index and answer from (default: 3 Python doc pages; 'none' skips)."
     ),
@@ -1364,8 +1369,9 @@ def quickstart(
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: free cores)."),
 ) -> None:
     """The main job on built-in defaults: ingest, tokenizer, pretrain, continue-pretrain, evaluate, generate,
-    index a few docs and answer a question from them with citations, then serve the bank pipeline example
-    behind an API key and print a ready curl line."""
+    index a few docs and answer a question from them with citations, LoRA-tune the base on the bank intents
+    and compare it with the base zero- and few-shot, then serve the bank pipeline example behind an API key
+    and print a ready curl line."""
     from rich.table import Table
 
     from slmforge.quickstart import QuickstartConfig
@@ -1377,6 +1383,7 @@ def quickstart(
         pretrain_minutes=pretrain_minutes,
         base=base,
         continue_minutes=continue_minutes,
+        finetune_minutes=finetune_minutes,
         port=port,
         threads=threads,
     )
@@ -1412,6 +1419,8 @@ def quickstart(
             out.print(f"[bold]A:[/bold] [cyan]{r['answer']}[/cyan]", highlight=False)
         for src in r["sources"]:
             out.print(f"   {src}", highlight=False)
+    if s.get("finetune"):
+        _print_quickstart_finetune(s["finetune"])
     if s.get("serve"):
         b = s["serve"]
         res = b["result"]
@@ -1432,6 +1441,38 @@ def quickstart(
     out.print(
         f"data: {s['data']} | tokenizer: {s['bytes_per_token']:.2f} bytes/token | "
         f"total {s['total_s'] / 60:.1f} min | `slm ls` lists everything it made",
+        highlight=False,
+    )
+
+
+def _print_quickstart_finetune(ft: dict) -> None:
+    from rich.table import Table
+
+    if "skipped" in ft:
+        out.print(f"[bold]fine-tuning step skipped[/bold]: {ft['skipped']}", highlight=False)
+        return
+    rows = ft["rows"]
+    table = Table(title=f"bank intents as generation: {rows[0]['items']} held-out questions, exact match")
+    for col in ("model", "prompt", "EM", "p50 s", "gen tok/s", "$/1k req"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        name = Path(r["model"]).name or r["model"]
+        name += (
+            f" {r['shots']}-shot" if r["shots"] else (" (LoRA)" if r["model"] == ft["run"] else " zero-shot")
+        )
+        table.add_row(
+            name,
+            r.get("prompt", ""),
+            f"{r['exact_match']:.3f}",
+            f"{r['p50_s']:.3f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['cost_per_1k']:.4f}",
+        )
+    out.print(table)
+    out.print(
+        f"LoRA: {ft['steps']} steps in {ft['train_s'] / 60:.1f} min on {ft['train_examples']} messages "
+        f"(loss {ft['first_loss']:.2f} -> {ft['train_loss']:.2f}), torch fp32 for all rows; "
+        f"report: {ft['report']} (+ eval.json, eval.png, predictions.jsonl)",
         highlight=False,
     )
 

@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from slmforge import workspace
-from slmforge.quickstart import QuickstartConfig, quickstart
+from slmforge.errors import SlmError
+from slmforge.pipeline import BANK_DIR
+from slmforge.quickstart import QuickstartConfig, intent_data, intent_finetune, quickstart
 
 
 def _corpus(tmp_path, docs):
@@ -39,6 +43,9 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
             prompt="The cat",
             rag_docs=[str(rag_docs)],
             rag_question="When should I prune roses?",
+            finetune_minutes=0.01,
+            finetune_eval_items=3,
+            finetune_shots=1,
             bank_quick=True,
         )
     )
@@ -52,6 +59,7 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     rag = s["rag"]
     assert rag["files"] >= 3 and rag["chunks"] >= 3 and Path(rag["index"]).exists()
     assert rag["answer"] and (rag["abstained"] or rag["sources"][0].startswith("[1] garden.md > Gardening"))
+    assert len(s["finetune"]["rows"]) == 3 and (tmp_path / "qs" / "finetune" / "eval.md").exists()
     serve = s["serve"]
     assert serve["result"]["label"] == "lost_or_stolen_card" and serve["result"]["citations"]
     from slmforge.serve.auth import list_keys
@@ -71,3 +79,62 @@ def test_quickstart_missing_corpus_is_one_line(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: corpus") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_finetune_step_tunes_and_tables_three_models(tmp_path, tiny_model_dir, capsys):
+    """Step 7 on the tiny model: the shipped split is written, LoRA trains, one table holds the base
+    zero-shot, the base few-shot and the LoRA model, scored on the same held-out questions."""
+    import json
+
+    cfg = QuickstartConfig(
+        base=str(tiny_model_dir), finetune_minutes=0.02, finetune_eval_items=5, finetune_shots=2, threads=1
+    )
+    ft = intent_finetune(cfg, tmp_path / "qs")
+    out = tmp_path / "qs" / "finetune"
+
+    # the data: every shipped example, the held-out questions apart from the training messages
+    train = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
+    assert len(train) == ft["train_examples"] == 196 and len(test) == ft["test_items"] == 36
+    assert set(train[0]) == {"prompt", "completion"} and not {r["prompt"] for r in test} & {
+        r["prompt"] for r in train
+    }
+    labels = (out / "data" / "labels.txt").read_text().split()
+    assert len(labels) == ft["intents"] == 12 and {r["completion"] for r in test} <= set(labels)
+    again = intent_data(BANK_DIR, tmp_path / "again")  # deterministic: the same files on every run
+    assert Path(again["test"]).read_bytes() == (out / "data" / "test.jsonl").read_bytes()
+
+    # the run and the table
+    assert ft["steps"] >= 1 and (Path(ft["adapter"]) / "adapter_config.json").exists()
+    rows = ft["rows"]
+    base = str(tiny_model_dir)
+    assert [(r["model"], r["shots"]) for r in rows] == [(base, 0), (base, 2), (ft["run"], 0)]
+    for r in rows:
+        assert r["items"] == 5 and r["backend"] == "torch" and 0.0 <= r["exact_match"] <= 1.0
+        assert r["p50_s"] > 0 and r["tokens_per_s"] > 0 and r["cost_per_1k"] > 0 and r["peak_rss_mb"] is None
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["task"] == "generation" and [r["shots"] for r in saved["rows"]] == [0, 2, 0]
+    md = (out / "eval.md").read_text()
+    assert md.count(f"| {Path(base).name} | torch fp32 |") == 2 and "| intents-lora | torch fp32 |" in md
+    assert "held-out questions" in md
+    assert (out / "eval.png").stat().st_size > 1000
+    preds = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 15 and json.loads(preds[0])["reference"] in labels
+    kinds = {(a.kind, a.name) for a in workspace.list_artifacts()}
+    assert ("adapter", "intents-lora/adapter") in kinds and ("dataset", "bank-intents-gen") in kinds
+
+    from slmforge.cli import _print_quickstart_finetune  # the quickstart summary's table
+
+    capsys.readouterr()
+    _print_quickstart_finetune(ft)
+    shown = capsys.readouterr().out
+    assert "model zero-shot" in shown and "model 2-shot" in shown and "intents-lora (LoRA)" in shown
+    assert f"{rows[2]['exact_match']:.3f}" in shown and "eval.md" in shown
+
+
+def test_finetune_step_without_bank_data_skips_with_a_note(tmp_path, tiny_model_dir):
+    cfg = QuickstartConfig(base=str(tiny_model_dir), threads=1)
+    ft = intent_finetune(cfg, tmp_path / "qs", bank_dir=tmp_path / "nowhere")
+    assert "intents.csv" in ft["skipped"] and not (tmp_path / "qs" / "finetune").exists()
+    with pytest.raises(SlmError, match="--finetune-minutes must be"):
+        quickstart(QuickstartConfig(finetune_minutes=-1))
