@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,14 @@ def open_lm(
         backend, why = _auto_backend(path, device)
     else:
         why = "forced"
+    if backend == "ort" and why != "forced":
+        try:
+            return _open_ort(path, precision, threads, why)
+        except SlmError as e:  # auto: a model the converter cannot take still runs, on torch
+            _failed_marker(path, precision).parent.mkdir(parents=True, exist_ok=True)
+            _failed_marker(path, precision).write_text(str(e))
+            _note(f"{e}; running on torch instead (`--backend torch` skips the attempt)")
+            return _open_torch(str(path), device, f"ONNX Runtime conversion failed: {e}")
     if backend == "ort":
         return _open_ort(path, precision, threads, why)
     if backend == "llama.cpp":
@@ -194,8 +203,7 @@ def build_ort(
             cmd += ["--extra_options", *[f"{k}={v}" for k, v in options.items()]]
         done = subprocess.run(cmd, capture_output=True, text=True, env=_quiet_env())
         if done.returncode != 0 or not (tmp / "genai_config.json").exists():
-            last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise SlmError(f"ONNX Runtime conversion of {source} failed: {last[-1] if last else 'no output'}")
+            raise SlmError(f"ONNX Runtime conversion of {source} failed: {_cause(done.stderr, done.stdout)}")
         _rmtree(cache)
         if precision == "int8":
             share_int8_embeddings(tmp)
@@ -470,7 +478,14 @@ def _auto_backend(path: Path, device: str) -> tuple[str, str]:
     if importlib.util.find_spec("onnxruntime_genai") is None:
         return "torch", "onnxruntime-genai is not installed"
     reason = ort_unsupported(path) if path.exists() else "a hub id (not converted)"
+    if not reason and _failed_marker(path, "int8").exists():
+        reason = "its ONNX Runtime conversion failed before: " + _failed_marker(path, "int8").read_text()
     return ("torch", reason) if reason else ("ort", "fastest measured CPU backend")
+
+
+def _failed_marker(source: Path, precision: str) -> Path:
+    """Records that converting this model failed, so `auto` goes straight to torch next time."""
+    return cache_root() / "ort" / f"{_fingerprint(source)}-{precision}.failed"
 
 
 def is_ort_dir(path: Path) -> bool:
@@ -590,11 +605,22 @@ def _manifest(path: Path) -> dict:
         return {}
 
 
+def _cause(stderr: str, stdout: str) -> str:
+    """The line of a failed subprocess's output that says why: its exception, else its last line."""
+    lines = [line.strip() for line in (stdout + "\n" + stderr).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return (errors or lines or ["no output"])[-1]
+
+
 def _fingerprint(path: Path) -> str:
-    """Identifies a model directory's content cheaply: config text and each weight file's size and mtime."""
+    """Identifies a model directory's content cheaply: each file's name, size and mtime (the slmforge.json
+    manifest aside: registering a model again does not change its weights)."""
     h = hashlib.sha256(str(path.resolve()).encode())
+    if path.is_file():
+        st = path.stat()
+        return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     for f in sorted(path.iterdir()):
-        if f.is_file():
+        if f.is_file() and f.name != "slmforge.json":
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

@@ -148,6 +148,29 @@ def test_auto_falls_back_to_torch_and_forced_backends_explain(tiny_model_dir, tm
         engines.open_lm(str(tiny_model_dir), "llama.cpp")
 
 
+def test_a_failed_conversion_runs_on_torch_and_is_not_retried(tiny_model_dir, tmp_path, monkeypatch):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    calls = []
+
+    def broken(source, dest, precision, **kw):
+        calls.append(source)
+        raise SlmError(f"ONNX Runtime conversion of {source} failed: KeyError: 'rope_type'")
+
+    monkeypatch.setattr(engines, "build_ort", broken)
+    assert engines.open_lm(str(model)).backend == "torch"
+    lm = engines.open_lm(str(model))
+    assert lm.backend == "torch" and "rope_type" in lm.info["why"] and len(calls) == 1  # not retried
+    with pytest.raises(SlmError, match="rope_type"):  # forcing ort still says why
+        engines.open_lm(str(model), "ort")
+    assert engines._cause("Traceback...\n  File x\nKeyError: 'rope_type'\nWARNING: float16", "") == (
+        "KeyError: 'rope_type'"
+    )
+    before = engines._fingerprint(model)
+    (model / "slmforge.json").write_text("{}")  # registering a model does not invalidate its conversion
+    assert engines._fingerprint(model) == before
+
+
 def test_bad_backend_precision_and_too_many_threads(tiny_model_dir):
     with pytest.raises(SlmError, match="unknown backend"):
         engines.open_lm(str(tiny_model_dir), "vllm")
