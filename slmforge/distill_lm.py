@@ -143,6 +143,7 @@ def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
     from slmforge.progress import stderr
 
     out = Path(cfg.out)
+    cfg = _run_dirs_to_models(cfg)
     cfg, fresh = _validate(cfg, out)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -563,6 +564,19 @@ def _resume_config(cfg: DistillLMConfig, out: Path) -> DistillLMConfig:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
         raise SlmError(f"--resume with a different config ({detail}); use the run's original settings")
     return cfg
+
+
+def _run_dirs_to_models(cfg: DistillLMConfig) -> DistillLMConfig:
+    """A full fine-tuning (or distillation) run dir as teacher or student means its model/."""
+    from slmforge.finetune import output_dir
+
+    def model_of(name: str | None) -> str | None:
+        if name is None or not Path(name).is_dir():
+            return name
+        found = output_dir(name)
+        return str(found) if (found / "config.json").exists() else name
+
+    return dataclasses.replace(cfg, teacher=model_of(cfg.teacher), student=model_of(cfg.student))
 
 
 def _resolve(model: str) -> str:
