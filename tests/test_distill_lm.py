@@ -262,3 +262,14 @@ def test_an_interrupted_distillation_resumes_with_the_same_losses(
     a, b = losses(straight), losses(crashed)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert all(abs(a[s] - b[s]) <= 1e-5 for s in a), (a, b)
+
+
+def test_run_dirs_stand_for_their_models(tmp_path):
+    from slmforge.distill_lm import DistillLMConfig, _run_dirs_to_models
+
+    (tmp_path / "full" / "model").mkdir(parents=True)
+    (tmp_path / "full" / "model" / "config.json").write_text("{}")
+    cfg = _run_dirs_to_models(
+        DistillLMConfig(teacher=str(tmp_path / "full"), data="d", out="o", student="hub/id")
+    )
+    assert cfg.teacher == str(tmp_path / "full" / "model") and cfg.student == "hub/id"
