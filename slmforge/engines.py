@@ -121,15 +121,16 @@ def open_lm(
         precision = made.get("precision") or made.get("metrics", {}).get("precision", "?")
         return _load_ort(path, path, precision, threads, "a converted model")
     if backend == "auto":
-        backend, why = _auto_backend(path, device)
+        backend, why = _auto_backend(path, device, precision)
     else:
         why = "forced"
     if backend == "ort" and why != "forced":
         try:
             return _open_ort(path, precision, threads, why)
         except SlmError as e:  # auto: a model the converter cannot take still runs, on torch
-            _failed_marker(path, precision).parent.mkdir(parents=True, exist_ok=True)
-            _failed_marker(path, precision).write_text(str(e))
+            marker = _failed_marker(path, precision)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(e))
             _note(f"{e}; running on torch instead (`--backend torch` skips the attempt)")
             return _open_torch(str(path), device, f"ONNX Runtime conversion failed: {e}")
     if backend == "ort":
@@ -468,7 +469,7 @@ class LlamaCppStep:
 # ---------------------------------------------------------------- helpers
 
 
-def _auto_backend(path: Path, device: str) -> tuple[str, str]:
+def _auto_backend(path: Path, device: str, precision: str = "int8") -> tuple[str, str]:
     if runtime.pick_device(device).type == "cuda":
         return "torch", "a GPU is present"
     if path.is_file() and path.suffix == ".gguf":
@@ -478,8 +479,9 @@ def _auto_backend(path: Path, device: str) -> tuple[str, str]:
     if importlib.util.find_spec("onnxruntime_genai") is None:
         return "torch", "onnxruntime-genai is not installed"
     reason = ort_unsupported(path) if path.exists() else "a hub id (not converted)"
-    if not reason and _failed_marker(path, "int8").exists():
-        reason = "its ONNX Runtime conversion failed before: " + _failed_marker(path, "int8").read_text()
+    marker = _failed_marker(path, precision) if not reason else None
+    if marker is not None and marker.exists():
+        reason = "its ONNX Runtime conversion failed before: " + marker.read_text()
     return ("torch", reason) if reason else ("ort", "fastest measured CPU backend")
 
 
