@@ -682,6 +682,11 @@ def distill_cmd(
         help="Causal LM: logit (KL to the teacher's logits + cross-entropy; needs the teacher's tokenizer) or "
         "sequence (fine-tune on the teacher's greedy completions; any tokenizer).",
     ),
+    kd_on: str = typer.Option(
+        "completion",
+        "--kd-on",
+        help="Causal LM, logit: take the KL on the completion tokens, or on all tokens (prompt too).",
+    ),
     layers: int | None = typer.Option(
         None, "--layers", help="Classifier: keep this many of the student's layers."
     ),
@@ -726,6 +731,7 @@ def distill_cmd(
 
     if not is_causal_lm(teacher):
         lm_only = {"--student-depth": student_depth is not None, "--method": method != "logit",
+                   "--kd-on": kd_on != "completion",
                    "--max-minutes": max_minutes is not None, "--val-data": val_data is not None,
                    "--resume": resume}  # fmt: skip
         given = [name for name, used in lm_only.items() if used]
@@ -752,6 +758,7 @@ def distill_cmd(
             method=method,
             temperature=temperature,
             alpha=alpha,
+            kd_on=kd_on,
             val_data=val_data,
             max_new_tokens=max_new_tokens,
             teacher_backend=teacher_backend,

@@ -10,7 +10,9 @@ and EOS ids) → measure the KL to the teacher before and after.
 Two methods:
 - logit (default): the loss on the assistant/completion tokens (finetune's masks) is
   alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · cross-entropy, where _T is the softmax at
-  temperature T (Hinton et al., 2015). Teacher and student must share the tokenizer (the same token → id
+  temperature T (Hinton et al., 2015). With `kd_on="all"` the KL term is the mean over every real token,
+  prompt included (the cross-entropy stays on the completion): a fresh or cut-down student then copies the
+  teacher's reading of the user's text too, about six times the supervised positions on short answers. Teacher and student must share the tokenizer (the same token → id
   map); otherwise the logits do not line up and the error names `--method sequence`.
 - sequence (Kim & Rush, 2016): the teacher writes greedy completions for the prompts of the data file
   (slmforge.engines' fastest backend), saved as OUT/teacher.jsonl, and the student is fine-tuned on them
@@ -45,6 +47,7 @@ from slmforge.errors import SlmError
 from slmforge.fsutil import atomic_dir, atomic_file, write_json
 
 METHODS = ("logit", "sequence")
+KD_ON = ("completion", "all")
 CONFIG_FILE = "distill_config.json"
 RESULT_FILE = "distill.json"
 STUDENT_DIR = "student-init"
@@ -70,6 +73,8 @@ class DistillLMConfig:
     """Softmax temperature of the KL term (logit)."""
     alpha: float = 0.5
     """Weight of the KL term; 1 - alpha weighs the cross-entropy on the data's own tokens (logit)."""
+    kd_on: str = "completion"
+    """Logit: where the KL term is taken: completion (the assistant tokens) or all (every real token)."""
     val_data: str | None = None
     """Held-out JSONL: finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
     max_new_tokens: int = 256
@@ -181,7 +186,7 @@ def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
             data = str(teacher_data)
         else:
             teacher_model = _load_model(cfg.teacher)
-            loss_fn = TeacherLoss(teacher_model, cfg.temperature, cfg.alpha)
+            loss_fn = TeacherLoss(teacher_model, cfg.temperature, cfg.alpha, cfg.kd_on == "all")
             data = cfg.data
 
         # ---- train (finetune's loop; the run dir is ours, so finetune always "continues" it)
@@ -228,30 +233,54 @@ def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
 
 class TeacherLoss:
     """finetune's `loss_fn`: alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE, summed over the
-    batch's labelled positions (finetune divides by the step's trained tokens)."""
+    batch's labelled positions (finetune divides by the step's trained tokens). With `every_token`, the KL
+    is averaged over all real positions and scaled to the labelled count, so after finetune's division the
+    loss is alpha · T² · mean KL (every token) + (1 − alpha) · mean CE (completion tokens)."""
 
-    def __init__(self, teacher, temperature: float, alpha: float):
+    def __init__(self, teacher, temperature: float, alpha: float, every_token: bool = False):
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = temperature
         self.alpha = alpha
+        self.every_token = every_token and alpha > 0
         self.selected: bool | None = None  # teacher head on labelled positions only (checked once)
 
     def __call__(self, model, b: dict, selected: bool = False) -> torch.Tensor:
         from slmforge.finetune import label_logits
 
-        student, targets = label_logits(model, b, selected)
-        return kd_loss_sum(student, self.teacher_logits(b), targets, self.temperature, self.alpha)
+        if not self.every_token:
+            student, targets = label_logits(model, b, selected)
+            return kd_loss_sum(student, self.teacher_logits(b), targets, self.temperature, self.alpha)
+        student, labelled, targets = _all_logits(model, b)
+        with torch.no_grad():
+            teacher = _all_logits(self._on(b), b)[0]
+        ce = F.cross_entropy(student[labelled], targets, reduction="sum")
+        kl = kl_sum(student, teacher, self.temperature) * (targets.numel() / max(1, labelled.numel()))
+        return self.alpha * kl + (1 - self.alpha) * ce
+
+    def _on(self, b: dict):
+        device = b["input_ids"].device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        return self.teacher
 
     @torch.no_grad()
     def teacher_logits(self, b: dict) -> torch.Tensor:
         from slmforge.finetune import label_logits
 
-        device = b["input_ids"].device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
+        teacher = self._on(b)
         if self.selected is None:
-            self.selected = _selected_ok(self.teacher, b)
-        return label_logits(self.teacher, b, self.selected)[0]
+            self.selected = _selected_ok(teacher, b)
+        return label_logits(teacher, b, self.selected)[0]
+
+
+def _all_logits(model, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(float logits [n, vocab] at the n real next-token positions of `b`, which of them are labelled [n],
+    the labelled targets)."""
+    mask = b["attention_mask"][:, 1:].bool()
+    y = b["labels"][:, 1:][mask]
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+    labelled = y != sft_data.IGNORE
+    return logits[:, :-1][mask].float(), labelled, y[labelled]
 
 
 def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -259,17 +288,21 @@ def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Ten
     """Summed alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE over rows of [n, vocab] logits.
 
     Rows of models whose embedding tables are padded differently are compared on the shared ids."""
-    v = min(student.shape[-1], teacher.shape[-1])
-    student, teacher = student[:, :v], teacher[:, :v].float()
     ce = F.cross_entropy(student, targets, reduction="sum")
     if alpha == 0:
         return ce
+    return alpha * kl_sum(student, teacher, temperature) + (1 - alpha) * ce
+
+
+def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · summed KL(teacher_T ‖ student_T) over rows of logits, on the ids both vocabularies have."""
+    v = min(student.shape[-1], teacher.shape[-1])
     t = temperature
     kl = F.kl_div(
-        F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True,
-        reduction="sum",
+        F.log_softmax(student[:, :v] / t, dim=-1), F.log_softmax(teacher[:, :v].float() / t, dim=-1),
+        log_target=True, reduction="sum",
     )  # fmt: skip
-    return alpha * t * t * kl + (1 - alpha) * ce
+    return t * t * kl
 
 
 @torch.no_grad()
@@ -502,6 +535,8 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         raise SlmError(f"--temperature must be above 0, not {cfg.temperature}")
     if not 0 <= cfg.alpha <= 1:
         raise SlmError(f"--alpha must be in [0, 1], not {cfg.alpha}")
+    if cfg.kd_on not in KD_ON:
+        raise SlmError(f"--kd-on must be one of {', '.join(KD_ON)}, not {cfg.kd_on!r}")
     for name in ("seq_len", "batch_size", "grad_accum", "max_new_tokens", "kl_examples", "eval_every",
                  "checkpoint_every", "log_every"):  # fmt: skip
         if getattr(cfg, name) < 1:

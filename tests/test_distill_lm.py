@@ -112,6 +112,61 @@ def test_alpha_zero_is_plain_cross_entropy():
     assert torch.allclose(kd_loss_sum(s, s.clone(), y, 2.0, 1.0), torch.tensor(0.0), atol=1e-5)  # KL(p‖p) = 0
 
 
+def test_kd_on_all_takes_the_kl_over_every_real_token(tiny_model_dir, same_tok_student):
+    """--kd-on all: alpha · mean KL over every non-padding position (prompt too) + (1 − alpha) · mean CE on
+    the completion, as a sum scaled to the labelled count; completion-only KL ignores the prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from slmforge.distill_lm import TeacherLoss
+    from slmforge.sft_data import IGNORE, Example, collate
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).float()
+    student = AutoModelForCausalLM.from_pretrained(same_tok_student).float()
+    rows = [
+        Example([5, 6, 7, 8, 9, 10], [IGNORE] * 4 + [9, 10]),
+        Example([11, 12, 13, 14], [IGNORE] * 3 + [14]),
+    ]
+    b = collate(rows, pad_id=0)  # the second row is padded: its last two positions must not count
+    with torch.no_grad():
+        s, t = (
+            student(**{k: b[k] for k in ("input_ids", "attention_mask")}).logits,
+            teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+        )
+    real = [(0, i) for i in range(5)] + [(1, i) for i in range(3)]  # next-token positions with a real target
+    labelled = [(0, 3, 9), (0, 4, 10), (1, 2, 14)]
+
+    def kl(i, j, temp):
+        p, q = torch.log_softmax(t[i, j] / temp, -1), torch.log_softmax(s[i, j] / temp, -1)
+        return temp * temp * float((p.exp() * (p - q)).sum())
+
+    ce = sum(
+        float(torch.nn.functional.cross_entropy(s[i, j][None], torch.tensor([y]))) for i, j, y in labelled
+    )
+    kl_all = sum(kl(i, j, 2.0) for i, j in real) * len(labelled) / len(real)
+    kl_done = sum(kl(i, j, 2.0) for i, j, _ in labelled)
+    with torch.no_grad():
+        every = TeacherLoss(teacher, 2.0, 0.3, every_token=True)(student, b)
+        completion = TeacherLoss(teacher, 2.0, 0.3)(student, b)
+    assert float(every) == pytest.approx(0.3 * kl_all + 0.7 * ce, rel=1e-4)
+    assert float(completion) == pytest.approx(0.3 * kl_done + 0.7 * ce, rel=1e-4)
+    assert abs(kl_all - kl_done) > 1e-3  # the prompt positions do change the KL term
+
+
+def test_cli_kd_on_all_trains_and_bad_kd_on_is_one_line(tiny_model_dir, same_tok_student, sft_file, tmp_path,
+                                                        slm_cli):  # fmt: skip
+    out = tmp_path / "kd-all"
+    r = distill_lm(
+        DistillLMConfig(teacher=str(tiny_model_dir), student=str(same_tok_student), data=str(sft_file),
+                        out=str(out), max_steps=25, lr=1e-2, alpha=0.9, kd_on="all", **FAST),
+        progress=False,
+    )  # fmt: skip
+    assert r.kl_after < 0.9 * r.kl_before, (r.kl_before, r.kl_after)  # measured on the completion tokens
+    code, _, err = slm_cli("distill", str(tiny_model_dir), "--student", str(same_tok_student), "--data",
+                           str(sft_file), "--kd-on", "prompt", "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert code != 0 and "--kd-on must be one of completion, all" in err
+    assert "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
 def test_mismatched_tokenizers_name_sequence_level_distillation(tiny_model_dir, other_tok_student, sft_file,
                                                                 tmp_path):  # fmt: skip
     out = tmp_path / "kd"
