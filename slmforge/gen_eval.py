@@ -650,14 +650,30 @@ def prepare_jobs(cfg) -> list[dict]:
 def _in_fresh_process(fn, *args):
     """Run `fn(*args)` in a new interpreter (spawn), so its `ru_maxrss` is its own."""
     import multiprocessing as mp
+    import os
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(1, ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         try:
             return pool.submit(fn, *args).result()
         except BrokenProcessPool:
             raise SlmError(f"evaluating {args[0]} crashed its process (out of memory?)") from None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In an evaluation child: exit when the parent dies (a plain `kill` of `slm eval` reaches only it),
+    also if it died while this child was still starting."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def is_causal_lm(model: str) -> bool:

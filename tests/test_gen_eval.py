@@ -4,6 +4,7 @@ as `slm generate`, bad input."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -271,3 +272,42 @@ def test_run_dirs_and_adapters_count_as_causal_lms(tmp_path, tiny_model_dir):
     assert is_causal_lm(str(tmp_path / "full")) and is_causal_lm(str(tmp_path / "lora"))
     assert is_causal_lm(str(tiny_model_dir)) and is_causal_lm(f"{tiny_model_dir}@5shot")
     assert not is_causal_lm(str(tmp_path / "enc"))
+
+
+def test_the_isolated_evaluation_child_exits_when_its_parent_is_killed(tmp_path):
+    """A plain `kill` of `slm eval` reaches only the parent; its spawned evaluation child must not live on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, threading, time\n"
+        "from slmforge.gen_eval import _in_fresh_process\n"
+        "def report():\n"
+        "    while not multiprocessing.active_children(): time.sleep(0.1)\n"
+        "    print(multiprocessing.active_children()[0].pid, flush=True)\n"
+        "threading.Thread(target=report, daemon=True).start()\n"
+        "_in_fresh_process(time.sleep, 120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)  # the child is up and sleeping
+        assert _alive(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 15
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(child), "the evaluation child outlived its killed parent"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] not in "ZX"  # a zombie has exited
+    except FileNotFoundError:
+        return False
