@@ -315,43 +315,16 @@ def write_report(out: Path, table: list[dict], clauses: list[Clause], base: dict
 
 
 def plot_pareto(table: list[dict], pick, png: Path) -> None:
-    import matplotlib
+    """Accuracy against p50 latency and against disk size; marker area ~ params."""
+    from slmforge.plots import plot_pareto as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from slmforge.fsutil import atomic_file
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in (
-        (axes[0], "p50_ms", "p50 latency, one query (ms)"),
-        (axes[1], "disk_mb", "size on disk (MB)"),
-    ):
-        for t in table:
-            color = "tab:green" if t["meets"] else "tab:gray"
-            ax.scatter(t[key], t["accuracy"] * 100, s=30 + t["params"] / 2e5, color=color, alpha=0.7)
-            ax.annotate(
-                t["rung"],
-                (t[key], t["accuracy"] * 100),
-                fontsize=8,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        if pick:
-            ax.scatter(
-                pick[key],
-                pick["accuracy"] * 100,
-                s=250,
-                facecolors="none",
-                edgecolors="tab:red",
-                linewidths=2,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle("right-sizing ladder (green: meets the target; circle: pick; marker area ~ params)")
-    fig.tight_layout()
-    with atomic_file(png, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    plot(
+        table,
+        pick,
+        png,
+        quality=("accuracy", "accuracy (%)"),
+        x_axes=(("p50_ms", "p50 latency, one query (ms)"), ("disk_mb", "size on disk (MB)")),
+        title="right-sizing ladder (green: meets the target; circle: pick; marker area ~ params)",
+        style=lambda t: {"s": 30 + t["params"] / 2e5, "alpha": 0.7},
+        always_log=True,
+    )

@@ -554,48 +554,19 @@ def no_pick_message(table: list[dict]) -> str:
 
 
 def plot_pareto(table: list[dict], pick, quality: str, png: Path) -> None:
-    """Quality against p50 latency and against params, in the style of `slmforge.rightsize.plot_pareto`."""
-    import matplotlib
+    """Quality against p50 latency and against params; marker per variant, rungs with an error left out."""
+    from slmforge.plots import plot_pareto as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from slmforge.fsutil import atomic_file
-
-    rows = [t for t in table if "error" not in t]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in (
-        (axes[0], "p50_ms", "p50 latency, one request (ms)"),
-        (axes[1], "params", "parameters"),
-    ):
-        shown = [t for t in rows if t.get(key) is not None and t.get(quality) is not None]
-        seen: dict[tuple, int] = {}
-        for t in shown:
-            color = "tab:green" if t["meets"] else "tab:gray"
-            marker = {"prompted": "s", "tuned": "^"}.get(t["variant"], "o")
-            ax.scatter(t[key], t[quality] * 100, s=60, color=color, marker=marker, alpha=0.75)
-            spot = (
-                f"{t[key]:.3g}",
-                round(t[quality] * 100),
-            )  # variants of one model share a point: stack labels
-            seen[spot] = seen.get(spot, -1) + 1
-            ax.annotate(t["rung"], (t[key], t[quality] * 100), fontsize=8, xytext=(4, 4 + 10 * seen[spot]),
-                        textcoords="offset points")  # fmt: skip
-        if pick and pick.get(key) is not None:
-            ax.scatter(pick[key], pick[quality] * 100, s=250, facecolors="none", edgecolors="tab:red",
-                       linewidths=2)  # fmt: skip
-        xs = [t[key] for t in shown]
-        if xs and min(xs) > 0 and max(xs) / min(xs) > 10:  # log only where it spans orders of magnitude
-            ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"{quality.replace('_', ' ')} (%)")
-        ax.set_ylim(-5, 105)
-        ax.grid(alpha=0.3)
-    fig.suptitle("right-sizing ladder (green: meets the target; circle: pick; ■ k-shot, ● as is, ▲ tuned)")
-    fig.tight_layout()
-    with atomic_file(png, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    plot(
+        table,
+        pick,
+        png,
+        quality=(quality, f"{quality.replace('_', ' ')} (%)"),
+        x_axes=(("p50_ms", "p50 latency, one request (ms)"), ("params", "parameters")),
+        title="right-sizing ladder (green: meets the target; circle: pick; ■ k-shot, ● as is, ▲ tuned)",
+        style=lambda t: {"marker": {"prompted": "s", "tuned": "^"}.get(t["variant"], "o")},
+        ylim=(-5, 105),
+    )
 
 
 def _register(pick: dict, cfg: RightsizeGenConfig, out: Path) -> None:
