@@ -12,8 +12,9 @@ Two methods:
   alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · cross-entropy, where _T is the softmax at
   temperature T (Hinton et al., 2015). With `kd_on="all"` the KL term is the mean over every real token,
   prompt included (the cross-entropy stays on the completion): a fresh or cut-down student then copies the
-  teacher's reading of the user's text too, about six times the supervised positions on short answers. Teacher and student must share the tokenizer (the same token → id
-  map); otherwise the logits do not line up and the error names `--method sequence`.
+  teacher's reading of the user's text too, about six times the supervised positions on short answers.
+  Teacher and student must share the tokenizer (the same token → id map); otherwise the logits do not line
+  up and the error names `--method sequence`.
 - sequence (Kim & Rush, 2016): the teacher writes greedy completions for the prompts of the data file
   (slmforge.engines' fastest backend), saved as OUT/teacher.jsonl, and the student is fine-tuned on them
   (plain cross-entropy). Works across tokenizers and with any teacher that generates (GGUF included).
