@@ -713,6 +713,9 @@ def distill_cmd(
         None, "--val-data", help="Causal LM: held-out JSONL for the val loss and the KL report."
     ),
     threads: int | None = _THREADS,
+    seed: int = typer.Option(
+        0, "--seed", help="Causal LM: seed of the data order (shuffle) and of the student's fresh weights."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Causal LM: continue the run in --out."),
     overwrite: bool = _OVERWRITE,
 ) -> None:
@@ -731,7 +734,7 @@ def distill_cmd(
 
     if not is_causal_lm(teacher):
         lm_only = {"--student-depth": student_depth is not None, "--method": method != "logit",
-                   "--kd-on": kd_on != "completion",
+                   "--kd-on": kd_on != "completion", "--seed": seed != 0,
                    "--max-minutes": max_minutes is not None, "--val-data": val_data is not None,
                    "--resume": resume}  # fmt: skip
         given = [name for name, used in lm_only.items() if used]
@@ -768,6 +771,7 @@ def distill_cmd(
             batch_size=batch_size,
             lr=lr,
             threads=threads,
+            seed=seed,
             resume=resume,
             overwrite=overwrite,
         )  # fmt: skip

@@ -235,9 +235,10 @@ def test_cli_distills_a_causal_lm_into_a_student_depth_student(tiny_model_dir, s
     out = tmp_path / "run"
     code, stdout, err = slm_cli("distill", "--teacher", tiny_model_dir, "--student-depth", "1", "--data", sft_file,
                                 "--out", out, "--epochs", "1", "--batch-size", "8", "--seq-len", "128",
-                                "--lr", "3e-3", "--alpha", "1", "--threads", "1")  # fmt: skip
+                                "--lr", "3e-3", "--alpha", "1", "--threads", "1", "--seed", "3")  # fmt: skip
     assert code == 0, err
     assert "KL to the teacher" in stdout and "1 layers" in stdout
+    assert json.loads((out / "distill_config.json").read_text())["seed"] == 3
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["num_hidden_layers"] == 1 and saved["hidden_size"] == 64
     result = json.loads((out / "distill.json").read_text())
