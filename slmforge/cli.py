@@ -554,7 +554,18 @@ def quantize_cmd(
         "int8", "--scheme", help="int8, or int4 (causal LMs: weight-only, ONNX Runtime GenAI MatMulNBits)."
     ),
     calib: str | None = typer.Option(
-        None, "--calib", help="Causal LMs: held-out text for the perplexity check [default: the Python docs]."
+        None,
+        "--calib",
+        help="Causal LMs, int4: calibration text for GPTQ (txt/md/rst, or jsonl with 'text') "
+        "[default: the Python docs' tutorial and HOWTOs].",
+    ),
+    heldout: str | None = typer.Option(
+        None,
+        "--heldout",
+        help="Causal LMs: held-out text for the perplexity check [default: Python docs library pages].",
+    ),
+    method: str = typer.Option(
+        "gptq", "--method", help="Causal LMs, int4: gptq (calibrated, error-compensating) or rtn."
     ),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Weight scales per channel."),
     weight_type: str = typer.Option(
@@ -574,6 +585,8 @@ def quantize_cmd(
             weight_type=weight_type,
             overwrite=overwrite,
             calib=calib,
+            heldout=heldout,
+            method=method,
         )
     )
     _table("quantize", _derived_rows(m))

@@ -53,6 +53,10 @@ ORT_ARCHITECTURES = (
     "GraniteForCausalLM",
     "SmolLM3ForCausalLM",
 )
+# int4: asymmetric 4-bit blocks of 32, GPTQ-rewritten into blocks of 16 for the attention input projections
+# and the output head (which the tied embedding shares); see build_ort, sizes and perplexity in BENCHMARKS.md.
+INT4_OPTIONS = {"is_symmetric": "false", "block_size": "32"}
+INT4_FINE_BLOCKS = {name: 16 for name in ("qkv_proj", "q_proj", "k_proj", "v_proj", "lm_head")}
 # Logits cosine to torch fp32 on the check prompts (mean over positions) below which a conversion is refused.
 MIN_COSINE = {"fp32": 0.999, "int8": 0.99, "int4": 0.9}  # mean over positions
 # Copied next to the ONNX model so a converted directory loads on its own (`open_lm(dir)`).
@@ -173,7 +177,9 @@ def ort_model_dir(source: Path, precision: str = "int8") -> Path:
     if reason:
         raise SlmError(f"cannot convert {source} for ONNX Runtime: {reason}")
     _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
-    dest = cache_root() / "ort" / f"{_fingerprint(source)}-{precision}"
+    dest = (
+        cache_root() / "ort" / f"{_fingerprint(source)}-{precision}{'-gptq' if precision == 'int4' else ''}"
+    )
     if (dest / "genai_config.json").exists():
         return dest
     build_ort(source, dest, precision)
@@ -187,10 +193,18 @@ def build_ort(
     extra: dict | None = None,
     measure: Callable[[Path], dict] | None = None,
     overwrite: bool = False,
+    calib: list[str] | None = None,
+    int4_method: str = "gptq",
 ) -> dict:
     """Convert `source` into `dest` (ONNX + genai_config.json + the tokenizer and generation files, so the
     directory stands alone) and verify it; `measure(tmp_dir)` adds metrics before the rename. Returns the
-    manifest."""
+    manifest.
+
+    int4: GPTQ weights (`slmforge.gptq`, calibrated on `calib`, default the Python documentation when
+    installed, else the builder's round-to-nearest) in asymmetric 4-bit blocks, 16 wide for the q/k/v
+    projections and the output head (the most sensitive per weight; the tied embedding reads the head's
+    codes), 32 for the rest: SmolLM2-135M stays under 18 % of its fp32 size.
+    """
     _require("onnx_ir", "onnx-ir", "the ONNX Runtime GenAI model builder")
     started = time.perf_counter()
     _note(f"converting {source.name} for ONNX Runtime ({precision}), once; cached in {dest.parent}")
@@ -199,6 +213,8 @@ def build_ort(
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
         cmd += ["-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(cache)]
         options = {"shared_embeddings": "true"} if _tied(source) else {}
+        if precision == "int4":
+            options.update(INT4_OPTIONS)
         options.update(extra or {})
         if options:
             cmd += ["--extra_options", *[f"{k}={v}" for k, v in options.items()]]
@@ -208,6 +224,19 @@ def build_ort(
         _rmtree(cache)
         if precision == "int8":
             share_int8_embeddings(tmp)
+        gptq_report = {"int4_method": "rtn"} if precision == "int4" else {}
+        if precision == "int4":
+            repair_shared_head(tmp)
+        if precision == "int4" and int4_method == "gptq":
+            from slmforge import gptq
+
+            texts = calib if calib is not None else gptq.default_calibration_texts()
+            if texts:
+                gptq_report = gptq.requantize_int4(tmp, source, texts, INT4_FINE_BLOCKS)
+            else:
+                _note(
+                    "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"
+                )
         for name in STANDALONE_FILES:
             if (source / name).exists():
                 shutil.copy2(source / name, tmp / name)
@@ -221,6 +250,7 @@ def build_ort(
             "source": str(source),
             "precision": precision,
             "builder_options": options,
+            **gptq_report,
             "verify": check,
             "bytes": _dir_bytes(tmp),
             "seconds": round(time.perf_counter() - started, 1),
@@ -278,21 +308,71 @@ def share_int8_embeddings(model_dir: Path) -> bool:
         graph.node.insert(at + offset, node)
     graph.initializer.remove(table)
     graph.initializer.extend(consts)
-    data = model_dir / "model.onnx.data"
-    tmp_model, tmp_data = model_dir / "shared.onnx", model_dir / "shared.onnx.data"
+    save_onnx_in_place(model, model_dir)
+    return True
+
+
+def repair_shared_head(model_dir: Path) -> bool:
+    """Point the tied embedding's quantized lookup at the quantized output head's tensors.
+
+    For an asymmetric int4 model, or an int8 head in an int4 model (`matmul_mixed_precision=
+    last_matmul:int8`), the model builder (onnxruntime-genai 0.18) writes a `GatherBlockQuantized` embedding
+    that reads the fp32 matrix or names tensors the head stores under other names, so ONNX Runtime refuses
+    the model (and an fp32 copy would cost 113 MB for SmolLM2-135M). The lookup and the head share one
+    matrix: re-point the lookup's data, scales and zero points at the head's and drop what no node reads,
+    when the bit width and block size agree and the rows need no padding.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_dir / "model.onnx"))
+    graph = model.graph
+    gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized"), None)
+    head = next(
+        (n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None
+    )
+    if gather is None or head is None:
+        return False
+    reshape = next((n for n in graph.node if gather.input[0] in n.output and n.op_type == "Reshape"), None)
+    want = list(head.input[2:])
+    if reshape is not None and reshape.input[0] == head.input[1] and list(gather.input[2:]) == want:
+        return False
+    g, h = (({a.name: helper.get_attribute_value(a) for a in n.attribute}) for n in (gather, head))
+    if (
+        reshape is None
+        or g.get("bits") != h["bits"]
+        or g.get("block_size") != h["block_size"]
+        or h["K"] % h["block_size"]
+    ):
+        raise SlmError("the model builder wrote an invalid shared embedding that cannot be repaired")
+    reshape.input[0] = head.input[1]
+    del gather.input[2:]
+    gather.input.extend(want)
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    save_onnx_in_place(model, model_dir)
+    return True
+
+
+def save_onnx_in_place(model, model_dir: Path) -> None:
+    """Write an edited `model.onnx` (+ `model.onnx.data`) of `model_dir`: under temporary names first, then
+    re-pointed at the final data file name and swapped in."""
+    import onnx
+
+    path, data = model_dir / "model.onnx", model_dir / "model.onnx.data"
+    tmp_model, tmp_data = model_dir / "edited.onnx", model_dir / "edited.onnx.data"
     onnx.save(model, str(tmp_model), save_as_external_data=True, location=tmp_data.name, size_threshold=1024)
     del model
-    # the graph names its data file: write under the final name by re-pointing, then swap both files
     m2 = onnx.load(str(tmp_model), load_external_data=False)
     for t in m2.graph.initializer:
         for entry in t.external_data:
             if entry.key == "location":
                 entry.value = data.name
-    data.unlink()
+    data.unlink(missing_ok=True)
     os.replace(tmp_data, data)
     onnx.save(m2, str(path))
     tmp_model.unlink()
-    return True
 
 
 def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:

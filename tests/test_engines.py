@@ -96,14 +96,14 @@ def test_quantize_causal_lm_measures_perplexity_and_size(tiny_model_dir, tmp_pat
 
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
-    m = quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(tmp_path / "q8"), calib=str(calib)))
+    m = quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(tmp_path / "q8"), heldout=str(calib)))
     assert m["precision"] == "int8" and m["format"] == "onnxruntime-genai"
     assert m["perplexity_fp32"] > 1 and abs(m["perplexity_rise_pct"]) < 5
     assert m["verify_cosine_min"] >= 0.98 and 0 < m["size_ratio"] < 1
     lm = engines.open_lm(str(tmp_path / "q8"), threads=1)  # the quantized dir loads on its own
     assert lm.backend == "ort" and lm.precision == "int8" and lm.eos
     with pytest.raises(SlmError, match="already exists"):
-        quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(tmp_path / "q8"), calib=str(calib)))
+        quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(tmp_path / "q8"), heldout=str(calib)))
 
 
 def test_int8_embedding_shares_the_output_head(tiny_model_dir, tmp_path):

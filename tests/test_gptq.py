@@ -1,0 +1,108 @@
+"""GPTQ int4: the algorithm against round-to-nearest, the MatMulNBits packing, and the quantized ORT model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slmforge import gptq
+from slmforge.errors import SlmError
+
+
+def _output_error(w, q, h):
+    return float(torch.einsum("nk,kl,nl->", q - w, h, q - w))
+
+
+def _correlated_problem(n=48, k=128, tokens=2048, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k**0.5
+    x = torch.randn(tokens, k, generator=g) @ mix * torch.linspace(0.2, 3, k)  # correlated, uneven columns
+    h = (2 * x.T @ x / tokens).double()
+    return torch.randn(n, k, generator=g), h
+
+
+def test_gptq_beats_round_to_nearest_on_the_layer_output():
+    w, h = _correlated_problem()
+    codes, scales, zeros = gptq.gptq(w, h, block_size=32)
+    assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and scales.shape == (48, 4) == zeros.shape
+    q = gptq.dequantize(codes, scales, zeros).double()
+    s, z = gptq.clip_search(w.double(), 32)
+    rtn = gptq.dequantize(gptq._codes(w.double(), s.repeat_interleave(32, 1), z.repeat_interleave(32, 1), 15),
+                          s, z).double()  # fmt: skip
+    # same grid (scales, zero points), rounding chosen to minimise the output error: a clear gain
+    assert _output_error(w.double(), q, h) < 0.6 * _output_error(w.double(), rtn, h)
+
+
+def test_gptq_rejects_a_width_that_blocks_do_not_divide():
+    w, h = _correlated_problem(k=100)
+    with pytest.raises(SlmError, match="multiple of the block size"):
+        gptq.gptq(w, h, block_size=32)
+
+
+def test_matmulnbits_packing_round_trips():
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 16, (6, 192), generator=g, dtype=torch.uint8)
+    zeros = torch.randint(0, 16, (6, 3), generator=g, dtype=torch.uint8)  # an odd number of blocks
+    scales = torch.rand(6, 3, generator=g)
+    b, z = gptq._pack(codes, zeros, 6, 192, 64)
+    assert b.shape == (6, 3, 32) and z.shape == (6, 2)
+    c2, s2, z2 = gptq._unpack(b, scales.numpy().reshape(-1), z, 6, 192, 64)
+    assert torch.equal(c2, codes) and torch.equal(z2, zeros) and torch.equal(s2, scales)
+
+
+def test_int4_quantize_runs_gptq_and_the_onnx_weights_are_its_weights(tiny_model_dir, tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmforge.engines import ort_logits, ort_session
+    from slmforge.quantize import QuantizeConfig, quantize
+
+    calib, heldout = tmp_path / "calib.txt", tmp_path / "heldout.txt"
+    calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
+    heldout.write_text(" ".join(["a dog runs to the green tree at night."] * 300))
+    out = tmp_path / "q4"
+    m = quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(out), scheme="int4", calib=str(calib),
+                                heldout=str(heldout)))  # fmt: skip
+    assert m["precision"] == "int4" and m["int4_method"] == "gptq"
+    assert m["gptq_matrices"] == 11 and m["gptq_kept_rtn"] == []  # 2 layers × qkv, o, gate, up, down; head
+    assert m["gptq_block_sizes"] == {"16": 3, "32": 8}  # qkv and the head in finer blocks
+    assert m["gptq_output_error_vs_rtn"] < 1  # summed over the layers, on the calibration statistics
+    assert m["builder_options"]["block_size"] == "32" and m["perplexity"] > 1
+    assert json.loads((out / "slmforge.json").read_text())["metrics"]["int4_method"] == "gptq"
+
+    # the ONNX model computes with exactly the GPTQ weights: a torch copy holding the dequantized 4-bit
+    # weights matches ONNX Runtime far more closely than the fp32 source does
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    fake = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    proto = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    mods = dict(fake.named_modules())
+    for node in proto.graph.node:
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        if node.op_type != "MatMulNBits" or a["bits"] != 4:
+            continue
+        w = gptq.dequantize(
+            *gptq._unpack(*(inits[i] for i in node.input[1:4]), a["N"], a["K"], a["block_size"])
+        )
+        names = gptq._torch_modules(node.name, mods)
+        rows = np.cumsum([0] + [mods[n].weight.shape[0] for n in names])
+        with torch.no_grad():
+            for name, lo, hi in zip(names, rows[:-1], rows[1:], strict=True):
+                mods[name].weight.copy_(w[lo:hi])
+    ids = tok("the cat sees the red house")["input_ids"]
+    got = ort_logits(ort_session(out), ids)
+    with torch.inference_mode():
+        want_fake = fake(torch.tensor([ids])).logits[0].numpy()
+        want_fp32 = ref(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - want_fake).max() < 0.5 * np.abs(got - want_fp32).max()
+
+
+def test_cli_quantize_bad_method_is_one_line(tiny_model_dir, tmp_path, slm_cli):
+    code, _, err = slm_cli(
+        "quantize", tiny_model_dir, "--scheme", "int4", "--method", "awq", "--out", tmp_path / "x"
+    )
+    assert code != 0 and "--method must be gptq or rtn, not 'awq'" in err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
