@@ -464,19 +464,28 @@ def _rounded_copy(model, plan: dict):
 
 
 def _llama_cpp_check(path: Path, tokenizer, prompt: str) -> dict:
-    """When llama-cpp-python is installed: llama.cpp loads the file and greedily continues `prompt`."""
-    try:
-        import llama_cpp
-    except ImportError:
+    """When llama-cpp-python is installed: llama.cpp loads the file and greedily continues `prompt`.
+
+    In its own process: llama-cpp-python 0.3.36 built here crashed (SIGSEGV) when it ran in the process that
+    had just read the same file through transformers' GGUF loader."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is None:
         return {"llama_cpp": "not installed"}
-    try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False, logits_all=False)
-        out = llm(prompt, max_tokens=8, temperature=0.0)
-        text = out["choices"][0]["text"]
-    except Exception as e:
-        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SlmError(f"llama.cpp cannot run {path}: {cause}") from None
-    return {"llama_cpp": "ok", "llama_cpp_continuation": text}
+    code = (
+        "import json, sys, llama_cpp\n"
+        "llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False)\n"
+        "out = llm(sys.argv[2], max_tokens=8, temperature=0.0)\n"
+        "print(json.dumps(out['choices'][0]['text']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path), prompt], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [x for x in (done.stderr or "").strip().splitlines() if x.strip()]
+        cause = lines[-1] if lines else f"exit code {done.returncode}"
+        raise SlmError(f"llama.cpp cannot run {path}: {cause}")
+    return {"llama_cpp": "ok", "llama_cpp_continuation": json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def _load_source(source_dir: Path):

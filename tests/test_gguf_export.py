@@ -209,3 +209,20 @@ def test_cli_export_gguf(slm_cli, tiny_model_dir, tmp_path):
     code, out, err = slm_cli("export", tiny_model_dir, "--out", tmp_path / "g", "--format", "gguf")
     assert code == 0, err
     assert "gguf q8_0" in out and "cosine" in out and (tmp_path / "g" / GGUF_NAME).exists()
+
+
+def test_a_broken_llama_cpp_fails_the_check_in_one_line_without_taking_the_process_down(
+    monkeypatch, tmp_path
+):
+    """The llama.cpp check runs in a child process: a crash or import failure there is a one-line SlmError."""
+    import importlib.util
+
+    from slmforge.gguf_export import _llama_cpp_check
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n, *a)
+    )
+    with pytest.raises(SlmError, match=r"llama.cpp cannot run .*model.gguf: .*llama_cpp") as e:
+        _llama_cpp_check(tmp_path / "model.gguf", None, "Hello")
+    assert "\n" not in str(e.value)
