@@ -10,10 +10,10 @@ point fixed beforehand from the original weights (static groups, so `MatMulNBits
 hold); and each block's range is chosen by a clip search that minimises its squared rounding error.
 
 `requantize_int4(onnx_dir, source, texts)` rewrites the weights, scales and zero points of every 4-bit
-`MatMulNBits` node in place (same shapes, the builder's asymmetric layout), and leaves the rest of the graph
-as the builder wrote it. Each node is matched to the source's torch weights (fused q/k/v and gate/up
-included) and checked against the builder's own RTN weights before it is replaced, so a layout or naming
-mismatch keeps the builder's weights instead of corrupting them.
+`MatMulNBits` node in place (the builder's asymmetric layout; `block_sizes` may make some nodes' blocks
+finer), and leaves the rest of the graph as the builder wrote it. Each node is matched to the source's
+torch weights (fused q/k/v and gate/up included) and checked against the builder's own RTN weights before
+it is replaced, so a layout or naming mismatch keeps the builder's weights instead of corrupting them.
 """
 
 from __future__ import annotations

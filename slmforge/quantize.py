@@ -2,9 +2,9 @@
 
 One function per (scheme, format); `quantize(cfg)` picks it. Causal LMs: weight-only int8 or int4 as an
 ONNX Runtime GenAI model (`quantize_causal`; int4 weights by GPTQ, `slmforge/gptq.py`), with perplexity on
-held-out text before and after. Encoders and classifiers: `int8` = ONNX Runtime dynamic
-int8 (weights int8, per output channel by default; activations quantised on the fly). Only the encoder's MatMuls are quantised: the classification head stays fp32, because its
-weights come from a logistic regression on standardised features (scaled by 1/std per feature), so the
+held-out text before and after. Encoders and classifiers: `int8` = ONNX Runtime dynamic int8 (weights
+int8, per output channel by default; activations quantised on the fly). Only the encoder's MatMuls are
+quantised: the classification head stays fp32, because its weights come from a logistic regression on standardised features (scaled by 1/std per feature), so the
 per-tensor rounding of its input is amplified in the low-variance features (a BANKING77 classifier with a
 quantised head agreed with fp32 on 73 % of test texts, without it on 99 %); the token embeddings stay fp32
 too (a table lookup costs no compute, and quantising it cost another 0.4 points of agreement). The input is an ONNX directory from `slm export`, or a torch classifier / encoder, which
@@ -151,9 +151,9 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
 
 
 def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
-    """Weight-only int8 (symmetric, per block of 32 weights) or int4 (GPTQ, asymmetric blocks of 64, int8
-    output head; see `slmforge.gptq`) for a causal LM, as an ONNX Runtime GenAI model (`MatMulNBits`): the
-    model `slm generate` and the server run by default.
+    """Weight-only int8 (symmetric, per block of 32 weights) or int4 (GPTQ, asymmetric blocks of 16 and 32,
+    the tied head in 4 bits too; see `engines.build_ort` and `slmforge.gptq`) for a causal LM, as an ONNX
+    Runtime GenAI model (`MatMulNBits`): the model `slm generate` and the server run by default.
     Verified against torch fp32 (logits cosine) and measured: perplexity on held-out text before and
     after, and the size on disk against the fp32 weights; all in the manifest."""
     from slmforge import workspace
