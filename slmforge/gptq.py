@@ -207,8 +207,8 @@ def requantize_int4(
                 kept.append(node.name)
                 b.advance(1)
                 continue
-            rtn = dequantize(*_unpack(numpy_helper.to_array(b_init), numpy_helper.to_array(s_init),
-                                      numpy_helper.to_array(z_init), n_out, k, bs))  # fmt: skip
+            arrays = [numpy_helper.to_array(init) for init in (b_init, s_init, z_init)]
+            rtn = dequantize(*_unpack(*arrays, n_out, k, bs))
             if float((rtn - w).norm() / w.norm()) > 0.25:  # not the same matrix (or not the expected layout)
                 kept.append(node.name)
                 b.advance(1)
@@ -217,14 +217,13 @@ def requantize_int4(
             new_bs = new_bs if k % new_bs == 0 else bs
             codes, scales, zeros = gptq(w, h[mods[0]], new_bs)
             q = dequantize(codes, scales, zeros)
-            hh = h[mods[0]].float()
+            hh = h[mods[0]]
             err_rtn += float(torch.einsum("nk,kl,nl->", rtn - w, hh, rtn - w))
             err_gptq += float(torch.einsum("nk,kl,nl->", q - w, hh, q - w))
             packed_b, packed_z = _pack(codes, zeros, n_out, k, new_bs)
-            for init, arr in ((b_init, packed_b), (s_init, scales.numpy()), (z_init, packed_z)):
-                init.CopyFrom(
-                    numpy_helper.from_array(arr.astype(numpy_helper.to_array(init).dtype), init.name)
-                )
+            for init, old, arr in zip((b_init, s_init, z_init), arrays, (packed_b, scales.numpy(), packed_z),
+                                      strict=True):  # fmt: skip
+                init.CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), init.name))
             for attr in node.attribute:
                 if attr.name == "block_size":
                     attr.i = new_bs
