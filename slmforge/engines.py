@@ -177,8 +177,9 @@ def ort_model_dir(source: Path, precision: str = "int8") -> Path:
     if reason:
         raise SlmError(f"cannot convert {source} for ONNX Runtime: {reason}")
     _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
+    # "gptq2": sequential GPTQ; the suffix changes with the int4 recipe, so an older cached int4 is rebuilt
     dest = (
-        cache_root() / "ort" / f"{_fingerprint(source)}-{precision}{'-gptq' if precision == 'int4' else ''}"
+        cache_root() / "ort" / f"{_fingerprint(source)}-{precision}{'-gptq2' if precision == 'int4' else ''}"
     )
     if (dest / "genai_config.json").exists():
         return dest

@@ -7,7 +7,10 @@ by the inverse of the layer's input second moment H = 2/n·XᵀX, measured on ca
 the error of the layer's *output* rather than of its weights. Two standard refinements matter on small
 models: columns are taken in order of decreasing H diagonal (act-order), with each block's scale and zero
 point fixed beforehand from the original weights (static groups, so `MatMulNBits`' contiguous blocks still
-hold); and each block's range is chosen by a clip search that minimises its squared rounding error.
+hold); and each block's range is chosen by a clip search that minimises its squared rounding error. The
+statistics are gathered sequentially (`sequential_gptq`): each matrix's H is measured on what the matrices
+before it, already quantised, produce, so later layers absorb earlier layers' error (on SmolLM2-135M: held-out
+perplexity +7.77 % against +8.31 % with every H from the full-precision model).
 
 `requantize_int4(onnx_dir, source, texts)` rewrites the weights, scales and zero points of every 4-bit
 `MatMulNBits` node in place (the builder's asymmetric layout; `block_sizes` may make some nodes' blocks
@@ -144,6 +147,101 @@ def input_hessians(model, names: list[str], batches: torch.Tensor) -> dict[str, 
     return {name: 2 * sums[name] / counts[name] for name in names}
 
 
+def sequential_gptq(model, batches: torch.Tensor, names: list[str], quantize, on_step=lambda: None) -> None:
+    """Call `quantize(name, H)` for each nn.Linear in `names`, in the order the model computes them, with H the
+    input second moment on `batches` as the model then stands: `quantize` writes the quantised weights back,
+    so each module is calibrated on what the quantised modules before it produce (GPTQ's sequential order).
+    Each decoder layer's inputs are cached, so the pass costs about three forwards. A tied output head goes
+    first, measured on the full-precision model, because the exported model reads its embedding from the
+    same quantised matrix. A model without `model.layers` gets every H from one full-precision pass."""
+    mods = dict(model.named_modules())
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    head = next((n for n, m in mods.items() if m is model.get_output_embeddings()), None)
+    todo = list(names)
+
+    def step(name: str, h: torch.Tensor) -> None:
+        quantize(name, h)
+        todo.remove(name)
+        on_step()
+
+    if layers is None:
+        hs = input_hessians(model, todo, batches)
+        for name in list(todo):
+            step(name, hs[name])
+        return
+    embed = model.get_input_embeddings()
+    if head in todo and embed is not None and mods[head].weight is embed.weight:
+        whole = [(batches[i : i + 4], {"use_cache": False}) for i in range(0, len(batches), 4)]
+        step(head, _layer_hessian(model, mods[head], whole))
+    cached = _first_layer_inputs(model, layers[0], batches)
+    for layer in layers:
+        prefix = next(n for n, m in mods.items() if m is layer) + "."
+        for name in [n for n in mods if n.startswith(prefix) and n in todo]:  # definition = forward order
+            step(name, _layer_hessian(layer, mods[name], cached))
+        with torch.inference_mode():
+            cached = [(_hidden(layer(x, **kw)), kw) for x, kw in cached]
+    if todo:  # e.g. an untied head: measured on the model with every layer quantised
+        hs = input_hessians(model, todo, batches)
+        for name in list(todo):
+            step(name, hs[name])
+
+
+class _Stop(Exception):
+    """Raised by a hook once it has what it needs, to skip the rest of a forward pass."""
+
+
+def _first_layer_inputs(model, layer, batches: torch.Tensor) -> list[tuple[torch.Tensor, dict]]:
+    """(hidden states, keyword arguments) that `layer` receives for each batch of 4 sequences of `batches`."""
+    cached = []
+
+    def hook(_mod, args, kwargs):
+        kwargs = dict(kwargs)
+        x = args[0] if args else kwargs.pop("hidden_states")
+        cached.append((x, kwargs))
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(batches), 4):
+                try:
+                    model(input_ids=batches[i : i + 4], use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return cached
+
+
+def _layer_hessian(layer, module, cached: list[tuple[torch.Tensor, dict]]) -> torch.Tensor:
+    """H = 2/n · XᵀX of `module`'s input inside `layer` (a decoder layer, or the whole model), over the
+    cached inputs; the rest of the forward pass, from `module` on, is skipped."""
+    total, count = None, 0
+
+    def hook(_mod, inp):
+        nonlocal total, count
+        x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+        total = x.T @ x if total is None else total + x.T @ x
+        count += x.shape[0]
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        with torch.inference_mode():
+            for x, kw in cached:
+                try:
+                    layer(x, **kw)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return 2 * total / count
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
 def calibration_batches(tokenizer, texts: list[str], n_seq: int | None = None, seq_len: int = CALIB_SEQ_LEN):
     """The texts tokenised, joined by EOS and cut into `n_seq` (default CALIB_SEQUENCES) windows of `seq_len`
     tokens (fewer if the text is short)."""
@@ -192,44 +290,48 @@ def requantize_int4(
     torch_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     weights = dict(torch_model.named_modules())
     plan = {n.name: _torch_modules(n.name, weights) for n in nodes}
-    hooked = sorted({mods[0] for mods in plan.values() if mods})
+    by_input = {mods[0]: node for node in nodes if (mods := plan[node.name])}
     batches = calibration_batches(tokenizer, texts)
-    h = input_hessians(torch_model, hooked, batches)
-    done, kept, err_rtn, err_gptq, blocks = 0, [], 0.0, 0.0, {}
-    with bar("GPTQ int4", total=len(nodes), enabled=progress) as b:
-        for node in nodes:
-            mods = plan[node.name]
-            a = _attrs(node, helper)
-            bs, n_out, k = a["block_size"], a["N"], a["K"]
-            w = torch.cat([weights[m].weight.detach().float() for m in mods]) if mods else None
-            b_init, s_init, z_init = (inits[node.input[i]] for i in (1, 2, 3))
-            if w is None or tuple(w.shape) != (n_out, k) or k % bs:
-                kept.append(node.name)
-                b.advance(1)
-                continue
-            arrays = [numpy_helper.to_array(init) for init in (b_init, s_init, z_init)]
-            rtn = dequantize(*_unpack(*arrays, n_out, k, bs))
-            if float((rtn - w).norm() / w.norm()) > 0.25:  # not the same matrix (or not the expected layout)
-                kept.append(node.name)
-                b.advance(1)
-                continue
-            new_bs = (block_sizes or {}).get(node.name.split("/")[-2], bs)
-            new_bs = new_bs if k % new_bs == 0 else bs
-            codes, scales, zeros = gptq(w, h[mods[0]], new_bs)
-            q = dequantize(codes, scales, zeros)
-            hh = h[mods[0]]
-            err_rtn += float(torch.einsum("nk,kl,nl->", rtn - w, hh, rtn - w))
-            err_gptq += float(torch.einsum("nk,kl,nl->", q - w, hh, q - w))
-            packed_b, packed_z = _pack(codes, zeros, n_out, k, new_bs)
-            for init, old, arr in zip((b_init, s_init, z_init), arrays, (packed_b, scales.numpy(), packed_z),
-                                      strict=True):  # fmt: skip
-                init.CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), init.name))
-            for attr in node.attribute:
-                if attr.name == "block_size":
-                    attr.i = new_bs
-            blocks[new_bs] = blocks.get(new_bs, 0) + 1
-            done += 1
-            b.advance(1)
+    done, kept, err_rtn, err_gptq, blocks = 0, [n.name for n in nodes if not plan[n.name]], 0.0, 0.0, {}
+
+    def quantize_node(name: str, hh: torch.Tensor) -> None:
+        """GPTQ the node whose input `name` reads, write it into the ONNX initialisers and the torch model."""
+        nonlocal done, err_rtn, err_gptq
+        node = by_input[name]
+        mods = plan[node.name]
+        a = _attrs(node, helper)
+        bs, n_out, k = a["block_size"], a["N"], a["K"]
+        w = torch.cat([weights[m].weight.detach().float() for m in mods])
+        b_init, s_init, z_init = (inits[node.input[i]] for i in (1, 2, 3))
+        if tuple(w.shape) != (n_out, k) or k % bs:
+            kept.append(node.name)
+            return
+        arrays = [numpy_helper.to_array(init) for init in (b_init, s_init, z_init)]
+        rtn = dequantize(*_unpack(*arrays, n_out, k, bs))
+        if float((rtn - w).norm() / w.norm()) > 0.25:  # not the same matrix (or not the expected layout)
+            kept.append(node.name)
+            return
+        new_bs = (block_sizes or {}).get(node.name.split("/")[-2], bs)
+        new_bs = new_bs if k % new_bs == 0 else bs
+        codes, scales, zeros = gptq(w, hh, new_bs)
+        q = dequantize(codes, scales, zeros)
+        err_rtn += float(torch.einsum("nk,kl,nl->", rtn - w, hh, rtn - w))
+        err_gptq += float(torch.einsum("nk,kl,nl->", q - w, hh, q - w))
+        packed_b, packed_z = _pack(codes, zeros, n_out, k, new_bs)
+        for init, old, arr in zip((b_init, s_init, z_init), arrays, (packed_b, scales.numpy(), packed_z),
+                                  strict=True):  # fmt: skip
+            init.CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), init.name))
+        for attr in node.attribute:
+            if attr.name == "block_size":
+                attr.i = new_bs
+        with torch.no_grad():  # later layers see this layer's quantised output, as the ONNX model will
+            for m, part in zip(mods, q.split([weights[m].weight.shape[0] for m in mods]), strict=True):
+                weights[m].weight.copy_(part)
+        blocks[new_bs] = blocks.get(new_bs, 0) + 1
+        done += 1
+
+    with bar("GPTQ int4", total=len(by_input), enabled=progress) as b:
+        sequential_gptq(torch_model, batches, list(by_input), quantize_node, on_step=lambda: b.advance(1))
     _sync_shared_lookup(model_proto, helper)
     save_onnx_in_place(model_proto, onnx_dir)
     return {

@@ -106,3 +106,40 @@ def test_cli_quantize_bad_method_is_one_line(tiny_model_dir, tmp_path, slm_cli):
     )
     assert code != 0 and "--method must be gptq or rtn, not 'awq'" in err
     assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_sequential_gptq_measures_each_input_after_the_modules_before_it_are_quantized(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+    model = load()
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    batches = torch.randint(0, model.config.vocab_size, (6, 24), generator=torch.Generator().manual_seed(0))
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    def fake_quantize(mod, name):  # a stand-in for GPTQ that visibly changes each module's output
+        with torch.no_grad():
+            mod[name].weight.mul_(0.5).add_(0.01)
+
+    def quantize(name, h):
+        seen.append((name, h))
+        fake_quantize(dict(model.named_modules()), name)
+
+    gptq.sequential_gptq(model, batches, linears, quantize)
+    order = [name for name, _ in seen]
+    assert sorted(order) == sorted(linears)
+    assert order[0] == "lm_head"  # tied: quantized first, so the layers see the quantized embedding
+    assert order[1:8] == [f"model.layers.0.{p}" for p in ("self_attn.q_proj", "self_attn.k_proj",
+        "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]  # fmt: skip
+    for i, (name, h) in enumerate(seen):
+        ref = load()
+        mods = dict(ref.named_modules())
+        for earlier in order[:i]:
+            fake_quantize(mods, earlier)
+        expected = gptq.input_hessians(ref, [name], batches)[name]
+        assert torch.allclose(h, expected, rtol=1e-4, atol=1e-6), name
+    # and the statistics really changed along the way (the test would pass vacuously otherwise)
+    fp = gptq.input_hessians(load(), [order[-1]], batches)[order[-1]]
+    assert not torch.allclose(seen[-1][1], fp, rtol=1e-2)
