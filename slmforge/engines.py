@@ -144,6 +144,11 @@ def open_lm(
     return _open_torch(str(path) if path.exists() else model, device, why)
 
 
+# Part of a conversion's cache key; it changes with the recipe, so a model cached by an older recipe is rebuilt
+# (int4 "gptq2": sequential GPTQ; "fused": gate and up projections in one MatMulNBits).
+RECIPES = {"fp32": "", "int8": "-fused", "int4": "-gptq2-fused"}
+
+
 def cache_root() -> Path:
     """Where converted runtime artifacts live: $SLMFORGE_CACHE, else $SLMFORGE_HOME/cache."""
     return Path(os.environ.get("SLMFORGE_CACHE") or workspace.home() / "cache")
@@ -177,10 +182,7 @@ def ort_model_dir(source: Path, precision: str = "int8") -> Path:
     if reason:
         raise SlmError(f"cannot convert {source} for ONNX Runtime: {reason}")
     _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
-    # "gptq2": sequential GPTQ; the suffix changes with the int4 recipe, so an older cached int4 is rebuilt
-    dest = (
-        cache_root() / "ort" / f"{_fingerprint(source)}-{precision}{'-gptq2' if precision == 'int4' else ''}"
-    )
+    dest = cache_root() / "ort" / f"{_fingerprint(source)}-{precision}{RECIPES[precision]}"
     if (dest / "genai_config.json").exists():
         return dest
     build_ort(source, dest, precision)
@@ -238,6 +240,7 @@ def build_ort(
                 _note(
                     "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"
                 )
+        fused = fuse_shared_input_matmuls(tmp)
         for name in STANDALONE_FILES:
             if (source / name).exists():
                 shutil.copy2(source / name, tmp / name)
@@ -252,6 +255,7 @@ def build_ort(
             "precision": precision,
             "builder_options": options,
             **gptq_report,
+            "fused_matmuls": fused,
             "verify": check,
             "bytes": _dir_bytes(tmp),
             "seconds": round(time.perf_counter() - started, 1),
@@ -311,6 +315,67 @@ def share_int8_embeddings(model_dir: Path) -> bool:
     graph.initializer.extend(consts)
     save_onnx_in_place(model, model_dir)
     return True
+
+
+def fuse_shared_input_matmuls(model_dir: Path) -> int:
+    """Merge `MatMulNBits` nodes that read the same input with the same shape and quantisation (the MLP's
+    gate and up projections, which the model builder keeps apart) into one wider node and a `Split`.
+
+    The same weights and arithmetic in one kernel call instead of two: ONNX Runtime pays a fixed cost of
+    about 25 µs per `MatMulNBits` call at batch 1, which is a fifth of a small model's decode step. Weights,
+    scales and zero points all lead with the output axis N, so they concatenate row-wise. The fused node is
+    named after its parts (`gate_up_proj`). Returns the number of nodes merged away.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(model_dir / "model.onnx"))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    groups: dict[tuple, list] = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits" and all(name in inits for name in node.input[1:]):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            key = (node.input[0], len(node.input), *sorted((k, v) for k, v in attrs.items() if k != "N"))
+            groups.setdefault(key, []).append((node, attrs))
+    merged, replace, gone = 0, {}, set()
+    for members in (g for g in groups.values() if len(g) > 1):
+        nodes = [n for n, _ in members]
+        parts = [re.match(r"^(.*)/(\w+)_proj/(MatMul\w*)$", n.name) for n in nodes]
+        if all(parts) and len({(m[1], m[3]) for m in parts}) == 1:
+            base = f"{parts[0][1]}/{'_'.join(m[2] for m in parts)}_proj"
+            name = f"{base}/{parts[0][3]}"
+        else:
+            base = name = nodes[0].name + "_fused"
+        tensors = []
+        for j in range(1, len(nodes[0].input)):
+            arrays = [numpy_helper.to_array(inits[n.input[j]]) for n in nodes]
+            tensors.append(numpy_helper.from_array(np.concatenate(arrays), f"{base}.MatMul.input{j}"))
+            gone.update(n.input[j] for n in nodes)
+        sizes = [a["N"] for _, a in members]
+        tensors.append(numpy_helper.from_array(np.array(sizes, np.int64), f"{base}/split_sizes"))
+        out = f"{base}/MatMul/output_0"
+        attrs = {**members[0][1], "N": sum(sizes)}
+        fused = helper.make_node(
+            "MatMulNBits", [nodes[0].input[0], *(t.name for t in tensors[:-1])], [out], name=name,
+            domain=nodes[0].domain, **attrs,
+        )  # fmt: skip
+        split = helper.make_node(
+            "Split", [out, tensors[-1].name], [n.output[0] for n in nodes], name=f"{base}/Split", axis=-1
+        )
+        replace[nodes[0].name] = [fused, split]
+        replace.update({n.name: [] for n in nodes[1:]})
+        graph.initializer.extend(tensors)
+        merged += len(nodes) - 1
+    if not merged:
+        return 0
+    new_nodes = [m for n in graph.node for m in replace.get(n.name, [n])]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    for init in [i for i in graph.initializer if i.name in gone]:
+        graph.initializer.remove(init)
+    save_onnx_in_place(model, model_dir)
+    return merged
 
 
 def repair_shared_head(model_dir: Path) -> bool:

@@ -466,8 +466,8 @@ def _rounded_copy(model, plan: dict):
 def _llama_cpp_check(path: Path, tokenizer, prompt: str) -> dict:
     """When llama-cpp-python is installed: llama.cpp loads the file and greedily continues `prompt`.
 
-    In its own process: llama-cpp-python 0.3.36 built here crashed (SIGSEGV) when it ran in the process that
-    had just read the same file through transformers' GGUF loader."""
+    In its own process, so a broken llama.cpp build fails the export with a cause instead of killing it: a
+    native llama-cpp-python 0.3.36 build crashed here (SIGSEGV in its AMX matmul, see benchmarks/generate.py)."""
     import importlib.util
     import subprocess
     import sys

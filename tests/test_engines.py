@@ -250,3 +250,60 @@ def test_adapters_decode_on_torch(tiny_model_dir, tmp_path):
         assert len(_greedy(lm, "the cat likes it.", 6)) <= 6
     with pytest.raises(SlmError, match="PEFT adapter: it runs on torch"):
         engines.open_lm(str(tmp_path / "lora"), "ort")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fused_gate_and_up_compute_exactly_what_the_two_nodes_did(tmp_path, bits):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(bits)
+    k, bs, n_gate, n_up = 64, 32, 48, 40
+    nb, per_byte = k // bs, 8 // bits
+    inits, nodes = [], []
+    for proj, n in (("gate", n_gate), ("up", n_up)):
+        p = f"model.layers.0.mlp.{proj}_proj.MatMul"
+        inits += [
+            numpy_helper.from_array(rng.integers(0, 256, (n, nb, bs // per_byte), dtype=np.uint8), f"{p}.w"),
+            numpy_helper.from_array(rng.uniform(0.01, 0.1, n * nb).astype(np.float32), f"{p}.s"),
+        ]
+        inputs = ["x", f"{p}.w", f"{p}.s"]
+        if bits == 4:  # asymmetric: 4-bit zero points, two a byte
+            inits.append(numpy_helper.from_array(rng.integers(0, 256, (n, 1), dtype=np.uint8), f"{p}.z"))
+            inputs.append(f"{p}.z")
+        nodes.append(helper.make_node("MatMulNBits", inputs, [f"{proj}_out"], f"/model/layers.0/mlp/{proj}_proj/MatMul_Q{bits}",
+                                      domain="com.microsoft", K=k, N=n, bits=bits, block_size=bs, accuracy_level=4))  # fmt: skip
+    nodes.append(helper.make_node("Mul", ["gate_out", "gate_out"], ["g2"]))  # consumers after both nodes
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("g2", "up_out")], inits,
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx.save(model, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    x = {"x": rng.standard_normal((3, k)).astype(np.float32)}
+    before = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, x)
+
+    assert engines.fuse_shared_input_matmuls(tmp_path) == 1
+    fused = onnx.load(str(tmp_path / "model.onnx"))
+    mm = [n for n in fused.graph.node if n.op_type == "MatMulNBits"]
+    assert [n.name for n in mm] == [f"/model/layers.0/mlp/gate_up_proj/MatMul_Q{bits}"]
+    assert len(fused.graph.initializer) == len(inits) // 2 + 1  # each tensor once, plus the split sizes
+    after = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, x)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert engines.fuse_shared_input_matmuls(tmp_path) == 0  # nothing left to merge
+
+
+def test_converted_models_decode_with_fused_gate_and_up(tiny_model_dir):
+    import onnx
+
+    for precision in ("int8", "int4"):
+        made = engines.ort_model_dir(tiny_model_dir, precision)
+        assert json.loads((made / "slmforge.json").read_text())["fused_matmuls"] == 2  # one per layer
+        names = [n.name for n in onnx.load(str(made / "model.onnx"), load_external_data=False).graph.node]
+        assert sum("gate_up_proj/MatMul" in n for n in names) == 2
+        assert not any("/mlp/up_proj/" in n for n in names)
