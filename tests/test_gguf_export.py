@@ -223,6 +223,8 @@ def test_a_broken_llama_cpp_fails_the_check_in_one_line_without_taking_the_proce
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n, *a)
     )
-    with pytest.raises(SlmError, match=r"llama.cpp cannot run .*model.gguf: .*llama_cpp") as e:
-        _llama_cpp_check(tmp_path / "model.gguf", None, "Hello")
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + bytes(60))  # not loadable, whether or not llama-cpp-python is installed
+    with pytest.raises(SlmError, match=r"^llama.cpp cannot run \S+model\.gguf: \S") as e:
+        _llama_cpp_check(bad, None, "Hello")
     assert "\n" not in str(e.value)
