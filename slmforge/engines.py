@@ -225,22 +225,7 @@ def build_ort(
         if done.returncode != 0 or not (tmp / "genai_config.json").exists():
             raise SlmError(f"ONNX Runtime conversion of {source} failed: {_cause(done.stderr, done.stdout)}")
         _rmtree(cache)
-        if precision == "int8":
-            share_int8_embeddings(tmp)
-        gptq_report = {"int4_method": "rtn"} if precision == "int4" else {}
-        if precision == "int4":
-            repair_shared_head(tmp)
-        if precision == "int4" and int4_method == "gptq":
-            from slmforge import gptq
-
-            texts = calib if calib is not None else gptq.default_calibration_texts()
-            if texts:
-                gptq_report = gptq.requantize_int4(tmp, source, texts, INT4_FINE_BLOCKS)
-            else:
-                _note(
-                    "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"
-                )
-        fused = fuse_shared_input_matmuls(tmp)
+        gptq_report, fused = _edit_built_model(tmp, source, precision, calib, int4_method)
         for name in STANDALONE_FILES:
             if (source / name).exists():
                 shutil.copy2(source / name, tmp / name)
@@ -266,7 +251,36 @@ def build_ort(
     return manifest
 
 
-def share_int8_embeddings(model_dir: Path) -> bool:
+def _edit_built_model(
+    model_dir: Path, source: Path, precision: str, calib: list[str] | None, int4_method: str
+) -> tuple[dict, int]:
+    """The edits slmforge makes to the builder's model, on one in-memory copy saved once: the int8 shared
+    embedding, or the int4 shared-head repair and GPTQ weights; then the gate/up fusion. Returns the GPTQ
+    report and the number of fused nodes."""
+    import onnx
+
+    model = onnx.load(str(model_dir / "model.onnx"))
+    report = {"int4_method": "rtn"} if precision == "int4" else {}
+    if precision == "int8":
+        share_int8_embeddings(model)
+    if precision == "int4":
+        repair_shared_head(model)
+    if precision == "int4" and int4_method == "gptq":
+        from slmforge import gptq
+
+        texts = calib if calib is not None else gptq.default_calibration_texts()
+        if texts:
+            report = gptq.requantize_int4(model, source, texts, INT4_FINE_BLOCKS)
+        else:
+            _note(
+                "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"
+            )
+    fused = fuse_shared_input_matmuls(model)
+    save_onnx_in_place(model, model_dir)
+    return report, fused
+
+
+def share_int8_embeddings(model) -> bool:
     """Let the token embedding read the int8 output head's weights when the model ties them.
 
     The builder quantises the output head to int8 but keeps a second, fp32 copy of the same matrix for the
@@ -274,11 +288,8 @@ def share_int8_embeddings(model_dir: Path) -> bool:
     Here the lookup gathers the head's int8 rows and scales instead (standard Gather/Cast/Sub/Mul ops;
     MatMulNBits stores symmetric 8-bit weights offset by 128), and the fp32 copy is dropped.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    path = model_dir / "model.onnx"
-    model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits), None)
@@ -313,23 +324,21 @@ def share_int8_embeddings(model_dir: Path) -> bool:
         graph.node.insert(at + offset, node)
     graph.initializer.remove(table)
     graph.initializer.extend(consts)
-    save_onnx_in_place(model, model_dir)
     return True
 
 
-def fuse_shared_input_matmuls(model_dir: Path) -> int:
+def fuse_shared_input_matmuls(model) -> int:
     """Merge `MatMulNBits` nodes that read the same input with the same shape and quantisation (the MLP's
     gate and up projections, which the model builder keeps apart) into one wider node and a `Split`.
 
     The same weights and arithmetic in one kernel call instead of two: ONNX Runtime pays a fixed cost of
     about 25 µs per `MatMulNBits` call at batch 1, which is a fifth of a small model's decode step. Weights,
     scales and zero points all lead with the output axis N, so they concatenate row-wise. The fused node is
-    named after its parts (`gate_up_proj`). Returns the number of nodes merged away.
+    named after its parts (`gate_up_proj`). Edits the ModelProto `model`; returns the number of nodes
+    merged away.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(model_dir / "model.onnx"))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     groups: dict[tuple, list] = {}
@@ -374,11 +383,10 @@ def fuse_shared_input_matmuls(model_dir: Path) -> int:
     graph.node.extend(new_nodes)
     for init in [i for i in graph.initializer if i.name in gone]:
         graph.initializer.remove(init)
-    save_onnx_in_place(model, model_dir)
     return merged
 
 
-def repair_shared_head(model_dir: Path) -> bool:
+def repair_shared_head(model) -> bool:
     """Point the tied embedding's quantized lookup at the quantized output head's tensors.
 
     For an asymmetric int4 model, or an int8 head in an int4 model (`matmul_mixed_precision=
@@ -386,12 +394,10 @@ def repair_shared_head(model_dir: Path) -> bool:
     that reads the fp32 matrix or names tensors the head stores under other names, so ONNX Runtime refuses
     the model (and an fp32 copy would cost 113 MB for SmolLM2-135M). The lookup and the head share one
     matrix: re-point the lookup's data, scales and zero points at the head's and drop what no node reads,
-    when the bit width and block size agree and the rows need no padding.
+    when the bit width and block size agree and the rows need no padding. Edits the ModelProto `model`.
     """
-    import onnx
     from onnx import helper
 
-    model = onnx.load(str(model_dir / "model.onnx"))
     graph = model.graph
     gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized"), None)
     head = next(
@@ -417,7 +423,6 @@ def repair_shared_head(model_dir: Path) -> bool:
     used = {name for n in graph.node for name in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    save_onnx_in_place(model, model_dir)
     return True
 
 

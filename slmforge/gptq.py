@@ -12,7 +12,7 @@ statistics are gathered sequentially (`sequential_gptq`): each matrix's H is mea
 before it, already quantised, produce, so later layers absorb earlier layers' error (on SmolLM2-135M: held-out
 perplexity +7.77 % against +8.31 % with every H from the full-precision model).
 
-`requantize_int4(onnx_dir, source, texts)` rewrites the weights, scales and zero points of every 4-bit
+`requantize_int4(model_proto, source, texts)` rewrites the weights, scales and zero points of every 4-bit
 `MatMulNBits` node in place (the builder's asymmetric layout; `block_sizes` may make some nodes' blocks
 finer), and leaves the rest of the graph as the builder wrote it. Each node is matched to the source's
 torch weights (fused q/k/v and gate/up included) and checked against the builder's own RTN weights before
@@ -259,25 +259,22 @@ def calibration_batches(tokenizer, texts: list[str], n_seq: int | None = None, s
 
 
 def requantize_int4(
-    onnx_dir: Path,
+    model_proto,
     source: Path,
     texts: list[str],
     block_sizes: dict[str, int] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Replace the RTN weights of every 4-bit `MatMulNBits` node of `onnx_dir/model.onnx` by GPTQ's, with
-    input statistics of the torch model `source` on `texts`. `block_sizes` maps a projection name (e.g.
-    "down_proj") to its block size when it should differ from the builder's. Returns what was done."""
-    import onnx
+    """Replace the RTN weights of every 4-bit `MatMulNBits` node of the ONNX ModelProto `model_proto` (edited
+    in place) by GPTQ's, with input statistics of the torch model `source` on `texts`. `block_sizes` maps a
+    projection name (e.g. "down_proj") to its block size when it should differ from the builder's. Returns
+    what was done."""
     from onnx import helper, numpy_helper
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.engines import save_onnx_in_place
     from slmforge.progress import bar
 
     started = time.perf_counter()
-    path = onnx_dir / "model.onnx"
-    model_proto = onnx.load(str(path))
     inits = {i.name: i for i in model_proto.graph.initializer}
     nodes = [
         n
@@ -285,7 +282,7 @@ def requantize_int4(
         if n.op_type == "MatMulNBits" and _attrs(n, helper).get("bits") == BITS and len(n.input) >= 4
     ]
     if not nodes:
-        raise SlmError(f"{path} has no asymmetric 4-bit MatMulNBits nodes to requantise")
+        raise SlmError("the ONNX model has no asymmetric 4-bit MatMulNBits nodes to requantise")
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     weights = dict(torch_model.named_modules())
@@ -333,7 +330,6 @@ def requantize_int4(
     with bar("GPTQ int4", total=len(by_input), enabled=progress) as b:
         sequential_gptq(torch_model, batches, list(by_input), quantize_node, on_step=lambda: b.advance(1))
     _sync_shared_lookup(model_proto, helper)
-    save_onnx_in_place(model_proto, onnx_dir)
     return {
         "int4_method": "gptq",
         "gptq_matrices": done,
