@@ -256,9 +256,11 @@ def _edit_built_model(
 ) -> tuple[dict, int]:
     """The edits slmforge makes to the builder's model, on one in-memory copy saved once: the int8 shared
     embedding, or the int4 shared-head repair and GPTQ weights; then the gate/up fusion. Returns the GPTQ
-    report and the number of fused nodes."""
+    report and the number of fused nodes. fp32 models are left as built (nothing to edit)."""
     import onnx
 
+    if precision not in ("int8", "int4"):
+        return {}, 0
     model = onnx.load(str(model_dir / "model.onnx"))
     report = {"int4_method": "rtn"} if precision == "int4" else {}
     if precision == "int8":
