@@ -17,8 +17,9 @@ decodes exactly --new-tokens tokens (EOS ignored) greedily after a ~50-token cha
 - llama.cpp: llama-cpp-python on GGUF files (the shipped Q4_1 and, when slmforge.gguf_export exists, our
   q8_0 and q4_0 exports), batch 1 only (its Python API decodes one sequence); skipped when not installed.
   Build it once (about 20 minutes on 2 cores) and keep the wheel:
-      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
-        -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF" \
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+        -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
       pip wheel --no-cache-dir --no-binary llama-cpp-python --no-deps llama-cpp-python==0.3.36 \
         -w ~/.cache/slmforge/wheels && pip install --no-deps ~/.cache/slmforge/wheels/llama_cpp_python-*.whl diskcache
   A native build (the default) enables AMX on CPUs that report it, and its AMX matmul crashes (SIGSEGV in
