@@ -300,7 +300,7 @@ def share_int8_embeddings(model) -> bool:
     )
     if gather is None or head is None or len(head.input) > 3:
         return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    attrs = onnx_attrs(head)
     table = inits[gather.input[0]]
     if attrs.get("bits") != 8 or list(table.dims) != [attrs["N"], attrs["K"]]:
         return False
@@ -346,7 +346,7 @@ def fuse_shared_input_matmuls(model) -> int:
     groups: dict[tuple, list] = {}
     for node in graph.node:
         if node.op_type == "MatMulNBits" and all(name in inits for name in node.input[1:]):
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            attrs = onnx_attrs(node)
             key = (node.input[0], len(node.input), *sorted((k, v) for k, v in attrs.items() if k != "N"))
             groups.setdefault(key, []).append((node, attrs))
     merged, replace, gone = 0, {}, set()
@@ -398,7 +398,6 @@ def repair_shared_head(model) -> bool:
     matrix: re-point the lookup's data, scales and zero points at the head's and drop what no node reads,
     when the bit width and block size agree and the rows need no padding. Edits the ModelProto `model`.
     """
-    from onnx import helper
 
     graph = model.graph
     gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized"), None)
@@ -411,7 +410,7 @@ def repair_shared_head(model) -> bool:
     want = list(head.input[2:])
     if reshape is not None and reshape.input[0] == head.input[1] and list(gather.input[2:]) == want:
         return False
-    g, h = (({a.name: helper.get_attribute_value(a) for a in n.attribute}) for n in (gather, head))
+    g, h = onnx_attrs(gather), onnx_attrs(head)
     if (
         reshape is None
         or g.get("bits") != h["bits"]
@@ -426,6 +425,13 @@ def repair_shared_head(model) -> bool:
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return True
+
+
+def onnx_attrs(node) -> dict:
+    """An ONNX node's attributes as {name: value}."""
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def save_onnx_in_place(model, model_dir: Path) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slmforge.engines import onnx_attrs
 from slmforge.errors import SlmError
 
 BITS = 4
@@ -269,7 +270,7 @@ def requantize_int4(
     in place) by GPTQ's, with input statistics of the torch model `source` on `texts`. `block_sizes` maps a
     projection name (e.g. "down_proj") to its block size when it should differ from the builder's. Returns
     what was done."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slmforge.progress import bar
@@ -279,7 +280,7 @@ def requantize_int4(
     nodes = [
         n
         for n in model_proto.graph.node
-        if n.op_type == "MatMulNBits" and _attrs(n, helper).get("bits") == BITS and len(n.input) >= 4
+        if n.op_type == "MatMulNBits" and onnx_attrs(n).get("bits") == BITS and len(n.input) >= 4
     ]
     if not nodes:
         raise SlmError("the ONNX model has no asymmetric 4-bit MatMulNBits nodes to requantise")
@@ -296,7 +297,7 @@ def requantize_int4(
         nonlocal done, err_rtn, err_gptq
         node = by_input[name]
         mods = plan[node.name]
-        a = _attrs(node, helper)
+        a = onnx_attrs(node)
         bs, n_out, k = a["block_size"], a["N"], a["K"]
         w = torch.cat([weights[m].weight.detach().float() for m in mods])
         b_init, s_init, z_init = (inits[node.input[i]] for i in (1, 2, 3))
@@ -329,7 +330,7 @@ def requantize_int4(
 
     with bar("GPTQ int4", total=len(by_input), enabled=progress) as b:
         sequential_gptq(torch_model, batches, list(by_input), quantize_node, on_step=lambda: b.advance(1))
-    _sync_shared_lookup(model_proto, helper)
+    _sync_shared_lookup(model_proto)
     return {
         "int4_method": "gptq",
         "gptq_matrices": done,
@@ -341,22 +342,16 @@ def requantize_int4(
     }
 
 
-def _sync_shared_lookup(model_proto, helper) -> None:
+def _sync_shared_lookup(model_proto) -> None:
     """A `GatherBlockQuantized` embedding that reads a requantised head's scales takes its block size."""
     blocks = {
-        n.input[2]: _attrs(n, helper)["block_size"]
-        for n in model_proto.graph.node
-        if n.op_type == "MatMulNBits"
+        n.input[2]: onnx_attrs(n)["block_size"] for n in model_proto.graph.node if n.op_type == "MatMulNBits"
     }
     for node in model_proto.graph.node:
         if node.op_type == "GatherBlockQuantized" and len(node.input) > 2 and node.input[2] in blocks:
             for attr in node.attribute:
                 if attr.name == "block_size":
                     attr.i = blocks[node.input[2]]
-
-
-def _attrs(node, helper) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _torch_modules(onnx_name: str, modules: dict) -> list[str]:
