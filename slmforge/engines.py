@@ -398,7 +398,6 @@ def repair_shared_head(model) -> bool:
     matrix: re-point the lookup's data, scales and zero points at the head's and drop what no node reads,
     when the bit width and block size agree and the rows need no padding. Edits the ModelProto `model`.
     """
-
     graph = model.graph
     gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized"), None)
     head = next(

@@ -133,9 +133,9 @@ def input_hessians(model, names: list[str], batches: torch.Tensor) -> dict[str, 
     for name in names:
 
         def hook(_mod, inp, _out, name=name):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
-            counts[name] += x.shape[0]
+            xtx, rows = _gram(inp[0])
+            sums[name] = sums[name] + xtx if name in sums else xtx
+            counts[name] += rows
 
         hooks.append(mods[name].register_forward_hook(hook))
     try:
@@ -221,9 +221,9 @@ def _layer_hessian(layer, module, cached: list[tuple[torch.Tensor, dict]]) -> to
 
     def hook(_mod, inp):
         nonlocal total, count
-        x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-        total = x.T @ x if total is None else total + x.T @ x
-        count += x.shape[0]
+        xtx, rows = _gram(inp[0])
+        total = xtx if total is None else total + xtx
+        count += rows
         raise _Stop
 
     handle = module.register_forward_pre_hook(hook)
@@ -237,6 +237,12 @@ def _layer_hessian(layer, module, cached: list[tuple[torch.Tensor, dict]]) -> to
     finally:
         handle.remove()
     return 2 * total / count
+
+
+def _gram(inp: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """XᵀX of a module input [..., K] (float32) and its number of rows."""
+    x = inp.detach().reshape(-1, inp.shape[-1]).float()
+    return x.T @ x, x.shape[0]
 
 
 def _hidden(out):

@@ -1,16 +1,16 @@
 """Quantize models for cheaper inference, verified against the full-precision source: `slm quantize`.
 
-One function per (scheme, format); `quantize(cfg)` picks it. Causal LMs: weight-only int8 or int4 as an
-ONNX Runtime GenAI model (`quantize_causal`; int4 weights by GPTQ, `slmforge/gptq.py`), with perplexity on
-held-out text before and after. Encoders and classifiers: `int8` = ONNX Runtime dynamic int8 (weights
-int8, per output channel by default; activations quantised on the fly). Only the encoder's MatMuls are
-quantised: the classification head stays fp32, because its weights come from a logistic regression on standardised features (scaled by 1/std per feature), so the
-per-tensor rounding of its input is amplified in the low-variance features (a BANKING77 classifier with a
-quantised head agreed with fp32 on 73 % of test texts, without it on 99 %); the token embeddings stay fp32
-too (a table lookup costs no compute, and quantising it cost another 0.4 points of agreement). The input is an ONNX directory from `slm export`, or a torch classifier / encoder, which
-is exported first (into a temporary directory). The int8 model's outputs are compared with the fp32
-ONNX model's on the same texts (cosine, max |diff|, top-1 agreement for classifiers) and recorded in
-its manifest.
+One function per (scheme, format); `quantize(cfg)` picks it. Causal LMs: weight-only int8 or int4 as an ONNX
+Runtime GenAI model (`quantize_causal`; int4 weights by GPTQ, `slmforge/gptq.py`), with perplexity on held-out
+text before and after. Encoders and classifiers: `int8` = ONNX Runtime dynamic int8 (weights int8, per output
+channel by default; activations quantised on the fly). Only the encoder's MatMuls are quantised: the
+classification head stays fp32, because its weights come from a logistic regression on standardised features
+(scaled by 1/std per feature), so the per-tensor rounding of its input is amplified in the low-variance
+features (a BANKING77 classifier with a quantised head agreed with fp32 on 73 % of test texts, without it on
+99 %); the token embeddings stay fp32 too (a table lookup costs no compute, and quantising it cost another 0.4
+points of agreement). The input is an ONNX directory from `slm export`, or a torch classifier / encoder, which
+is exported first (into a temporary directory). The int8 model's outputs are compared with the fp32 ONNX
+model's on the same texts (cosine, max |diff|, top-1 agreement for classifiers) and recorded in its manifest.
 """
 
 from __future__ import annotations
