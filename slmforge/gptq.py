@@ -7,10 +7,11 @@ by the inverse of the layer's input second moment H = 2/n·XᵀX, measured on ca
 the error of the layer's *output* rather than of its weights. Two standard refinements matter on small
 models: columns are taken in order of decreasing H diagonal (act-order), with each block's scale and zero
 point fixed beforehand from the original weights (static groups, so `MatMulNBits`' contiguous blocks still
-hold); and each block's range is chosen by a clip search that minimises its squared rounding error. The
-statistics are gathered sequentially (`sequential_gptq`): each matrix's H is measured on what the matrices
+hold); and each block's range is chosen by a clip search that minimises its squared rounding error. Once the
+codes are chosen, the scales are solved again by least squares for the least output error (`refit_scales`).
+The statistics are gathered sequentially (`sequential_gptq`): each matrix's H is measured on what the matrices
 before it, already quantised, produce, so later layers absorb earlier layers' error (on SmolLM2-135M: held-out
-perplexity +7.77 % against +8.31 % with every H from the full-precision model).
+perplexity +7.77 % against +8.31 % with every H from the full-precision model, before the refit).
 
 `requantize_int4(model_proto, source, texts)` rewrites the weights, scales and zero points of every 4-bit
 `MatMulNBits` node in place (the builder's asymmetric layout; `block_sizes` may make some nodes' blocks
@@ -68,11 +69,14 @@ def clip_search(w: torch.Tensor, block_size: int, bits: int = BITS, steps: int =
     return scales.reshape(n, k // block_size), zeros.reshape(n, k // block_size)
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor, block_size: int, bits: int = BITS, damp: float | None = None):
+def gptq(w: torch.Tensor, h: torch.Tensor, block_size: int, bits: int = BITS, damp: float | None = None,
+         refit: bool = True):  # fmt: skip
     """Quantise `w` [N, K] (float) given its input second moment `h` [K, K]. Returns (codes uint8 [N, K] in
-    0..2^bits-1, scales float32 [N, K/bs], zeros uint8 [N, K/bs]); weight ≈ (code - zero) · scale."""
+    0..2^bits-1, scales float32 [N, K/bs], zeros uint8 [N, K/bs]); weight ≈ (code - zero) · scale. `refit`:
+    once the codes are chosen, re-solve the scales for the least output error (`refit_scales`)."""
     w = w.detach().clone().float()
     h = h.detach().clone().float()
+    w0, h0 = w.clone(), h.clone()
     n, k = w.shape
     if k % block_size:
         raise SlmError(f"GPTQ needs the input width ({k}) to be a multiple of the block size ({block_size})")
@@ -100,7 +104,35 @@ def gptq(w: torch.Tensor, h: torch.Tensor, block_size: int, bits: int = BITS, da
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if refit:
+        scales = refit_scales(w0, h0, codes, zeros, block_size, scales)
     return codes, scales.float(), zeros.to(torch.uint8)
+
+
+def refit_scales(w: torch.Tensor, h: torch.Tensor, codes: torch.Tensor, zeros: torch.Tensor, block_size: int,
+                 scales: torch.Tensor, rows: int = 512) -> torch.Tensor:  # fmt: skip
+    """The block scales that minimise the output error (q - w) H (q - w)ᵀ of each row of `w` [N, K] for the
+    chosen `codes` and `zeros` [N, K/bs]. q = (code - zero) · scale is linear in a row's scales, so they solve
+    the normal equations G s = r, G[a, b] = Σ c_i H_ij c_j over i in block a and j in block b (c the centred
+    codes), r[a] = Σ c_i (H w)_i over i in block a; a tiny ridge toward the given `scales` keeps a block that
+    the data never reaches (all its codes at the zero point, or dead inputs) as it was. GPTQ picks the codes
+    on a grid fixed before its error feedback moves the weights, so the refit lowers the error further
+    (on SmolLM2-135M: held-out perplexity +7.51 % against +8.19 % without, same blocks)."""
+    n, k = w.shape
+    nb = k // block_size
+    out = scales.clone().float()
+    hb = h.float().reshape(nb, block_size, nb, block_size)
+    eye = torch.eye(nb)
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        c = codes[r0:r1].float().reshape(-1, nb, block_size) - zeros[r0:r1].float()[..., None]
+        g = torch.einsum("rai,aibj,rbj->rab", c, hb, c)
+        rhs = torch.einsum("rai,rai->ra", c, (w[r0:r1].float() @ h.float()).reshape(-1, nb, block_size))
+        ridge = 1e-6 * torch.diagonal(g, dim1=1, dim2=2).mean(1).clamp(min=1e-12)[:, None]
+        sol, info = torch.linalg.solve_ex(g + ridge[..., None] * eye, rhs + ridge * out[r0:r1])
+        ok = (info == 0)[:, None] & torch.isfinite(sol)
+        out[r0:r1] = torch.where(ok, sol, out[r0:r1])
+    return out
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

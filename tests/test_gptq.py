@@ -67,7 +67,7 @@ def test_int4_quantize_runs_gptq_and_the_onnx_weights_are_its_weights(tiny_model
                                 heldout=str(heldout)))  # fmt: skip
     assert m["precision"] == "int4" and m["int4_method"] == "gptq"
     assert m["gptq_matrices"] == 11 and m["gptq_kept_rtn"] == []  # 2 layers × qkv, o, gate, up, down; head
-    assert m["gptq_block_sizes"] == {"16": 3, "32": 8}  # qkv and the head in finer blocks
+    assert m["gptq_block_sizes"] == {"16": 1, "32": 10}  # the head in finer blocks
     assert m["gptq_output_error_vs_rtn"] < 1  # summed over the layers, on the calibration statistics
     assert m["builder_options"]["block_size"] == "32" and m["perplexity"] > 1
     assert json.loads((out / "slmforge.json").read_text())["metrics"]["int4_method"] == "gptq"
@@ -143,3 +143,23 @@ def test_sequential_gptq_measures_each_input_after_the_modules_before_it_are_qua
     # and the statistics really changed along the way (the test would pass vacuously otherwise)
     fp = gptq.input_hessians(load(), [order[-1]], batches)[order[-1]]
     assert not torch.allclose(seen[-1][1], fp, rtol=1e-2)
+
+
+def test_refit_scales_lowers_the_output_error_and_recovers_exact_scales():
+    w, h = _correlated_problem()
+    codes, scales, zeros = gptq.gptq(w, h, block_size=32, refit=False)
+    refit = gptq.refit_scales(w, h, codes, zeros, 32, scales)
+    before = _output_error(w.double(), gptq.dequantize(codes, scales, zeros).double(), h)
+    after = _output_error(w.double(), gptq.dequantize(codes, refit, zeros).double(), h)
+    assert after < 0.99 * before  # least squares in the scales: a real, if modest, gain
+    # weights that are exactly (code - zero) · scale: the refit finds those scales from wrong ones
+    g = torch.Generator().manual_seed(2)
+    true = torch.rand(48, 4, generator=g) + 0.1
+    exact = gptq.dequantize(codes, true, zeros)
+    got = gptq.refit_scales(exact, h.float(), codes, zeros, 32, true * 1.3)
+    assert torch.allclose(got, true, rtol=1e-3, atol=1e-4)
+    # a block whose codes all sit at the zero point says nothing about its scale: it keeps the given one
+    flat = codes.clone()
+    flat[0, :32] = zeros[0, 0]
+    kept = gptq.refit_scales(w, h.float(), flat, zeros, 32, scales)
+    assert float(kept[0, 0]) == pytest.approx(float(scales[0, 0]), rel=1e-4)
