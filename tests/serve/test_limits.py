@@ -19,7 +19,8 @@ SLOW = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_rate_limit_answers_429_with_retry_after(make_app, new_key):
-    app = make_app(limits={"rate_per_minute": 600, "burst": 3})
+    # one token per 10 s: the 4 requests below fit well inside one refill even on a loaded machine
+    app = make_app(limits={"rate_per_minute": 6, "burst": 3})
     own = new_key("classify", rate_per_minute=2)  # its own limit: 2 per minute, burst 2
     shared = new_key("classify")
     body = {"model": "intents", "input": "x"}
