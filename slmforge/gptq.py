@@ -74,9 +74,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, block_size: int, bits: int = BITS, da
     """Quantise `w` [N, K] (float) given its input second moment `h` [K, K]. Returns (codes uint8 [N, K] in
     0..2^bits-1, scales float32 [N, K/bs], zeros uint8 [N, K/bs]); weight ≈ (code - zero) · scale. `refit`:
     once the codes are chosen, re-solve the scales for the least output error (`refit_scales`)."""
-    w = w.detach().clone().float()
-    h = h.detach().clone().float()
-    w0, h0 = w.clone(), h.clone()
+    w0, h0 = w.detach().float(), h.detach().float()  # as given, for the refit
+    w, h = w0.clone(), h0.clone()
     n, k = w.shape
     if k % block_size:
         raise SlmError(f"GPTQ needs the input width ({k}) to be a multiple of the block size ({block_size})")
@@ -121,13 +120,14 @@ def refit_scales(w: torch.Tensor, h: torch.Tensor, codes: torch.Tensor, zeros: t
     n, k = w.shape
     nb = k // block_size
     out = scales.clone().float()
-    hb = h.float().reshape(nb, block_size, nb, block_size)
+    h = h.float()
+    hb = h.reshape(nb, block_size, nb, block_size)
     eye = torch.eye(nb)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         c = codes[r0:r1].float().reshape(-1, nb, block_size) - zeros[r0:r1].float()[..., None]
         g = torch.einsum("rai,aibj,rbj->rab", c, hb, c)
-        rhs = torch.einsum("rai,rai->ra", c, (w[r0:r1].float() @ h.float()).reshape(-1, nb, block_size))
+        rhs = torch.einsum("rai,rai->ra", c, (w[r0:r1].float() @ h).reshape(-1, nb, block_size))
         ridge = 1e-6 * torch.diagonal(g, dim1=1, dim2=2).mean(1).clamp(min=1e-12)[:, None]
         sol, info = torch.linalg.solve_ex(g + ridge[..., None] * eye, rhs + ridge * out[r0:r1])
         ok = (info == 0)[:, None] & torch.isfinite(sol)
