@@ -130,8 +130,8 @@ def refit_scales(w: torch.Tensor, h: torch.Tensor, codes: torch.Tensor, zeros: t
         rhs = torch.einsum("rai,rai->ra", c, (w[r0:r1].float() @ h).reshape(-1, nb, block_size))
         ridge = 1e-6 * torch.diagonal(g, dim1=1, dim2=2).mean(1).clamp(min=1e-12)[:, None]
         sol, info = torch.linalg.solve_ex(g + ridge[..., None] * eye, rhs + ridge * out[r0:r1])
-        ok = (info == 0)[:, None] & torch.isfinite(sol)
-        out[r0:r1] = torch.where(ok, sol, out[r0:r1])
+        ok = (info == 0) & torch.isfinite(sol).all(1)  # a row's scales are one joint solution: all or none
+        out[r0:r1] = torch.where(ok[:, None], sol, out[r0:r1])
     return out
 
 
