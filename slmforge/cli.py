@@ -700,6 +700,12 @@ def distill_cmd(
         "--kd-on",
         help="Causal LM, logit: take the KL on the completion tokens, or on all tokens (prompt too).",
     ),
+    kd_top_k: int = typer.Option(
+        0,
+        "--kd-top-k",
+        help="Causal LM, logit: match only the teacher's k most likely tokens per position (renormalised at "
+        "--temperature); 0 = the whole vocabulary.",
+    ),
     layers: int | None = typer.Option(
         None, "--layers", help="Classifier: keep this many of the student's layers."
     ),
@@ -747,7 +753,7 @@ def distill_cmd(
 
     if not is_causal_lm(teacher):
         lm_only = {"--student-depth": student_depth is not None, "--method": method != "logit",
-                   "--kd-on": kd_on != "completion", "--seed": seed != 0,
+                   "--kd-on": kd_on != "completion", "--kd-top-k": kd_top_k != 0, "--seed": seed != 0,
                    "--max-minutes": max_minutes is not None, "--val-data": val_data is not None,
                    "--resume": resume}  # fmt: skip
         given = [name for name, used in lm_only.items() if used]
@@ -775,6 +781,7 @@ def distill_cmd(
             temperature=temperature,
             alpha=alpha,
             kd_on=kd_on,
+            kd_top_k=kd_top_k,
             val_data=val_data,
             max_new_tokens=max_new_tokens,
             teacher_backend=teacher_backend,

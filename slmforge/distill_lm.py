@@ -76,6 +76,10 @@ class DistillLMConfig:
     """Weight of the KL term; 1 - alpha weighs the cross-entropy on the data's own tokens (logit)."""
     kd_on: str = "completion"
     """Logit: where the KL term is taken: completion (the assistant tokens) or all (every real token)."""
+    kd_top_k: int = 0
+    """Logit: match only the teacher's k most likely tokens per position (their softmax at T, renormalised;
+    the student keeps its full softmax, so mass it puts elsewhere is penalised); 0 = the whole vocabulary.
+    At T > 1 a 49k-token vocabulary otherwise spreads the teacher over the junk tail."""
     val_data: str | None = None
     """Held-out JSONL: finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
     max_new_tokens: int = 256
@@ -187,7 +191,7 @@ def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
             data = str(teacher_data)
         else:
             teacher_model = _load_model(cfg.teacher)
-            loss_fn = TeacherLoss(teacher_model, cfg.temperature, cfg.alpha, cfg.kd_on == "all")
+            loss_fn = TeacherLoss(teacher_model, cfg.temperature, cfg.alpha, cfg.kd_on == "all", cfg.kd_top_k)
             data = cfg.data
 
         # ---- train (finetune's loop; the run dir is ours, so finetune always "continues" it)
@@ -238,10 +242,11 @@ class TeacherLoss:
     is averaged over all real positions and scaled to the labelled count, so after finetune's division the
     loss is alpha · T² · mean KL (every token) + (1 − alpha) · mean CE (completion tokens)."""
 
-    def __init__(self, teacher, temperature: float, alpha: float, every_token: bool = False):
+    def __init__(self, teacher, temperature: float, alpha: float, every_token: bool = False, top_k: int = 0):
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = temperature
         self.alpha = alpha
+        self.top_k = top_k
         self.every_token = every_token and alpha > 0
         self.selected: bool | None = None  # teacher head on labelled positions only (checked once)
 
@@ -250,12 +255,16 @@ class TeacherLoss:
 
         if not self.every_token:
             student, targets = label_logits(model, b, selected)
-            return kd_loss_sum(student, self.teacher_logits(b), targets, self.temperature, self.alpha)
+            return kd_loss_sum(
+                student, self.teacher_logits(b), targets, self.temperature, self.alpha, self.top_k
+            )
         student, labelled, targets = _all_logits(model, b)
         with torch.no_grad():
             teacher = _all_logits(self._on(b), b)[0]
         ce = F.cross_entropy(student[labelled], targets, reduction="sum")
-        kl = kl_sum(student, teacher, self.temperature) * (targets.numel() / max(1, labelled.numel()))
+        kl = kl_sum(student, teacher, self.temperature, self.top_k) * (
+            targets.numel() / max(1, labelled.numel())
+        )
         return self.alpha * kl + (1 - self.alpha) * ce
 
     def _on(self, b: dict):
@@ -285,24 +294,29 @@ def _all_logits(model, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float,
-                alpha: float) -> torch.Tensor:  # fmt: skip
+                alpha: float, top_k: int = 0) -> torch.Tensor:  # fmt: skip
     """Summed alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE over rows of [n, vocab] logits.
 
     Rows of models whose embedding tables are padded differently are compared on the shared ids."""
     ce = F.cross_entropy(student, targets, reduction="sum")
     if alpha == 0:
         return ce
-    return alpha * kl_sum(student, teacher, temperature) + (1 - alpha) * ce
+    return alpha * kl_sum(student, teacher, temperature, top_k) + (1 - alpha) * ce
 
 
-def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · summed KL(teacher_T ‖ student_T) over rows of logits, on the ids both vocabularies have."""
+def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float, top_k: int = 0) -> torch.Tensor:
+    """T² · summed KL(teacher_T ‖ student_T) over rows of logits, on the ids both vocabularies have.
+
+    With `top_k`, the teacher's distribution is its softmax at T over its k most likely ids only (zero
+    elsewhere): the sum is Σ p_t · (log p_t − log p_s) over those ids, with the student's full softmax."""
     v = min(student.shape[-1], teacher.shape[-1])
     t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student[:, :v] / t, dim=-1), F.log_softmax(teacher[:, :v].float() / t, dim=-1),
-        log_target=True, reduction="sum",
-    )  # fmt: skip
+    log_s = F.log_softmax(student[:, :v] / t, dim=-1)
+    if 0 < top_k < v:
+        top, ids = teacher[:, :v].float().topk(top_k, dim=-1)
+        log_t = F.log_softmax(top / t, dim=-1)
+        return t * t * (log_t.exp() * (log_t - log_s.gather(-1, ids))).sum()
+    kl = F.kl_div(log_s, F.log_softmax(teacher[:, :v].float() / t, dim=-1), log_target=True, reduction="sum")
     return t * t * kl
 
 
@@ -536,6 +550,8 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         raise SlmError(f"--temperature must be above 0, not {cfg.temperature}")
     if not 0 <= cfg.alpha <= 1:
         raise SlmError(f"--alpha must be in [0, 1], not {cfg.alpha}")
+    if cfg.kd_top_k < 0:
+        raise SlmError(f"--kd-top-k must be 0 (the whole vocabulary) or a positive count, not {cfg.kd_top_k}")
     if cfg.kd_on not in KD_ON:
         raise SlmError(f"--kd-on must be one of {', '.join(KD_ON)}, not {cfg.kd_on!r}")
     for name in ("seq_len", "batch_size", "grad_accum", "max_new_tokens", "kl_examples", "eval_every",

@@ -112,6 +112,26 @@ def test_alpha_zero_is_plain_cross_entropy():
     assert torch.allclose(kd_loss_sum(s, s.clone(), y, 2.0, 1.0), torch.tensor(0.0), atol=1e-5)  # KL(p‖p) = 0
 
 
+def test_kd_top_k_matches_the_teachers_top_tokens_only():
+    """--kd-top-k k: the teacher's softmax at T over its k best ids (zero elsewhere) against the student's
+    full softmax; k = 0 or k ≥ vocabulary is the plain KL."""
+    from slmforge.distill_lm import kl_sum
+
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 50), torch.randn(4, 50)
+    full = kl_sum(s, t, 2.0)
+    assert torch.allclose(kl_sum(s, t, 2.0, 50), full) and torch.allclose(kl_sum(s, t, 2.0, 0), full)
+    top, ids = t.topk(5, dim=-1)
+    p = torch.softmax(top / 2.0, -1)
+    manual = 4.0 * (p * (p.log() - torch.log_softmax(s / 2.0, -1).gather(-1, ids))).sum()
+    assert torch.allclose(kl_sum(s, t, 2.0, 5), manual)
+    # a student that puts all its mass on the teacher's top 5, in the teacher's proportions, matches exactly;
+    # one that copies the teacher's whole distribution is charged for its mass on the other 45 ids
+    copy_top = torch.full_like(t, -1e4).scatter(-1, ids, top)
+    assert float(kl_sum(copy_top, t, 2.0, 5)) == pytest.approx(0.0, abs=1e-4)
+    assert float(kl_sum(t.clone(), t, 2.0, 5)) > 1.0
+
+
 def test_kd_on_all_takes_the_kl_over_every_real_token(tiny_model_dir, same_tok_student):
     """--kd-on all: alpha · mean KL over every non-padding position (prompt too) + (1 − alpha) · mean CE on
     the completion, as a sum scaled to the labelled count; completion-only KL ignores the prompt."""
@@ -150,6 +170,13 @@ def test_kd_on_all_takes_the_kl_over_every_real_token(tiny_model_dir, same_tok_s
     assert float(every) == pytest.approx(0.3 * kl_all + 0.7 * ce, rel=1e-4)
     assert float(completion) == pytest.approx(0.3 * kl_done + 0.7 * ce, rel=1e-4)
     assert abs(kl_all - kl_done) > 1e-3  # the prompt positions do change the KL term
+    from slmforge.distill_lm import kl_sum
+
+    rows_s = torch.stack([s[i, j] for i, j, _ in labelled])
+    rows_t = torch.stack([t[i, j] for i, j, _ in labelled])
+    with torch.no_grad():
+        top3 = TeacherLoss(teacher, 2.0, 0.3, top_k=3)(student, b)
+    assert float(top3) == pytest.approx(0.3 * float(kl_sum(rows_s, rows_t, 2.0, 3)) + 0.7 * ce, rel=1e-4)
 
 
 def test_cli_kd_on_all_trains_and_bad_kd_on_is_one_line(tiny_model_dir, same_tok_student, sft_file, tmp_path,
@@ -164,6 +191,10 @@ def test_cli_kd_on_all_trains_and_bad_kd_on_is_one_line(tiny_model_dir, same_tok
     code, _, err = slm_cli("distill", str(tiny_model_dir), "--student", str(same_tok_student), "--data",
                            str(sft_file), "--kd-on", "prompt", "--out", str(tmp_path / "bad"))  # fmt: skip
     assert code != 0 and "--kd-on must be one of completion, all" in err
+    assert "Traceback" not in err and not (tmp_path / "bad").exists()
+    code, _, err = slm_cli("distill", str(tiny_model_dir), "--student", str(same_tok_student), "--data",
+                           str(sft_file), "--kd-top-k", "-1", "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert code != 0 and "--kd-top-k must be 0 (the whole vocabulary) or a positive count" in err
     assert "Traceback" not in err and not (tmp_path / "bad").exists()
 
 
