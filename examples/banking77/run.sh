@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The generative BANKING77 runs behind BENCHMARKS.md ("Specialising generative models"): fine-tune
 # SmolLM2-135M-Instruct (LoRA and full), distil it into a 4-layer student, compare with prompted baselines
-# in one `slm eval` table, and right-size the ladder. About 7 hours on 2 CPU cores; every step resumes.
+# in one `slm eval` table, and right-size the ladder. About 9 hours on 2 CPU cores; every step resumes.
 set -euo pipefail
 D=${D:-data/b77gen}   # prompt/completion JSONL (prepare.py)
 R=${R:-runs}          # run directories
@@ -37,6 +37,22 @@ slm finetune "$R/b77-sft4/model" --method full --data "$D/train_split.jsonl" --l
   --epochs 1 --seed 1 --threads 1 --out "$R/b77-sft4-ep2"
 slm distill "$R/b77-full" --student "$R/b77-kd4all/model" --data "$D/train_split.jsonl" --lr 2.5e-4 \
   --batch-size 4 --epochs 1 --temperature 1 --alpha 0.5 --kd-on all --seed 1 --threads 1 --out "$R/b77-kd4all-ep2"
+
+# sixth session: the better teacher (epochs 1 + 2, 0.894); a top-20, T 2 target; SFT alone with another seed;
+# and the low-data regime (train_small.jsonl: 13 rows per intent, 1,001 rows, 5 epochs), SFT alone vs KD
+slm distill "$R/b77-full-ep2" --student "$R/b77-kd4/student-init" --data "$D/train_split.jsonl" --lr 5e-4 \
+  --batch-size 4 --epochs 1 --temperature 1 --alpha 0.5 --kd-on all --threads 1 --out "$R/kd5-r1"
+slm distill "$R/b77-full-ep2" --student "$R/b77-kd4/student-init" --data "$D/train_split.jsonl" --lr 5e-4 \
+  --batch-size 4 --epochs 1 --temperature 2 --kd-top-k 20 --alpha 0.5 --kd-on all --threads 1 --out "$R/kd5-r2"
+slm finetune "$R/b77-kd4/student-init" --method full --data "$D/train_split.jsonl" --lr 5e-4 --batch-size 4 \
+  --epochs 1 --seed 1 --threads 1 --out "$R/kd5-sft-s1"
+slm finetune "$R/b77-kd4/student-init" --method full --data "$D/train_small.jsonl" --lr 5e-4 --batch-size 4 \
+  --epochs 5 --threads 1 --out "$R/kd5-low-sft"
+slm distill "$R/b77-full-ep2" --student "$R/b77-kd4/student-init" --data "$D/train_small.jsonl" --lr 5e-4 \
+  --batch-size 4 --epochs 5 --temperature 1 --alpha 0.5 --kd-on all --threads 1 --out "$R/kd5-low-kd"
+for m in kd5-r1 kd5-r2 kd5-sft-s1 kd5-low-sft kd5-low-kd; do
+  slm eval "$R/$m" --task generation --data "$D/test.jsonl" --max-new-tokens 16 --threads 1 --out "reports/$m"
+done
 
 # 3. Exact match on the whole test set (the fine-tuning prompt: the rows' own system prompt)
 slm eval "$R/b77-full" "$R/b77-full-ep2" "$R/b77-lora-merged" "$R/b77-lora2-merged" "$R/b77-kd4" "$R/b77-sft4" \
