@@ -79,7 +79,7 @@ class DistillLMConfig:
     kd_top_k: int = 0
     """Logit: match only the teacher's k most likely tokens per position (their softmax at T, renormalised;
     the student keeps its full softmax, so mass it puts elsewhere is penalised); 0 = the whole vocabulary.
-    At T > 1 a 49k-token vocabulary otherwise spreads the teacher over the junk tail."""
+    At T > 1 a large vocabulary otherwise spreads the teacher's mass over a long tail of unlikely tokens."""
     val_data: str | None = None
     """Held-out JSONL: finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
     max_new_tokens: int = 256
