@@ -15,6 +15,7 @@ from slmforge.distill_lm import (
     DistillLMConfig,
     build_student,
     distill_lm,
+    kl_sum,
     layer_indices,
     teacher_kl,
 )
@@ -115,8 +116,6 @@ def test_alpha_zero_is_plain_cross_entropy():
 def test_kd_top_k_matches_the_teachers_top_tokens_only():
     """--kd-top-k k: the teacher's softmax at T over its k best ids (zero elsewhere) against the student's
     full softmax; k = 0 or k ≥ vocabulary is the plain KL."""
-    from slmforge.distill_lm import kl_sum
-
     torch.manual_seed(0)
     s, t = torch.randn(4, 50), torch.randn(4, 50)
     full = kl_sum(s, t, 2.0)
@@ -170,8 +169,6 @@ def test_kd_on_all_takes_the_kl_over_every_real_token(tiny_model_dir, same_tok_s
     assert float(every) == pytest.approx(0.3 * kl_all + 0.7 * ce, rel=1e-4)
     assert float(completion) == pytest.approx(0.3 * kl_done + 0.7 * ce, rel=1e-4)
     assert abs(kl_all - kl_done) > 1e-3  # the prompt positions do change the KL term
-    from slmforge.distill_lm import kl_sum
-
     rows_s = torch.stack([s[i, j] for i, j, _ in labelled])
     rows_t = torch.stack([t[i, j] for i, j, _ in labelled])
     with torch.no_grad():

@@ -3,9 +3,9 @@
     python examples/banking77/prepare.py [--src ../shared/data/banking77] [--out data/b77gen]
 
 Writes train.jsonl (10,003 rows), test.jsonl (3,080), train_split.jsonl + val.jsonl (a seeded 300-row
-validation split of train), train_small.jsonl (a seeded --small-per-intent rows of each intent from
-train_split: the low-data distillation runs) and labels.json (the 77 intent names). Every row carries the same short system
-prompt, so fine-tuning, `slm eval` and the served model see the same conversation. The data stays where
+validation split of train), train_small.jsonl (--small-per-intent seeded rows of each intent from
+train_split: the low-data distillation runs) and labels.json (the 77 intent names). Every row carries the
+same short system prompt, so fine-tuning, `slm eval` and the served model see the same conversation. The data stays where
 it is licensed (CC-BY-4.0); only derived files are written to --out.
 """
 
