@@ -706,6 +706,12 @@ def distill_cmd(
         help="Causal LM, logit: match only the teacher's k most likely tokens per position (renormalised at "
         "--temperature); 0 = the whole vocabulary.",
     ),
+    kd_hidden: float = typer.Option(
+        0.0,
+        "--kd-hidden",
+        help="Causal LM, logit: weight of an intermediate-state term (1 - cosine between each student layer's "
+        "output and that of the teacher layer it was cut from, every token); 0 = logits only.",
+    ),
     layers: int | None = typer.Option(
         None, "--layers", help="Classifier: keep this many of the student's layers."
     ),
@@ -753,7 +759,8 @@ def distill_cmd(
 
     if not is_causal_lm(teacher):
         lm_only = {"--student-depth": student_depth is not None, "--method": method != "logit",
-                   "--kd-on": kd_on != "completion", "--kd-top-k": kd_top_k != 0, "--seed": seed != 0,
+                   "--kd-on": kd_on != "completion", "--kd-top-k": kd_top_k != 0, "--kd-hidden": kd_hidden != 0,
+                   "--seed": seed != 0,
                    "--max-minutes": max_minutes is not None, "--val-data": val_data is not None,
                    "--resume": resume}  # fmt: skip
         given = [name for name, used in lm_only.items() if used]
@@ -782,6 +789,7 @@ def distill_cmd(
             alpha=alpha,
             kd_on=kd_on,
             kd_top_k=kd_top_k,
+            kd_hidden=kd_hidden,
             val_data=val_data,
             max_new_tokens=max_new_tokens,
             teacher_backend=teacher_backend,

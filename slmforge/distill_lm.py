@@ -14,7 +14,11 @@ Two methods:
   prompt included (the cross-entropy stays on the completion): a fresh or cut-down student then copies the
   teacher's reading of the user's text too, about six times the supervised positions on short answers.
   Teacher and student must share the tokenizer (the same token → id map); otherwise the logits do not line
-  up and the error names `--method sequence`.
+  up and the error names `--method sequence`. With `kd_hidden` W > 0 an intermediate-state term is added:
+  W · the mean over real tokens and student layers of 1 − cos(student layer j's output, the output of the
+  teacher layer it was cut from, `layer_indices(teacher layers, student layers)[j]`), the last compared
+  after the final norm. Distillation guides for large depth cuts recommend it (Minitron, Muralidharan
+  et al., 2024: logit + intermediate-state distillation when depth is reduced significantly).
 - sequence (Kim & Rush, 2016): the teacher writes greedy completions for the prompts of the data file
   (slmforge.engines' fastest backend), saved as OUT/teacher.jsonl, and the student is fine-tuned on them
   (plain cross-entropy). Works across tokenizers and with any teacher that generates (GGUF included).
@@ -80,6 +84,9 @@ class DistillLMConfig:
     """Logit: match only the teacher's k most likely tokens per position (their softmax at T, renormalised;
     the student keeps its full softmax, so mass it puts elsewhere is penalised); 0 = the whole vocabulary.
     At T > 1 a large vocabulary otherwise spreads the teacher's mass over a long tail of unlikely tokens."""
+    kd_hidden: float = 0.0
+    """Logit: weight of the intermediate-state term (1 − cosine between each student layer's output and its
+    source teacher layer's, every real token); 0 = logits only. Needs the teacher's hidden size."""
     val_data: str | None = None
     """Held-out JSONL: finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
     max_new_tokens: int = 256
@@ -191,7 +198,12 @@ def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
             data = str(teacher_data)
         else:
             teacher_model = _load_model(cfg.teacher)
-            loss_fn = TeacherLoss(teacher_model, cfg.temperature, cfg.alpha, cfg.kd_on == "all", cfg.kd_top_k)
+            layer_map = None
+            if cfg.kd_hidden > 0:
+                depth = _config(_resolve(student))["num_hidden_layers"]
+                layer_map = layer_indices(teacher_model.config.num_hidden_layers, depth)
+            loss_fn = TeacherLoss(teacher_model, cfg.temperature, cfg.alpha, cfg.kd_on == "all", cfg.kd_top_k,
+                                  cfg.kd_hidden, layer_map)  # fmt: skip
             data = cfg.data
 
         # ---- train (finetune's loop; the run dir is ours, so finetune always "continues" it)
@@ -240,32 +252,47 @@ class TeacherLoss:
     """finetune's `loss_fn`: alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE, summed over the
     batch's labelled positions (finetune divides by the step's trained tokens). With `every_token`, the KL
     is averaged over all real positions and scaled to the labelled count, so after finetune's division the
-    loss is alpha · T² · mean KL (every token) + (1 − alpha) · mean CE (completion tokens)."""
+    loss is alpha · T² · mean KL (every token) + (1 − alpha) · mean CE (completion tokens). With `hidden`
+    W > 0 (and `layer_map`, student layer → teacher layer), W · the mean intermediate-state distance per real
+    token (see `hidden_cos_sum`) is added the same way."""
 
-    def __init__(self, teacher, temperature: float, alpha: float, every_token: bool = False, top_k: int = 0):
+    def __init__(self, teacher, temperature: float, alpha: float, every_token: bool = False, top_k: int = 0,
+                 hidden: float = 0.0, layer_map: list[int] | None = None):  # fmt: skip
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = temperature
         self.alpha = alpha
         self.top_k = top_k
         self.every_token = every_token and alpha > 0
+        self.hidden = hidden if layer_map else 0.0
+        self.layer_map = layer_map
         self.selected: bool | None = None  # teacher head on labelled positions only (checked once)
 
     def __call__(self, model, b: dict, selected: bool = False) -> torch.Tensor:
         from slmforge.finetune import label_logits
 
-        if not self.every_token:
+        if not self.every_token and not self.hidden:
             student, targets = label_logits(model, b, selected)
             return kd_loss_sum(
                 student, self.teacher_logits(b), targets, self.temperature, self.alpha, self.top_k
             )
-        student, labelled, targets = _all_logits(model, b)
+        states = self.hidden > 0
+        student, labelled, targets, s_states = _all_logits(model, b, states)
         with torch.no_grad():
-            teacher = _all_logits(self._on(b), b)[0]
-        ce = F.cross_entropy(student[labelled], targets, reduction="sum")
-        kl = kl_sum(student, teacher, self.temperature, self.top_k) * (
-            targets.numel() / max(1, labelled.numel())
-        )
-        return self.alpha * kl + (1 - self.alpha) * ce
+            teacher, _, _, t_states = _all_logits(self._on(b), b, states)
+        per_real = targets.numel() / max(1, labelled.numel())  # a mean over real tokens, as a labelled sum
+        if self.every_token:
+            ce = F.cross_entropy(student[labelled], targets, reduction="sum")
+            kl = kl_sum(student, teacher, self.temperature, self.top_k) * per_real
+            loss = self.alpha * kl + (1 - self.alpha) * ce
+        else:
+            loss = kd_loss_sum(student[labelled], teacher[labelled], targets, self.temperature, self.alpha,
+                               self.top_k)  # fmt: skip
+        if states:
+            mask = b["attention_mask"].bool()
+            real = int(mask.sum())
+            h = hidden_cos_sum(s_states, t_states, self.layer_map, mask)
+            loss = loss + self.hidden * h * targets.numel() / max(1, real)
+        return loss
 
     def _on(self, b: dict):
         device = b["input_ids"].device
@@ -283,14 +310,27 @@ class TeacherLoss:
         return label_logits(teacher, b, self.selected)[0]
 
 
-def _all_logits(model, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _all_logits(model, b: dict, states: bool = False) -> tuple:
     """(float logits [n, vocab] at the n real next-token positions of `b`, which of them are labelled [n],
-    the labelled targets)."""
+    the labelled targets, and with `states` the model's hidden states (embeddings, then each layer's output,
+    the last after the final norm), else None)."""
     mask = b["attention_mask"][:, 1:].bool()
     y = b["labels"][:, 1:][mask]
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False,
+                output_hidden_states=states)  # fmt: skip
     labelled = y != sft_data.IGNORE
-    return logits[:, :-1][mask].float(), labelled, y[labelled]
+    return out.logits[:, :-1][mask].float(), labelled, y[labelled], out.hidden_states if states else None
+
+
+def hidden_cos_sum(student: tuple, teacher: tuple, layer_map: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """Σ over the real tokens (`mask` [batch, seq]) of the mean over student layers j of
+    1 − cos(student layer j's output, teacher layer layer_map[j]'s output); `student` and `teacher` are
+    transformers' hidden_states tuples (index 0 the embeddings, index i + 1 layer i's output)."""
+    total = 0.0
+    for j, k in enumerate(layer_map):
+        s, t = student[j + 1][mask].float(), teacher[k + 1][mask].float()
+        total = total + (1 - F.cosine_similarity(s, t, dim=-1)).sum()
+    return total / len(layer_map)
 
 
 def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -552,6 +592,8 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         raise SlmError(f"--alpha must be in [0, 1], not {cfg.alpha}")
     if cfg.kd_top_k < 0:
         raise SlmError(f"--kd-top-k must be 0 (the whole vocabulary) or a positive count, not {cfg.kd_top_k}")
+    if cfg.kd_hidden < 0:
+        raise SlmError(f"--kd-hidden must be 0 (logits only) or a positive weight, not {cfg.kd_hidden}")
     if cfg.kd_on not in KD_ON:
         raise SlmError(f"--kd-on must be one of {', '.join(KD_ON)}, not {cfg.kd_on!r}")
     for name in ("seq_len", "batch_size", "grad_accum", "max_new_tokens", "kl_examples", "eval_every",
@@ -588,7 +630,18 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         if layers is not None and cfg.student_depth > layers:
             raise SlmError(f"--student-depth must be between 1 and the teacher's {layers} layers, not "
                            f"{cfg.student_depth}")  # fmt: skip
-    elif cfg.method == "logit":
+    if cfg.kd_hidden > 0 and cfg.method == "logit":
+        student = {"hidden_size": _config(teacher).get("hidden_size"), "num_hidden_layers": cfg.student_depth}
+        if cfg.student is not None:
+            student = _config(_resolve(cfg.student))
+        if student.get("hidden_size") != _config(teacher).get("hidden_size"):
+            raise SlmError(f"--kd-hidden compares hidden states, so the student needs the teacher's hidden size "
+                           f"({_config(teacher).get('hidden_size')}), not {student.get('hidden_size')}; use "
+                           "--student-depth N or --kd-hidden 0")  # fmt: skip
+        if (student.get("num_hidden_layers") or 0) < 2:
+            raise SlmError("--kd-hidden needs a student of at least 2 layers (a 1-layer student's only output "
+                           "is the final one, normed, while its teacher layer's is not)")  # fmt: skip
+    if cfg.student_depth is None and cfg.method == "logit":
         differ = same_tokenizer(cfg.teacher, cfg.student)
         if differ:
             raise SlmError(

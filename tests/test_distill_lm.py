@@ -176,6 +176,92 @@ def test_kd_on_all_takes_the_kl_over_every_real_token(tiny_model_dir, same_tok_s
     assert float(top3) == pytest.approx(0.3 * float(kl_sum(rows_s, rows_t, 2.0, 3)) + 0.7 * ce, rel=1e-4)
 
 
+def test_kd_hidden_adds_one_minus_cosine_of_the_mapped_layers(tiny_model_dir, tmp_path):
+    """--kd-hidden W: W · the mean over real tokens (padding excluded) and student layers of 1 − cos(student
+    layer j's output, teacher layer layer_map[j]'s output), as a sum scaled to the labelled count; a student
+    that is the teacher's exact copy adds nothing."""
+    from transformers import AutoModelForCausalLM
+
+    from slmforge.distill_lm import TeacherLoss
+    from slmforge.sft_data import IGNORE, Example, collate
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).float()
+    build_student(str(tiny_model_dir), 2, tmp_path / "copy")  # both teacher layers: an exact copy
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "copy").float()
+    rows = [
+        Example([5, 6, 7, 8, 9, 10], [IGNORE] * 4 + [9, 10]),
+        Example([11, 12, 13, 14], [IGNORE] * 3 + [14]),
+    ]
+    b = collate(rows, pad_id=0)
+
+    def losses():
+        with torch.no_grad():
+            plain = TeacherLoss(teacher, 1.0, 0.5, every_token=True)(student, b)
+            both = TeacherLoss(teacher, 1.0, 0.5, True, hidden=2.0, layer_map=[0, 1])(student, b)
+        return float(plain), float(both)
+
+    plain, both = losses()
+    assert both == pytest.approx(plain, abs=1e-4)
+    with torch.no_grad():
+        student.model.layers[1].mlp.down_proj.weight.add_(
+            torch.randn_like(student.model.layers[1].mlp.down_proj.weight)
+        )
+        kw = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+        hs, ht = student(**kw).hidden_states, teacher(**kw).hidden_states
+    real = [(0, i) for i in range(6)] + [
+        (1, i) for i in range(4)
+    ]  # the second row's 2 pad positions excluded
+    cos = torch.nn.functional.cosine_similarity
+    per_token = [
+        sum(1 - float(cos(hs[j + 1][r, i], ht[j + 1][r, i], dim=0)) for j in (0, 1)) / 2 for r, i in real
+    ]
+    mean = sum(per_token) / len(per_token)
+    plain, both = losses()
+    assert mean > 0.01 and both - plain == pytest.approx(2.0 * mean * 3, rel=1e-3)  # 3 labelled tokens
+
+
+def test_kd_hidden_trains_the_students_layers_towards_the_teachers(tiny_tokenizer_dir, sft_file, tmp_path,
+                                                                   slm_cli):  # fmt: skip
+    """A 2-layer student cut from a 3-layer teacher (layers 0 and 2): --kd-hidden lowers the intermediate-state
+    distance more than logit KD alone does; a negative weight, a narrower student and a 1-layer student
+    are one-line errors that write nothing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmforge.distill_lm import _all_logits, hidden_cos_sum
+    from slmforge.sft_data import collate, load_sft
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    teacher = _llama(tok, tmp_path / "teacher", seed=5, hidden=32, layers=3)
+    kw = dict(teacher=str(teacher), student_depth=2, data=str(sft_file), max_steps=15, lr=1e-2, alpha=0.5,
+              kd_on="all", **FAST)  # fmt: skip
+    runs = {w: distill_lm(DistillLMConfig(out=str(tmp_path / f"h{w}"), kd_hidden=w, **kw), progress=False)
+            for w in (0.0, 5.0)}  # fmt: skip
+    rows = load_sft(str(sft_file), tok, 128, "skip", "truncate", [tok.convert_tokens_to_ids("<|im_end|>")])[0][:16]
+    b = collate(rows, pad_id=0)
+    t = AutoModelForCausalLM.from_pretrained(teacher).float()
+
+    def distance(model_dir) -> float:
+        m = AutoModelForCausalLM.from_pretrained(model_dir).float()
+        with torch.no_grad():
+            hs, ht = _all_logits(m, b, True)[3], _all_logits(t, b, True)[3]
+            return float(hidden_cos_sum(hs, ht, [0, 2], b["attention_mask"].bool()))
+
+    start = distance(runs[0.0].student_init)
+    logits_only, with_hidden = distance(runs[0.0].model_dir), distance(runs[5.0].model_dir)
+    assert with_hidden < 0.8 * min(start, logits_only), (start, logits_only, with_hidden)
+    bad = tmp_path / "bad"
+    for args, msg in [
+        (["--student-depth", "2", "--kd-hidden", "-1"], "--kd-hidden must be 0 (logits only) or a positive"),
+        (["--student-depth", "1", "--kd-hidden", "1"], "--kd-hidden needs a student of at least 2 layers"),
+    ]:
+        code, _, err = slm_cli("distill", str(teacher), "--data", str(sft_file), "--out", str(bad), *args)
+        assert code != 0 and msg in err and "Traceback" not in err and not bad.exists(), err
+    narrow = _llama(tok, tmp_path / "narrow", seed=6, hidden=16, layers=2)
+    code, _, err = slm_cli("distill", str(teacher), "--student", str(narrow), "--data", str(sft_file),
+                           "--kd-hidden", "1", "--out", str(bad))  # fmt: skip
+    assert code != 0 and "the teacher's hidden size (32), not 16" in err and not bad.exists(), err
+
+
 def test_cli_kd_on_all_trains_and_bad_kd_on_is_one_line(tiny_model_dir, same_tok_student, sft_file, tmp_path,
                                                         slm_cli):  # fmt: skip
     out = tmp_path / "kd-all"
