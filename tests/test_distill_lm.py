@@ -236,7 +236,8 @@ def test_kd_hidden_trains_the_students_layers_towards_the_teachers(tiny_tokenize
               kd_on="all", **FAST)  # fmt: skip
     runs = {w: distill_lm(DistillLMConfig(out=str(tmp_path / f"h{w}"), kd_hidden=w, **kw), progress=False)
             for w in (0.0, 5.0)}  # fmt: skip
-    rows = load_sft(str(sft_file), tok, 128, "skip", "truncate", [tok.convert_tokens_to_ids("<|im_end|>")])[0][:16]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    rows = load_sft(str(sft_file), tok, 128, "skip", "truncate", [im_end])[0][:16]
     b = collate(rows, pad_id=0)
     t = AutoModelForCausalLM.from_pretrained(teacher).float()
 
