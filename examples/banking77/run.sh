@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The generative BANKING77 runs behind BENCHMARKS.md ("Specialising generative models"): fine-tune
 # SmolLM2-135M-Instruct (LoRA and full), distil it into a 4-layer student, compare with prompted baselines
-# in one `slm eval` table, and right-size the ladder. About 9 hours on 2 CPU cores; every step resumes.
+# in one `slm eval` table, and right-size the ladder. About 13 hours on 2 CPU cores; every step resumes.
 set -euo pipefail
 D=${D:-data/b77gen}   # prompt/completion JSONL (prepare.py)
 R=${R:-runs}          # run directories
@@ -51,6 +51,22 @@ slm finetune "$R/b77-kd4/student-init" --method full --data "$D/train_small.json
 slm distill "$R/b77-full-ep2" --student "$R/b77-kd4/student-init" --data "$D/train_small.jsonl" --lr 5e-4 \
   --batch-size 4 --epochs 5 --temperature 1 --alpha 0.5 --kd-on all --threads 1 --out "$R/kd5-low-kd"
 for m in kd5-r1 kd5-r2 kd5-sft-s1 kd5-low-sft kd5-low-kd; do
+  slm eval "$R/$m" --task generation --data "$D/test.jsonl" --max-new-tokens 16 --threads 1 --out "reports/$m"
+done
+# seventh session: the intermediate-state term (--kd-hidden 1) on seeds 0 and 1; the best KD setting (kd5-r1's)
+# on seeds 1 and 2, and SFT alone on seed 2, for a three-seed comparison
+for s in 0 1; do
+  slm distill "$R/b77-full-ep2" --student "$R/b77-kd4/student-init" --data "$D/train_split.jsonl" --lr 5e-4 \
+    --batch-size 4 --epochs 1 --temperature 1 --alpha 0.5 --kd-on all --kd-hidden 1 --seed $s --threads 1 \
+    --out "$R/kd5-h$s"
+done
+for s in 1 2; do
+  slm distill "$R/b77-full-ep2" --student "$R/b77-kd4/student-init" --data "$D/train_split.jsonl" --lr 5e-4 \
+    --batch-size 4 --epochs 1 --temperature 1 --alpha 0.5 --kd-on all --seed $s --threads 1 --out "$R/kd5-r1-s$s"
+done
+slm finetune "$R/b77-kd4/student-init" --method full --data "$D/train_split.jsonl" --lr 5e-4 --batch-size 4 \
+  --epochs 1 --seed 2 --threads 1 --out "$R/kd5-sft-s2"
+for m in kd5-h0 kd5-h1 kd5-r1-s1 kd5-r1-s2 kd5-sft-s2; do
   slm eval "$R/$m" --task generation --data "$D/test.jsonl" --max-new-tokens 16 --threads 1 --out "reports/$m"
 done
 
