@@ -631,13 +631,13 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
             raise SlmError(f"--student-depth must be between 1 and the teacher's {layers} layers, not "
                            f"{cfg.student_depth}")  # fmt: skip
     if cfg.kd_hidden > 0 and cfg.method == "logit":
-        student = {"hidden_size": _config(teacher).get("hidden_size"), "num_hidden_layers": cfg.student_depth}
+        width = _config(teacher).get("hidden_size")
+        student = {"hidden_size": width, "num_hidden_layers": cfg.student_depth}
         if cfg.student is not None:
             student = _config(_resolve(cfg.student))
-        if student.get("hidden_size") != _config(teacher).get("hidden_size"):
+        if student.get("hidden_size") != width:
             raise SlmError(f"--kd-hidden compares hidden states, so the student needs the teacher's hidden size "
-                           f"({_config(teacher).get('hidden_size')}), not {student.get('hidden_size')}; use "
-                           "--student-depth N or --kd-hidden 0")  # fmt: skip
+                           f"({width}), not {student.get('hidden_size')}; use --student-depth N or --kd-hidden 0")  # fmt: skip
         if (student.get("num_hidden_layers") or 0) < 2:
             raise SlmError("--kd-hidden needs a student of at least 2 layers (a 1-layer student's only output "
                            "is the final one, normed, while its teacher layer's is not)")  # fmt: skip
