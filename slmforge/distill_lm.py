@@ -279,9 +279,9 @@ class TeacherLoss:
         student, labelled, targets, s_states = _all_logits(model, b, states)
         with torch.no_grad():
             teacher, _, _, t_states = _all_logits(self._on(b), b, states)
-        per_real = targets.numel() / max(1, labelled.numel())  # a mean over real tokens, as a labelled sum
         if self.every_token:
             ce = F.cross_entropy(student[labelled], targets, reduction="sum")
+            per_real = targets.numel() / max(1, labelled.numel())  # a mean over real tokens as a labelled sum
             kl = kl_sum(student, teacher, self.temperature, self.top_k) * per_real
             loss = self.alpha * kl + (1 - self.alpha) * ce
         else:
