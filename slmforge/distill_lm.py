@@ -266,6 +266,7 @@ class TeacherLoss:
         self.hidden = hidden if layer_map else 0.0
         self.layer_map = layer_map
         self.selected: bool | None = None  # teacher head on labelled positions only (checked once)
+        self.full_head = self.every_token or self.hidden > 0  # the student's head runs on every position
 
     def __call__(self, model, b: dict, selected: bool = False) -> torch.Tensor:
         from slmforge.finetune import label_logits

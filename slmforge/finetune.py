@@ -181,7 +181,10 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
 
     # ---- resume or start
     selected = cfg.method != "prompt-tuning" and _selected_logits_match(model, rows, pad_id, device)
-    flops_tok = _flops_per_token(_base_config(model), seq_len)
+    base_config = _base_config(model)
+    flops_tok = _flops_per_token(base_config, seq_len)
+    # the output head runs on the labelled positions only when `selected` (unless the loss needs every row)
+    head_flops = 0 if not selected or getattr(loss_fn, "full_head", False) else _head_flops(base_config)
     peak = peak_flops(device, amp or torch.float32, threads)  # a first, uncached call draws random matrices
     torch.manual_seed(cfg.seed)  # so the loop's RNG (dropout) starts from the seed, or from the checkpoint
     step, elapsed_before = 0, 0.0
@@ -218,7 +221,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         batch = [rows[i] for i in batch_windows(step, global_batch, len(rows), cfg.seed)]
-        loss_value, n_tokens = _train_step(model, batch, cfg, pad_id, device, ctx, selected, loss_fn)
+        loss_value, n_tokens, n_targets = _train_step(
+            model, batch, cfg, pad_id, device, ctx, selected, loss_fn
+        )
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -236,7 +241,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
             float(grad_norm),
             dt,
             n_tokens,
-            flops_tok,
+            flops_tok - head_flops * (1 - n_targets / max(1, n_tokens)),
             peak,
             elapsed,
             cfg.max_minutes,
@@ -563,10 +568,16 @@ def _wrap(model, cfg: FinetuneConfig, base: str):
         ) from None
 
 
+def _head_flops(config) -> int:
+    """Training FLOPs per position of the output head (forward + backward), part of `_flops_per_token`."""
+    return 6 * config.vocab_size * config.hidden_size
+
+
 def _train_step(
     model, batch: list, cfg: FinetuneConfig, pad_id: int, device, ctx, selected: bool = False, loss_fn=None
-) -> tuple[float, int]:
-    """Forward/backward over the step's micro-batches; loss is the mean over all its trained tokens."""
+) -> tuple[float, int, int]:
+    """Forward/backward over the step's micro-batches: (mean loss over its trained tokens, real tokens,
+    trained tokens)."""
     loss_fn = loss_fn or _sum_nats
     micro = [batch[i : i + cfg.batch_size] for i in range(0, len(batch), cfg.batch_size)]
     targets = sum(sum(1 for t in r.labels[1:] if t != sft_data.IGNORE) for r in batch)
@@ -578,7 +589,7 @@ def _train_step(
         (nats / max(1, targets)).backward()
         total += nats.item()
         tokens += int(b["attention_mask"].sum())
-    return total / max(1, targets), tokens
+    return total / max(1, targets), tokens, targets
 
 
 def _sum_nats(model, b: dict, selected: bool = False) -> torch.Tensor:

@@ -236,3 +236,19 @@ def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_
         _sum_nats(model, b, selected).backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     assert all(torch.allclose(g0, g1, atol=1e-5) for g0, g1 in zip(*grads, strict=True))
+
+
+def test_mfu_counts_the_output_head_on_the_labelled_positions_only(tiny_model_dir, verb_data, tmp_path):
+    from slmforge.finetune import _base_config, _head_flops, _load_base
+    from slmforge.pretrain import _flops_per_token
+
+    run = tmp_path / "run"
+    finetune(_cfg(tiny_model_dir, verb_data, run, method="full", max_steps=2), progress=False)
+    config = _base_config(_load_base(str(tiny_model_dir), "tiny"))
+    full, head = _flops_per_token(config, 128), _head_flops(config)
+    peak = next(iter(json.loads((workspace.home() / "peak_flops.json").read_text()).values()))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in [r for r in rows if "mfu" in r]:
+        per_token = r["mfu"] * peak / r["tokens_per_s"]
+        # the verb answers are ~2 of each row's ~20 tokens: the head ran on about a tenth of the positions
+        assert full - head < per_token < full - 0.6 * head
