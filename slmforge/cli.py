@@ -689,6 +689,12 @@ def distill_cmd(
         help="Causal LM: build the student, a Llama with the teacher's tokenizer and width and N layers, "
         "initialised from the teacher's embeddings and N evenly spaced layers.",
     ),
+    student_from: str | None = typer.Option(
+        None,
+        "--student-from",
+        help="Causal LM, with --student-depth: cut the student from this model (e.g. the teacher's base "
+        "before fine-tuning) instead of the teacher; same tokenizer and width.",
+    ),
     method: str = typer.Option(
         "logit",
         "--method",
@@ -758,7 +764,8 @@ def distill_cmd(
     from slmforge.gen_eval import is_causal_lm
 
     if not is_causal_lm(teacher):
-        lm_only = {"--student-depth": student_depth is not None, "--method": method != "logit",
+        lm_only = {"--student-depth": student_depth is not None, "--student-from": student_from is not None,
+                   "--method": method != "logit",
                    "--kd-on": kd_on != "completion", "--kd-top-k": kd_top_k != 0, "--kd-hidden": kd_hidden != 0,
                    "--seed": seed != 0,
                    "--max-minutes": max_minutes is not None, "--val-data": val_data is not None,
@@ -784,6 +791,7 @@ def distill_cmd(
             out=out_dir,
             student=student,
             student_depth=student_depth,
+            student_from=student_from,
             method=method,
             temperature=temperature,
             alpha=alpha,

@@ -27,7 +27,10 @@ Two methods:
 heads, KV heads, MLP width, RoPE, norms, tied embeddings) but N layers (see `build_student`): every
 tensor is copied from the teacher where the names and shapes match, namely the embeddings, the final
 norm, the LM head if untied, and N evenly spaced teacher layers, first and last included (layer 0 alone
-for N = 1), as layer dropping with distillation healing works best from the teacher's own weights.
+for N = 1), as layer dropping with distillation healing works best from the teacher's own weights. `--student-from M` cuts
+the same student from another model M with the teacher's tokenizer and width instead, typically the
+teacher's base before fine-tuning: a student cut from the fine-tuned teacher already carries its task
+training, which SFT alone on that student inherits too, so the comparison of the two understates KD.
 
 Run directory `--out`: distill_config.json, student-init/ (with --student-depth), teacher.jsonl (sequence),
 finetune's config.json, metrics.jsonl, loss.png, ckpt/ and model/, and distill.json (the results).
@@ -72,6 +75,10 @@ class DistillLMConfig:
     """Student causal LM (catalog name, directory or hub id); or use student_depth."""
     student_depth: int | None = None
     """Build the student: a Llama with the teacher's tokenizer and shape, this many layers."""
+    student_from: str | None = None
+    """With student_depth: cut the student's weights from this model instead of the teacher, e.g. the
+    teacher's base before fine-tuning, so that SFT alone on the same student does not start from the
+    teacher's task training. Same tokenizer and width as the teacher."""
     method: str = "logit"
     """logit (KL to the teacher's logits + CE; same tokenizer) or sequence (train on teacher completions)."""
     temperature: float = 2.0
@@ -171,10 +178,10 @@ def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
         if cfg.student_depth is not None:
             student = out / STUDENT_DIR
             if not (student / "config.json").exists():
-                info = build_student(cfg.teacher, cfg.student_depth, student, cfg.seed)
+                info = build_student(cfg.student_from or cfg.teacher, cfg.student_depth, student, cfg.seed)
                 stderr.print(
-                    f"student: {cfg.student_depth} of the teacher's {info['teacher_layers']} layers "
-                    f"(teacher layers {info['layers']}), {info['params']:,} parameters, "
+                    f"student: {cfg.student_depth} of {cfg.student_from or 'the teacher'}'s "
+                    f"{info['teacher_layers']} layers (layers {info['layers']}), {info['params']:,} parameters, "
                     f"{len(info['copied'])} tensors copied from the teacher",
                     highlight=False,
                 )
@@ -587,6 +594,10 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         )
     if cfg.student_depth is not None and cfg.student_depth < 1:
         raise SlmError(f"--student-depth must be at least 1, not {cfg.student_depth}")
+    if cfg.student_from is not None and cfg.student_depth is None:
+        raise SlmError(
+            "--student-from names the model to cut a --student-depth N student from; add --student-depth"
+        )
     if cfg.temperature <= 0:
         raise SlmError(f"--temperature must be above 0, not {cfg.temperature}")
     if not 0 <= cfg.alpha <= 1:
@@ -626,10 +637,14 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         from slmforge.finetune import check_full_precision
 
         check_full_precision(teacher, cfg.teacher, "distill from the full-precision model")
+    if cfg.student_from is not None:
+        _check_student_source(cfg.teacher, teacher, cfg.student_from)
     if cfg.student_depth is not None:
-        layers = _config(teacher).get("num_hidden_layers")
+        source = _resolve(cfg.student_from) if cfg.student_from else teacher
+        whose = cfg.student_from if cfg.student_from else "the teacher"
+        layers = _config(source).get("num_hidden_layers")
         if layers is not None and cfg.student_depth > layers:
-            raise SlmError(f"--student-depth must be between 1 and the teacher's {layers} layers, not "
+            raise SlmError(f"--student-depth must be between 1 and {whose}'s {layers} layers, not "
                            f"{cfg.student_depth}")  # fmt: skip
     if cfg.kd_hidden > 0 and cfg.method == "logit":
         width = _config(teacher).get("hidden_size")
@@ -653,6 +668,24 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
     if not cfg.resume and cfg.overwrite and out.exists():
         shutil.rmtree(out)
     return cfg, fresh
+
+
+def _check_student_source(teacher_name: str, teacher: str, name: str) -> None:
+    """The --student-from model must be a full-precision causal LM with the teacher's tokenizer and width."""
+    from slmforge.finetune import check_full_precision
+    from slmforge.gen_eval import is_causal_lm
+
+    source = _resolve(name)
+    if not is_causal_lm(source):
+        raise SlmError(f"--student-from {name} is not a causal LM (a *ForCausalLM model)")
+    check_full_precision(source, name, "cut the student from the full-precision model")
+    differ = same_tokenizer(teacher_name, name)
+    if differ:
+        raise SlmError(f"--student-from {name} and the teacher {teacher_name} need one tokenizer ({differ})")
+    widths = [_config(p).get("hidden_size") for p in (teacher, source)]
+    if widths[0] != widths[1]:
+        raise SlmError(f"--student-from {name} has hidden size {widths[1]}, the teacher {widths[0]}: "
+                       "logit distillation's student takes the teacher's shape")  # fmt: skip
 
 
 def _resume_config(cfg: DistillLMConfig, out: Path) -> DistillLMConfig:

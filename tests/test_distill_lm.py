@@ -444,3 +444,38 @@ def test_run_dirs_stand_for_their_models(tmp_path):
         DistillLMConfig(teacher=str(tmp_path / "full"), data="d", out="o", student="hub/id")
     )
     assert cfg.teacher == str(tmp_path / "full" / "model") and cfg.student == "hub/id"
+
+
+def test_student_from_cuts_the_student_from_another_model_and_checks_it(
+    tiny_model_dir, same_tok_student, other_tok_student, sft_file, tmp_path, slm_cli
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = _llama(
+        AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "base", seed=5, hidden=64, layers=3
+    )
+    out = tmp_path / "run"
+    code, stdout, err = slm_cli("distill", tiny_model_dir, "--student-depth", "2", "--student-from", base,
+                                "--data", sft_file, "--out", out, "--epochs", "1", "--seq-len", "128",
+                                "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    init = AutoModelForCausalLM.from_pretrained(out / "student-init")
+    source, teacher = (AutoModelForCausalLM.from_pretrained(p) for p in (base, tiny_model_dir))
+    assert json.loads((out / "student-init" / "student.json").read_text())["layers"] == [0, 2]
+    s1, b2 = init.model.layers[1].self_attn.q_proj.weight, source.model.layers[2].self_attn.q_proj.weight
+    assert torch.equal(s1, b2)
+    emb = init.get_input_embeddings().weight
+    assert torch.equal(emb, source.get_input_embeddings().weight)
+    assert not torch.equal(emb, teacher.get_input_embeddings().weight)
+    assert (out / "model" / "model.safetensors").exists()
+
+    for args, cause in [
+        (["--student", same_tok_student, "--student-from", base], "add --student-depth"),
+        (["--student-depth", "1", "--student-from", other_tok_student], "need one tokenizer"),
+        (["--student-depth", "1", "--student-from", same_tok_student], "hidden size 32, the teacher 64"),
+        (["--student-depth", "4", "--student-from", base], f"between 1 and {base}'s 3 layers"),
+    ]:
+        bad = tmp_path / "bad"
+        code, _, err = slm_cli("distill", tiny_model_dir, *args, "--data", sft_file, "--out", bad)
+        assert code == 2 and cause in err and len(err.strip().splitlines()) == 1, err
+        assert not bad.exists()
