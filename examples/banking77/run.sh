@@ -69,6 +69,21 @@ slm finetune "$R/b77-kd4/student-init" --method full --data "$D/train_split.json
 for m in kd5-h0 kd5-h1 kd5-r1-s1 kd5-r1-s2 kd5-sft-s2; do
   slm eval "$R/$m" --task generation --data "$D/test.jsonl" --max-new-tokens 16 --threads 1 --out "reports/$m"
 done
+# eighth session: the student cut from the teacher's base (SmolLM2-135M-Instruct before fine-tuning,
+# --student-from) instead of the fine-tuned teacher, so SFT alone does not start from the teacher's task
+# training; the teacher is epoch 1 of b77-full's recipe, retrained (same command), on 2 threads
+for s in 0 1; do
+  slm distill "$R/b77-full" --student-depth 4 --student-from smollm2-135m-instruct --data "$D/train_split.jsonl" \
+    --lr 5e-4 --batch-size 4 --epochs 1 --temperature 1 --alpha 0.5 --kd-on all --seed $s --threads 1 \
+    --out "$R/bkd-s$s"
+done
+for s in 0 1 2; do
+  slm finetune "$R/bkd-s0/student-init" --method full --data "$D/train_split.jsonl" --lr 5e-4 --batch-size 4 \
+    --epochs 1 --seed $s --threads 1 --out "$R/bsft-s$s"
+done
+for m in bkd-s0 bkd-s1 bsft-s0 bsft-s1 bsft-s2 b77-full; do
+  slm eval "$R/$m" --task generation --data "$D/test.jsonl" --max-new-tokens 16 --threads 1 --out "reports/$m"
+done
 
 # 3. Exact match on the whole test set (the fine-tuning prompt: the rows' own system prompt)
 slm eval "$R/b77-full" "$R/b77-full-ep2" "$R/b77-lora-merged" "$R/b77-lora2-merged" "$R/b77-kd4" "$R/b77-sft4" \
