@@ -638,11 +638,10 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         from slmforge.finetune import check_full_precision
 
         check_full_precision(teacher, cfg.teacher, "distill from the full-precision model")
+    source, whose = teacher, "the teacher"
     if cfg.student_from is not None:
-        _check_student_source(cfg.teacher, teacher, cfg.student_from)
+        source, whose = _check_student_source(cfg.teacher, teacher, cfg.student_from), cfg.student_from
     if cfg.student_depth is not None:
-        source = _resolve(cfg.student_from) if cfg.student_from else teacher
-        whose = cfg.student_from if cfg.student_from else "the teacher"
         layers = _config(source).get("num_hidden_layers")
         if layers is not None and cfg.student_depth > layers:
             raise SlmError(f"--student-depth must be between 1 and {whose}'s {layers} layers, not "
@@ -671,8 +670,8 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
     return cfg, fresh
 
 
-def _check_student_source(teacher_name: str, teacher: str, name: str) -> None:
-    """The --student-from model must be a full-precision causal LM with the teacher's tokenizer and width."""
+def _check_student_source(teacher_name: str, teacher: str, name: str) -> str:
+    """The --student-from model, resolved: a full-precision causal LM with the teacher's tokenizer and width."""
     from slmforge.finetune import check_full_precision
     from slmforge.gen_eval import is_causal_lm
 
@@ -687,6 +686,7 @@ def _check_student_source(teacher_name: str, teacher: str, name: str) -> None:
     if widths[0] != widths[1]:
         raise SlmError(f"--student-from {name} has hidden size {widths[1]}, the teacher {widths[0]}: "
                        "logit distillation's student takes the teacher's shape")  # fmt: skip
+    return source
 
 
 def _resume_config(cfg: DistillLMConfig, out: Path) -> DistillLMConfig:
