@@ -140,6 +140,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     from slmforge.data.tokens import batch_windows
     from slmforge.hub import resolve_model
     from slmforge.metrics import peak_flops
+    from slmforge.model import head_flops_per_token
     from slmforge.pretrain import _flops_per_token, _lr_at, _optimizer, _StopFlag, _truncate_metrics
     from slmforge.progress import stderr
     from slmforge.runtime import autocast_dtype, pick_device, set_threads
@@ -184,7 +185,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     base_config = _base_config(model)
     flops_tok = _flops_per_token(base_config, seq_len)
     # the output head runs on the labelled positions only when `selected` (unless the loss needs every row)
-    head_flops = 0 if not selected or getattr(loss_fn, "full_head", False) else _head_flops(base_config)
+    head_flops = 0
+    if selected and not getattr(loss_fn, "full_head", False):
+        head_flops = head_flops_per_token(base_config.hidden_size, base_config.vocab_size)
     peak = peak_flops(device, amp or torch.float32, threads)  # a first, uncached call draws random matrices
     torch.manual_seed(cfg.seed)  # so the loop's RNG (dropout) starts from the seed, or from the checkpoint
     step, elapsed_before = 0, 0.0
@@ -566,11 +569,6 @@ def _wrap(model, cfg: FinetuneConfig, base: str):
         raise SlmError(
             f"cannot apply {cfg.method} to {cfg.model}: {str(e).strip().splitlines()[0]}"
         ) from None
-
-
-def _head_flops(config) -> int:
-    """Training FLOPs per position of the output head (forward + backward), part of `_flops_per_token`."""
-    return 6 * config.vocab_size * config.hidden_size
 
 
 def _train_step(

@@ -239,13 +239,14 @@ def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_
 
 
 def test_mfu_counts_the_output_head_on_the_labelled_positions_only(tiny_model_dir, verb_data, tmp_path):
-    from slmforge.finetune import _base_config, _head_flops, _load_base
+    from slmforge.finetune import _base_config, _load_base
+    from slmforge.model import head_flops_per_token
     from slmforge.pretrain import _flops_per_token
 
     run = tmp_path / "run"
     finetune(_cfg(tiny_model_dir, verb_data, run, method="full", max_steps=2), progress=False)
     config = _base_config(_load_base(str(tiny_model_dir), "tiny"))
-    full, head = _flops_per_token(config, 128), _head_flops(config)
+    full, head = _flops_per_token(config, 128), head_flops_per_token(config.hidden_size, config.vocab_size)
     peak = next(iter(json.loads((workspace.home() / "peak_flops.json").read_text()).values()))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in [r for r in rows if "mfu" in r]:
