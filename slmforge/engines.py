@@ -53,10 +53,12 @@ ORT_ARCHITECTURES = (
     "GraniteForCausalLM",
     "SmolLM3ForCausalLM",
 )
-# int4: asymmetric 4-bit blocks of 32, GPTQ-rewritten; the output head (which the tied embedding shares) in
-# blocks of 16. See build_ort, and the sizes, speeds and perplexities in BENCHMARKS.md.
+# int4: asymmetric 4-bit blocks of 32, GPTQ-rewritten; the output head's rows (which the tied embedding shares)
+# of the 2,048 tokens most frequent in the calibration text in blocks of 16 (`gptq.split_head`). See build_ort,
+# and the sizes, speeds and perplexities in BENCHMARKS.md.
 INT4_OPTIONS = {"is_symmetric": "false", "block_size": "32"}
-INT4_FINE_BLOCKS = {"lm_head": 16}
+INT4_FINE_BLOCKS: dict[str, int] = {}
+INT4_HEAD_SPLIT = (2048, 16)
 # Logits cosine to torch fp32 on the check prompts (mean over positions) below which a conversion is refused.
 MIN_COSINE = {"fp32": 0.999, "int8": 0.99, "int4": 0.9}  # mean over positions
 # Copied next to the ONNX model so a converted directory loads on its own (`open_lm(dir)`).
@@ -145,9 +147,9 @@ def open_lm(
 
 
 # Part of a conversion's cache key; it changes with the recipe, so a model cached by an older recipe is rebuilt
-# (int4 "gptq3": sequential GPTQ, refitted scales, q/k/v in blocks of 32; "fused": gate and up projections in
-# one MatMulNBits).
-RECIPES = {"fp32": "", "int8": "-fused", "int4": "-gptq3-fused"}
+# (int4 "gptq4": sequential GPTQ, refitted scales, q/k/v in blocks of 32, the head split by token frequency;
+# "fused": gate and up projections in one MatMulNBits).
+RECIPES = {"fp32": "", "int8": "-fused", "int4": "-gptq4-fused"}
 
 
 def cache_root() -> Path:
@@ -205,10 +207,11 @@ def build_ort(
     manifest.
 
     int4: GPTQ weights (`slmforge.gptq`, calibrated on `calib`, default the Python documentation when
-    installed, else the builder's round-to-nearest) in asymmetric 4-bit blocks, 16 wide for the output head
-    (the most sensitive matrix; the tied embedding reads its codes) and 32 for the rest: SmolLM2-135M stays
-    under 18 % of its fp32 size. (q/k/v in blocks of 16 too cost 6 % of decode speed for 0.4 points of
-    perplexity, which the refitted scales more than make up.)
+    installed, else the builder's round-to-nearest) in asymmetric 4-bit blocks of 32, except the output head's
+    rows of the 2,048 tokens most frequent in the calibration text, in blocks of 16 (the head is the most
+    sensitive matrix, and mostly on those rows; the tied embedding reads the same codes): SmolLM2-135M stays
+    under 17 % of its fp32 size. (q/k/v in blocks of 16 too cost 6 % of decode speed for 0.4 points of
+    perplexity, which the refitted scales more than make up; the whole head in 16 cost 9 % of decode speed.)
     """
     _require("onnx_ir", "onnx-ir", "the ONNX Runtime GenAI model builder")
     started = time.perf_counter()
@@ -274,7 +277,7 @@ def _edit_built_model(
 
         texts = calib if calib is not None else gptq.default_calibration_texts()
         if texts:
-            report = gptq.requantize_int4(model, source, texts, INT4_FINE_BLOCKS)
+            report = gptq.requantize_int4(model, source, texts, INT4_FINE_BLOCKS, head_split=INT4_HEAD_SPLIT)
         else:
             _note(
                 "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"

@@ -163,3 +163,79 @@ def test_refit_scales_lowers_the_output_error_and_recovers_exact_scales():
     flat[0, :32] = zeros[0, 0]
     kept = gptq.refit_scales(w, h.float(), flat, zeros, 32, scales)
     assert float(kept[0, 0]) == pytest.approx(float(scales[0, 0]), rel=1e-4)
+
+
+def test_split_head_keeps_frequent_rows_finer_and_the_model_exact(tiny_model_dir, tmp_path, monkeypatch):
+    """The head split in two row groups (the calibration text's 64 most frequent tokens in blocks of 16, the
+    rest in 32): the ONNX model still computes exactly the GPTQ weights, logits in vocabulary order, and the
+    tied embedding looks tokens of both groups up in the right table."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmforge import engines
+    from slmforge.engines import ort_logits, ort_session
+    from slmforge.quantize import QuantizeConfig, quantize
+
+    monkeypatch.setattr(engines, "INT4_HEAD_SPLIT", (64, 16))
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
+    out = tmp_path / "q4"
+    m = quantize(QuantizeConfig(model=str(tiny_model_dir), out=str(out), scheme="int4", calib=str(calib),
+                                heldout=str(calib)))  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    vocab = len(tok)
+    assert m["gptq_head_split"] == {"16": 64, "32": vocab - 64}
+    assert m["gptq_block_sizes"] == {"16": 1, "32": 11}
+
+    proto = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    heads = [n for n in proto.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+    assert [helper.get_attribute_value(a) for n in heads for a in n.attribute if a.name == "N"] == [
+        64,
+        vocab - 64,
+    ]
+    assert len([n for n in proto.graph.node if n.op_type == "GatherBlockQuantized"]) == 2
+    order = inits["/lm_head/split/order"]
+    fine = np.argsort(order)[:64]  # token ids of the first group
+    calib_ids = set(tok(calib.read_text())["input_ids"])
+    assert calib_ids <= set(fine.tolist())  # every calibration token is among the fine rows
+    # the head's rows, dequantized group by group and put back in vocabulary order
+    groups = []
+    for n in heads:
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        groups.append(
+            gptq.dequantize(*gptq._unpack(*(inits[i] for i in n.input[1:4]), a["N"], a["K"], a["block_size"]))
+        )
+    head = torch.cat(groups)[torch.from_numpy(order.astype(np.int64))]
+    fake = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    mods = dict(fake.named_modules())
+    with torch.no_grad():
+        fake.lm_head.weight.copy_(head)  # tied: the embedding reads the same rows
+        for node in proto.graph.node:
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            if node.op_type != "MatMulNBits" or node in heads:
+                continue
+            w = gptq.dequantize(
+                *gptq._unpack(*(inits[i] for i in node.input[1:4]), a["N"], a["K"], a["block_size"])
+            )
+            names = gptq._torch_modules(node.name, mods)
+            rows = np.cumsum([0] + [mods[x].weight.shape[0] for x in names])
+            for name, lo, hi in zip(names, rows[:-1], rows[1:], strict=True):
+                mods[name].weight.copy_(w[lo:hi])
+    ids = tok("the cat sees a dog run to the green tree")["input_ids"]
+    assert set(ids) - set(fine.tolist()) and set(ids) & set(fine.tolist())  # both groups in the prompt
+    got = ort_logits(ort_session(out), ids)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        want = fake(torch.tensor([ids])).logits[0].numpy()
+        fp32 = ref(torch.tensor([ids])).logits[0].numpy()
+    # a row looked up in the wrong table, or logits out of vocabulary order, would be far off
+    assert np.abs(got - want).max() < 0.5 * np.abs(got - fp32).max()
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_frequent_tokens_puts_special_tokens_first_and_breaks_ties_by_id():
+    batches = torch.tensor([[5, 5, 5, 7, 7, 9], [9, 9, 9, 9, 3, 3]])  # 9: 5×, 5: 3×, 3 and 7: 2×
+    assert gptq.frequent_tokens(batches, vocab=12, count=4, special=[11]).tolist() == [3, 5, 9, 11]
+    assert gptq.frequent_tokens(batches, vocab=12, count=6, special=[]).tolist() == [0, 1, 3, 5, 7, 9]
