@@ -24,6 +24,9 @@ decodes exactly --new-tokens tokens (EOS ignored) greedily after a ~50-token cha
         -w ~/.cache/slmforge/wheels && pip install --no-deps ~/.cache/slmforge/wheels/llama_cpp_python-*.whl diskcache
   A native build (the default) enables AMX on CPUs that report it, and its AMX matmul crashes (SIGSEGV in
   `ggml_backend_amx_mul_mat`) in this machine's VM on every GGUF; these flags keep AVX-512 and drop AMX.
+  On a CPU without AMX, build natively instead (CMAKE_ARGS="-DGGML_NATIVE=ON", about 12 minutes): that is
+  what `pip install llama-cpp-python` gives a user, and the flags above also enable AVX-VNNI, which AMD's
+  Zen 4 lacks (the export check then fails with exit code -4, SIGILL).
 """
 
 from __future__ import annotations
