@@ -182,14 +182,14 @@ def ort_runner(cell, ids):
 
     import onnxruntime_genai as og
 
-    from slmforge.engines import OrtStep, open_lm
+    from slmforge.engines import OrtStep, genai_session_options, open_lm
     from slmforge.generate import GenerateConfig, complete, complete_batch
 
     precision = cell["backend"].split("-", 1)[1]
     lm = open_lm(cell["model"], "ort", precision, cell["threads"])
     # like min_new_tokens for the others: GenAI's search must not stop at EOS before n tokens either
     config = og.Config(lm.info["model_dir"])
-    session = {"intra_op_num_threads": cell["threads"], "inter_op_num_threads": 1}
+    session = genai_session_options(cell["threads"])  # the options slmforge's own loader uses
     search = {"min_length": len(ids) + cell["new_tokens"]}
     config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}, "search": search}))
     model = og.Model(config)

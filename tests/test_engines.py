@@ -308,3 +308,31 @@ def test_converted_models_decode_with_fused_gate_and_up(tiny_model_dir):
         names = [n.name for n in onnx.load(str(made / "model.onnx"), load_external_data=False).graph.node]
         assert sum("gate_up_proj/MatMul" in n for n in names) == 2
         assert not any("/mlp/up_proj/" in n for n in names)
+
+
+def test_genai_threads_are_pinned_only_when_they_take_every_cpu(monkeypatch):
+    monkeypatch.setattr(engines.os, "sched_getaffinity", lambda _pid: {4, 5, 6, 7}, raising=False)
+    pinned = engines.genai_session_options(4)
+    assert pinned["intra_op_num_threads"] == 4 and pinned["inter_op_num_threads"] == 1
+    # the calling thread (CPU 4) stays free; the three workers go to CPUs 5, 6 and 7, numbered from 1
+    assert pinned["session.intra_op_thread_affinities"] == "6;7;8"
+    assert "session.intra_op_thread_affinities" not in engines.genai_session_options(
+        2
+    )  # other CPUs may be busy
+    assert "session.intra_op_thread_affinities" not in engines.genai_session_options(1)
+
+
+def test_pinned_genai_model_loads_and_decodes_like_unpinned(tiny_model_dir, monkeypatch):
+    """ONNX Runtime takes the affinity entry (a bad one fails the load), and greedy output is unchanged."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    unpinned = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=1)
+    monkeypatch.setattr(engines.os, "sched_getaffinity", lambda _pid: set(cpus[:2]))
+    assert engines.genai_session_options(2)["session.intra_op_thread_affinities"] == str(cpus[1] + 1)
+    pinned = engines.open_lm(str(tiny_model_dir), "ort", "fp32", threads=2)
+    assert pinned.info["threads"] == 2
+    for text in PROMPTS:
+        assert _greedy(pinned, text, 8) == _greedy(unpinned, text, 8)
