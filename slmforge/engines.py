@@ -57,7 +57,6 @@ ORT_ARCHITECTURES = (
 # of the 2,048 tokens most frequent in the calibration text in blocks of 16 (`gptq.split_head`). See build_ort,
 # and the sizes, speeds and perplexities in BENCHMARKS.md.
 INT4_OPTIONS = {"is_symmetric": "false", "block_size": "32"}
-INT4_FINE_BLOCKS: dict[str, int] = {}
 INT4_HEAD_SPLIT = (2048, 16)
 # Logits cosine to torch fp32 on the check prompts (mean over positions) below which a conversion is refused.
 MIN_COSINE = {"fp32": 0.999, "int8": 0.99, "int4": 0.9}  # mean over positions
@@ -277,7 +276,7 @@ def _edit_built_model(
 
         texts = calib if calib is not None else gptq.default_calibration_texts()
         if texts:
-            report = gptq.requantize_int4(model, source, texts, INT4_FINE_BLOCKS, head_split=INT4_HEAD_SPLIT)
+            report = gptq.requantize_int4(model, source, texts, head_split=INT4_HEAD_SPLIT)
         else:
             _note(
                 "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"
