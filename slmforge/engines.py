@@ -57,6 +57,10 @@ ORT_ARCHITECTURES = (
 # of the 2,048 tokens most frequent in the calibration text in blocks of 16 (`gptq.split_head`). See build_ort,
 # and the sizes, speeds and perplexities in BENCHMARKS.md.
 INT4_OPTIONS = {"is_symmetric": "false", "block_size": "32"}
+# Every precision: the output head reads only the last position (the builder's `Gather` + `Unsqueeze` before
+# it), so a prompt's prefill computes one row of logits, not one per prompt token; `ort_session` undoes it for
+# full-sequence logits.
+HEAD_OPTIONS = {"prune_lm_head": "true"}
 INT4_HEAD_SPLIT = (2048, 16)
 # Logits cosine to torch fp32 on the check prompts (mean over positions) below which a conversion is refused.
 MIN_COSINE = {"fp32": 0.999, "int8": 0.99, "int4": 0.9}  # mean over positions
@@ -147,8 +151,8 @@ def open_lm(
 
 # Part of a conversion's cache key; it changes with the recipe, so a model cached by an older recipe is rebuilt
 # (int4 "gptq4": sequential GPTQ, refitted scales, q/k/v in blocks of 32, the head split by token frequency;
-# "fused": gate and up projections in one MatMulNBits).
-RECIPES = {"fp32": "", "int8": "-fused", "int4": "-gptq4-fused"}
+# "fused": gate and up projections in one MatMulNBits; "last": the head reads the last position only).
+RECIPES = {"fp32": "-last", "int8": "-fused-last", "int4": "-gptq4-fused-last"}
 
 
 def cache_root() -> Path:
@@ -219,7 +223,7 @@ def build_ort(
         cache = tmp / ".hf-cache"
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
         cmd += ["-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(cache)]
-        options = {"shared_embeddings": "true"} if _tied(source) else {}
+        options = {**HEAD_OPTIONS, **({"shared_embeddings": "true"} if _tied(source) else {})}
         if precision == "int4":
             options.update(INT4_OPTIONS)
         options.update(extra or {})
@@ -493,17 +497,52 @@ def verify_rows(made: dict, source: Path) -> dict:
 
 
 def ort_session(ort_dir: Path, threads: int = 1):
-    """A plain ONNX Runtime session on the converted decoder (full-sequence logits, for perplexity)."""
+    """A plain ONNX Runtime session on the converted decoder with full-sequence logits (for perplexity and
+    the conversion check): a head that reads only the last position (`HEAD_OPTIONS`) is made to read every
+    position again, in memory; the weights load from the directory as they are."""
+    import onnx
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        str(Path(ort_dir) / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
+    path = Path(ort_dir) / "model.onnx"
+    graph = onnx.load(str(path), load_external_data=False)
+    if every_position_head(graph):
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(ort_dir))
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    else:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     decoder = json.loads((Path(ort_dir) / "genai_config.json").read_text())["model"]["decoder"]
     session.kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
     return session
+
+
+def every_position_head(model) -> bool:
+    """Undo the model builder's `prune_lm_head` in the ModelProto `model`: the head's input goes back from
+    the last position (`/lm_head/prune/Gather` + `Unsqueeze`) to the whole sequence, and the logits output's
+    sequence axis is symbolic again. Returns False (nothing changed) for a head that reads every position."""
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    gather, unsqueeze = nodes.get("/lm_head/prune/Gather"), nodes.get("/lm_head/prune/Unsqueeze")
+    if gather is None or unsqueeze is None:
+        return False
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == unsqueeze.output[0]:
+                node.input[i] = gather.input[0]
+    graph.node.remove(gather)
+    graph.node.remove(unsqueeze)
+    used = {name for n in graph.node for name in n.input}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(node)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    for out in graph.output:
+        if out.name == "logits":
+            axis = out.type.tensor_type.shape.dim[1]
+            axis.Clear()
+            axis.dim_param = "sequence_length"
+    return True
 
 
 def ort_logits(session, ids: list[int]) -> np.ndarray:

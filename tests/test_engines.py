@@ -34,6 +34,31 @@ def test_ort_fp32_greedy_equals_torch(tiny_model_dir):
         assert _greedy(ort, text) == _greedy(ref, text)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_head_reads_the_last_position_and_ort_session_gives_every_position(tiny_model_dir, precision):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    made = engines.ort_model_dir(tiny_model_dir, precision)
+    ids = [1, 5, 9, 17, 33, 65, 12]
+    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+    decoder = json.loads((made / "genai_config.json").read_text())["model"]["decoder"]
+    empty = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), np.float32)
+    plain = ort.InferenceSession(str(made / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed.update({i.name: empty for i in plain.get_inputs() if i.name.startswith("past_key_values")})
+    last = plain.run(["logits"], feed)[0]
+    every = engines.ort_logits(engines.ort_session(made), ids)
+    assert last.shape[:2] == (1, 1) and every.shape[0] == len(ids)
+    np.testing.assert_allclose(last[0, 0], every[-1], atol=1e-4)  # the same head on the same last row
+    if precision == "fp32":  # and every row is the torch model's
+        ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+        with torch.inference_mode():
+            want = ref(torch.tensor([ids])).logits[0].numpy()
+        np.testing.assert_allclose(every, want, atol=1e-3)
+
+
 def test_int8_conversion_is_verified_and_close(tiny_model_dir):
     lm = engines.open_lm(str(tiny_model_dir), "ort", "int8", threads=1)
     made = json.loads((engines.Path(lm.info["model_dir"]) / "slmforge.json").read_text())
