@@ -1,13 +1,16 @@
 """Decode speed of every generation backend side by side with transformers fp32 `generate`, in one run.
 
     nice -n 0 python benchmarks/generate.py [--model smollm2-135m-instruct] [--threads 1 2] [--batch 1 8]
-        [--new-tokens 128] [--reps 3] [--backends hf ort-int8 ort-int4 ct2-int8 llama.cpp]
+        [--new-tokens 128] [--reps 3] [--timed 3] [--backends hf ort-int8 ort-int4 ct2-int8 llama.cpp]
         [--gguf shipped q8_0 q4_0] [--json out.json]
 
 Each (backend, threads, batch) cell runs in its own fresh subprocess (thread pools are per process), cells
 are interleaved across repetitions so machine noise hits every backend alike, and the median of the
 repetitions is reported with its ratio to transformers fp32 at the same threads and batch. Every cell
-decodes exactly --new-tokens tokens (EOS ignored) greedily after a ~50-token chat prompt, after a warm-up.
+decodes exactly --new-tokens tokens (EOS ignored) greedily after a ~50-token chat prompt, after a warm-up,
+--timed times, and counts the median of those generations (prefill included): on a noisy VM a stall hits
+single generations, and the median keeps one from deciding a repetition. Each ORT backend's per-repetition
+ratio to each llama.cpp GGUF (same threads and batch) is printed with its geometric mean.
 
 - hf: `AutoModelForCausalLM.generate(do_sample=False)`, fp32, torch intra-op threads = --threads.
 - ort-*: slmforge's own decode loop (`slmforge.generate.complete` / `complete_batch`, incremental
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--timed", type=int, default=3, help="Timed generations per cell (their median counts).")
     ap.add_argument("--backends", nargs="+", default=["hf", "ort-int8", "ort-int4", "ct2-int8", "llama.cpp"])
     ap.add_argument("--gguf", nargs="+", default=["shipped", "q8_0", "q4_0"],
                     help="llama.cpp files: the shipped Q4_1 and/or our q8_0 / q4_0 exports.")  # fmt: skip
@@ -94,7 +99,7 @@ def plan(args, model_dir: str) -> list[dict]:
         for batch in args.batch:
             for backend in args.backends:
                 base = {"backend": backend, "threads": threads, "batch": batch, "model": model_dir}
-                base["new_tokens"] = args.new_tokens
+                base["new_tokens"], base["timed"] = args.new_tokens, args.timed
                 if backend == "llama.cpp":
                     if batch != 1 or importlib.util.find_spec("llama_cpp") is None:
                         continue
@@ -148,12 +153,16 @@ def run_cell(cell: dict) -> dict:
         cell, ids
     )
     run(8)  # warm-up
-    t = time.perf_counter()
-    text = run(n)
-    seconds = time.perf_counter() - t
+    times = []
+    for _ in range(cell.get("timed", 1)):
+        t = time.perf_counter()
+        text = run(n)
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times)
     return {
         "tok_s": n * b / seconds,
         "seconds": seconds,
+        "timed_tok_s": [n * b / x for x in times],
         "prompt_tokens": len(ids),
         "text": tok.decode(text)[:120],
     }
@@ -282,11 +291,29 @@ def report(args, cells, results, seconds) -> None:
         )
     print(
         f"\n{args.model}: {args.new_tokens} new tokens after a {results and next(iter(results.values()))[0]['prompt_tokens']}-token prompt, "
-        f"median of {args.reps}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {seconds:.0f} s\n"
+        f"median of {args.reps} reps of {args.timed} timed generations; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {seconds:.0f} s\n"
     )
     print("| backend | threads | batch | tok/s | × hf fp32 | × batch 1 | reps |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(table))
+    paired = [
+        (a, b)
+        for a in rows
+        if a["backend"].startswith("ort-")
+        for b in rows
+        if b["backend"] == "llama.cpp" and (b["threads"], b["batch"]) == (a["threads"], a["batch"])
+    ]
+    if paired:
+        print("\npaired per repetition (same rep, same threads and batch):")
+    for a, b in paired:
+        ratios = [x / y for x, y in zip(a["reps"], b["reps"])]
+        geo = math.exp(statistics.mean(math.log(r) for r in ratios))
+        print(
+            f"  {a['key']} / {b['key'].split(' |')[0]}: geometric mean {geo:.3f}, "
+            f"median {statistics.median(ratios):.3f}, {sum(r >= 1 for r in ratios)} of {len(ratios)} reps ≥ 1 "
+            f"({' '.join(f'{r:.2f}' for r in ratios)})"
+        )
     print("\nfirst 120 characters of each backend's greedy output:")
     for r in rows:
         if r["batch"] == 1 and r["threads"] == args.threads[0]:
