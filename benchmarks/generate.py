@@ -86,7 +86,7 @@ def main() -> None:
                 tail = (out.stderr.strip().splitlines() or ["?"])[-1]
                 print(f"  {key}: failed: {tail}", file=sys.stderr)
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = json.loads(out.stdout.strip().splitlines()[-1]) | {"rep": rep}
             results.setdefault(key, []).append(r)
             print(f"  rep {rep + 1} {key}: {r['tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
     report(args, cells, results, time.perf_counter() - started)
@@ -271,7 +271,10 @@ def report(args, cells, results, seconds) -> None:
         if key not in results or any(r["key"] == key for r in rows):
             continue
         tok_s = statistics.median(r["tok_s"] for r in results[key])
-        rows.append({"key": key, **cell, "tok_s": tok_s, "reps": [r["tok_s"] for r in results[key]]})
+        reps = [r["tok_s"] for r in results[key]]
+        rows.append(
+            {"key": key, **cell, "tok_s": tok_s, "reps": reps, "rep_ids": [r["rep"] for r in results[key]]}
+        )
         rows[-1]["text"] = results[key][0]["text"]
     for r in rows:
         hf = next(
@@ -307,7 +310,10 @@ def report(args, cells, results, seconds) -> None:
     if paired:
         print("\npaired per repetition (same rep, same threads and batch):")
     for a, b in paired:
-        ratios = [x / y for x, y in zip(a["reps"], b["reps"])]
+        other = dict(zip(b["rep_ids"], b["reps"]))  # pairs by repetition: a failed cell leaves its rep out
+        ratios = [x / other[i] for i, x in zip(a["rep_ids"], a["reps"]) if i in other]
+        if not ratios:
+            continue
         geo = math.exp(statistics.mean(math.log(r) for r in ratios))
         print(
             f"  {a['key']} / {b['key'].split(' |')[0]}: geometric mean {geo:.3f}, "

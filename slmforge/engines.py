@@ -533,9 +533,10 @@ def every_position_head(model) -> bool:
     graph.node.remove(gather)
     graph.node.remove(unsqueeze)
     used = {name for n in graph.node for name in n.input}
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+    freed = {gather.input[1], unsqueeze.input[1]} - used  # their index and axis constants, if now unread
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in freed]:
         graph.node.remove(node)
-    for init in [i for i in graph.initializer if i.name not in used]:
+    for init in [i for i in graph.initializer if i.name in freed]:
         graph.initializer.remove(init)
     for out in graph.output:
         if out.name == "logits":
