@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--json", help="Write every cell's numbers here.")
     ap.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell and print its JSON
     args = ap.parse_args()
+    if args.timed < 1 or args.reps < 1:
+        ap.error("--timed and --reps must be at least 1")
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
