@@ -434,6 +434,15 @@ def repair_shared_head(model) -> bool:
     return True
 
 
+def drop_unread(graph, names) -> None:
+    """Remove the `Constant` nodes and initialisers among `names` that no node of `graph` reads any more."""
+    gone = set(names) - {name for n in graph.node for name in n.input}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in gone]:
+        graph.node.remove(node)
+    for init in [i for i in graph.initializer if i.name in gone]:
+        graph.initializer.remove(init)
+
+
 def onnx_attrs(node) -> dict:
     """An ONNX node's attributes as {name: value}."""
     from onnx import helper
@@ -532,12 +541,7 @@ def every_position_head(model) -> bool:
                 node.input[i] = gather.input[0]
     graph.node.remove(gather)
     graph.node.remove(unsqueeze)
-    used = {name for n in graph.node for name in n.input}
-    freed = {gather.input[1], unsqueeze.input[1]} - used  # their index and axis constants, if now unread
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in freed]:
-        graph.node.remove(node)
-    for init in [i for i in graph.initializer if i.name in freed]:
-        graph.initializer.remove(init)
+    drop_unread(graph, [gather.input[1], unsqueeze.input[1]])  # their index and axis constants
     for out in graph.output:
         if out.name == "logits":
             axis = out.type.tensor_type.shape.dim[1]

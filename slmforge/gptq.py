@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slmforge.engines import onnx_attrs
+from slmforge.engines import drop_unread, onnx_attrs
 from slmforge.errors import SlmError
 
 BITS = 4
@@ -515,15 +515,11 @@ def split_head(model_proto, head, parts: list) -> None:
         inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{e}/axis"))
         replace[lookup.name] = nodes
         replace[reshape.name] = []
-    gone = set(head.input[1:]) | (set(reshape.input) if reshape is not None else set())
     new_nodes = [m for n in graph.node for m in replace.get(n.name, [n])]
-    used = {name for n in new_nodes for name in n.input}
-    new_nodes = [n for n in new_nodes if not (n.op_type == "Constant" and n.output[0] in gone - used)]
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(inits)
-    for init in [i for i in graph.initializer if i.name in gone - used]:
-        graph.initializer.remove(init)
+    drop_unread(graph, [*head.input[1:], *(reshape.input if reshape is not None else [])])
 
 
 def _sync_shared_lookup(model_proto) -> None:
