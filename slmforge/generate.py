@@ -7,6 +7,8 @@ returning next-token logits), so a faster backend (ONNX Runtime, CTranslate2) ca
 
 from __future__ import annotations
 
+import re
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -163,12 +165,66 @@ def load(model: str, device: str = "auto"):
 
 def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
     """Token ids of the conversation: through the chat template (with the assistant prompt) if asked and
-    available, else the plain text of the messages."""
+    available, else the plain text of the messages.
+
+    A message's content never becomes control tokens: a special-token string in it (`<|im_end|>`,
+    `<|im_start|>` ...) is tokenised as ordinary text, so content cannot forge turn boundaries. Only the
+    template's own markup is parsed as special tokens. Contents holding no special-token string take the
+    plain path, so ordinary prompts tokenise exactly as they always did."""
+    specials = special_strings(tokenizer)
+    forged = bool(specials) and any(s in c for c in _contents(messages) for s in specials)
     if chat and getattr(tokenizer, "chat_template", None):
+        if forged:
+            return _escaped_chat_ids(tokenizer, messages, specials)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = "\n\n".join(m["content"] for m in messages if m["content"])
+    if forged:  # no template markup here at all: split every special-token string in the text
+        return list(tokenizer(text, split_special_tokens=True)["input_ids"])
     return list(tokenizer(text)["input_ids"])
+
+
+def special_strings(tokenizer) -> list[str]:
+    """The strings the tokenizer turns into control tokens: its named special tokens and every added token
+    marked special (ChatML's `<|im_start|>` is often only the latter), longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            found.add(str(added.content))
+    return sorted((s for s in found if s), key=lambda s: (-len(s), s))
+
+
+def _contents(messages: list[dict]) -> list[str]:
+    return [m["content"] for m in messages if isinstance(m.get("content"), str)]
+
+
+def _escaped_chat_ids(tokenizer, messages: list[dict], specials: list[str]) -> list[int]:
+    """The chat template's ids with every special-token string inside a content tokenised as text.
+
+    Each such string is swapped for a placeholder no content can guess (a private-use character and a
+    random nonce) before templating, the rendered text is cut at the placeholders, the pieces (template
+    markup and the rest of each content) are tokenised as today, and each placeholder becomes the ids
+    of its string with special tokens split. Only the special strings are replaced, not whole contents,
+    so a template's filters (`| trim`, as Llama 3 and Gemma use) still see the real content."""
+    nonce = secrets.token_hex(8)
+    mark = {s: f"\ue000{nonce}:{i}\ue001" for i, s in enumerate(specials)}
+    find = re.compile("|".join(re.escape(s) for s in specials))  # longest first: the longest match wins
+    masked = [
+        {**m, "content": find.sub(lambda hit: mark[hit.group(0)], m["content"])}
+        if isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
+    text = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=True)
+    pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", text)  # text, index, text, index, ..., text
+    ids: list[int] = []
+    for n, piece in enumerate(pieces):
+        if n % 2:
+            as_text = tokenizer(specials[int(piece)], add_special_tokens=False, split_special_tokens=True)
+            ids.extend(as_text["input_ids"])
+        elif piece:
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
