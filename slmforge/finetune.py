@@ -197,7 +197,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
             _load_trainable(model, state["trainable"])
             optimizer.load_state_dict(state["optimizer"])
             step, elapsed_before = state["step"], state["elapsed_s"]
-            _restore_rng(state["rng"])
+            checkpoint.restore_rng(state["rng"])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     _truncate_metrics(out / "metrics.jsonl", step)
@@ -679,25 +679,13 @@ def _load_trainable(model, state: dict) -> None:
             p.copy_(state[n])
 
 
-def _rng_state() -> dict:
-    from slmforge.pretrain import _rng_state as rng
-
-    return rng()
-
-
-def _restore_rng(state: dict) -> None:
-    from slmforge.pretrain import _restore_rng as restore
-
-    restore(state)
-
-
 def _save_checkpoint(out: Path, model, optimizer, step: int, elapsed: float) -> None:
     state = {
         "trainable": _trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "elapsed_s": elapsed,
-        "rng": _rng_state(),
+        "rng": checkpoint.rng_state(),
     }
     checkpoint.save(out, step, state)
 
