@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from slmforge import checkpoint, sft_data, workspace
 from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, sha256_file, write_json
+from slmforge.fsutil import atomic_dir, check_replaceable, sha256_file, write_json
 
 METHODS = ("full", "lora", "prompt-tuning")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4, "prompt-tuning": 3e-2}
@@ -475,6 +475,7 @@ def _validate(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
     if not cfg.resume and out.exists() and cfg.overwrite:
         import shutil
 
+        check_replaceable(out)  # --overwrite removes only a run slmforge made
         shutil.rmtree(out)
     return cfg
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from slmforge import checkpoint, workspace
 from slmforge.distributed import Dist
 from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, atomic_file, write_json
+from slmforge.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
 from slmforge.telemetry import StepLogger
 
 
@@ -363,7 +363,8 @@ def _validate(cfg: PretrainConfig, out: Path, world: int = 1, dry_run: bool = Fa
     if not dry_run and not cfg.resume and out.exists() and int(os.environ.get("RANK", 0)) == 0:
         import shutil
 
-        shutil.rmtree(out)  # --overwrite, checked above
+        check_replaceable(out)  # --overwrite removes only a run slmforge made
+        shutil.rmtree(out)
     return cfg
 
 

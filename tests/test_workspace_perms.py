@@ -1,4 +1,5 @@
-"""The workspace (registry, API-key hashes, audit log) is readable by its owner only."""
+"""The workspace and what slmforge writes: the registry (with the API-key hashes and the audit log) is
+readable by its owner only, and `--overwrite` removes only a directory slmforge made."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import sys
 import pytest
 
 from slmforge import workspace
+from slmforge.errors import SlmError
+from slmforge.fsutil import atomic_dir, check_replaceable
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+posix = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
 
 
 def _mode(path) -> int:
@@ -25,6 +28,7 @@ def loose_umask():
     os.umask(old)
 
 
+@posix
 def test_a_new_workspace_is_owner_only(tmp_path, monkeypatch, loose_umask):
     root = tmp_path / "home" / "ws"
     monkeypatch.setenv("SLMFORGE_HOME", str(root))
@@ -39,6 +43,7 @@ def test_a_new_workspace_is_owner_only(tmp_path, monkeypatch, loose_umask):
     con.close()
 
 
+@posix
 def test_an_existing_loose_workspace_is_tightened_on_open(tmp_path, monkeypatch, loose_umask):
     root = tmp_path / "ws"
     monkeypatch.setenv("SLMFORGE_HOME", str(root))
@@ -53,6 +58,7 @@ def test_an_existing_loose_workspace_is_tightened_on_open(tmp_path, monkeypatch,
     assert not wal.exists() or _mode(wal) == 0o600
 
 
+@posix
 def test_a_separate_keys_database_is_owner_only(tmp_path, monkeypatch, loose_umask):
     from slmforge.serve import auth
 
@@ -63,3 +69,89 @@ def test_a_separate_keys_database_is_owner_only(tmp_path, monkeypatch, loose_uma
     keys.chmod(0o644)
     auth.connect().close()
     assert _mode(keys) == 0o600
+
+
+# ---------------------------------------------------------------- --overwrite
+
+
+def _foreign(d):
+    """A directory of the user's own files, which no slmforge command made."""
+    d.mkdir(parents=True)
+    (d / "thesis.tex").write_text("years of work")
+    (d / "config.json").write_text("{}")  # even an HF-looking config is not a run
+    return d
+
+
+def test_overwrite_refuses_a_directory_slmforge_did_not_make(tmp_path, slm_cli, tiny_corpus_dir):
+    out = _foreign(tmp_path / "mine")
+    code, stdout, stderr = slm_cli(
+        "tokenizer", "train", tiny_corpus_dir, "--vocab-size", "300", "--out", out, "--overwrite"
+    )
+    assert code == 2 and "Traceback" not in stdout + stderr
+    assert f"--out {out} exists and is not an slmforge artifact; remove it yourself" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_overwrite_still_replaces_what_slmforge_made(tmp_path, slm_cli, tiny_corpus_dir):
+    out = tmp_path / "tok"
+    args = ("tokenizer", "train", tiny_corpus_dir, "--vocab-size", "300", "--out", out)
+    assert slm_cli(*args)[0] == 0 and (out / workspace.MANIFEST).exists()
+    assert slm_cli(*args, "--overwrite")[0] == 0 and (out / "tokenizer.json").exists()
+
+
+def test_pretrain_overwrite_refuses_a_foreign_directory(tmp_path, tiny_corpus_dir, tiny_tokenizer_dir):
+    from slmforge.pretrain import PretrainConfig, pretrain
+
+    out = _foreign(tmp_path / "mine")
+    cfg = PretrainConfig(
+        data=str(tiny_corpus_dir), tokenizer=str(tiny_tokenizer_dir), out=str(out), depth="2", seq_len=32,
+        batch_size=4, precision="fp32", max_steps=1, overwrite=True,
+    )  # fmt: skip
+    with pytest.raises(SlmError, match="is not an slmforge artifact; remove it yourself"):
+        pretrain(cfg, progress=False)
+    assert (out / "thesis.tex").exists()
+
+
+@pytest.mark.parametrize("made", ["manifest", "run", "run subdir", "empty", "workspace"])
+def test_what_counts_as_slmforge_made(tmp_path, made):
+    d = tmp_path / "d"
+    if made == "manifest":
+        _foreign(d)
+        (d / workspace.MANIFEST).write_text("{}")
+    elif made == "run":
+        _foreign(d)
+        (d / "metrics.jsonl").write_text("")
+    elif made == "run subdir":
+        _foreign(tmp_path / "run")
+        (tmp_path / "run" / "metrics.jsonl").write_text("")
+        d = _foreign(tmp_path / "run" / "model")
+    elif made == "empty":
+        d.mkdir()
+    else:
+        d = _foreign(workspace.home() / "models" / "x")
+    check_replaceable(d)
+    with atomic_dir(d, overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in d.iterdir()) == ["new"]
+
+
+@pytest.mark.parametrize("where", ["root", "home", "cwd", "cwd's parent", "workspace"])
+def test_never_removes_the_root_a_home_or_the_cwd(tmp_path, monkeypatch, where):
+    """Refused even when they carry a manifest (an artifact registered at the top of a home, say)."""
+    home = tmp_path / "home"
+    cwd = home / "project" / "work"
+    cwd.mkdir(parents=True)
+    for d in (home, home / "project", cwd):
+        (d / workspace.MANIFEST).write_text("{}")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    target = {"root": "/", "home": home, "cwd": ".", "cwd's parent": home / "project"}.get(where)
+    target = target or workspace.home()
+    with pytest.raises(SlmError, match="refusing to remove it") as e:
+        check_replaceable(target)
+    assert "\n" not in str(e.value)
+    if where != "root":  # never try to replace / for real, even to see it refused
+        with pytest.raises(SlmError, match="refusing to remove it"), atomic_dir(target, overwrite=True):
+            pass
+    assert (home / workspace.MANIFEST).exists() and (cwd / workspace.MANIFEST).exists()
