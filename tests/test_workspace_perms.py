@@ -155,3 +155,31 @@ def test_never_removes_the_root_a_home_or_the_cwd(tmp_path, monkeypatch, where):
         with pytest.raises(SlmError, match="refusing to remove it"), atomic_dir(target, overwrite=True):
             pass
     assert (home / workspace.MANIFEST).exists() and (cwd / workspace.MANIFEST).exists()
+
+
+# ---------------------------------------------------------------- slm audit
+
+
+MARKUP = ["[bold]x[/", "[/]", "[red]", "a\\", "[link=file:///etc/passwd]x[/link]", ":smile: [/bold]"]
+
+
+def test_audit_shows_recorded_markup_verbatim():
+    """A client picks the model name it sends; the audit table prints it as text, whatever it holds."""
+    from typer.testing import CliRunner
+
+    from slmforge.cli import app
+    from slmforge.serve import audit
+
+    log = audit.AuditLog()
+    for n, text in enumerate(MARKUP):
+        log.write(audit.AuditRecord(2e9 + n, f"r{n}", "chat", "dev", text, 1, 1, 5.0, 400, f"block: {text}"))
+    log.write(audit.AuditRecord(2e9 + 9, "r9", "[/]", "ops", "m", 1, 1, 5.0, 200))  # an odd endpoint too
+    log.close()
+    runner = CliRunner()
+    for args in (["audit"], ["audit", "--summary"]):
+        result = runner.invoke(app, args, env={"COLUMNS": "250"})
+        assert result.exit_code == 0 and result.exception is None, result.output
+    table = runner.invoke(app, ["audit"], env={"COLUMNS": "250"}).output
+    for text in MARKUP:
+        assert text in table and f"block: {text}" in table
+    assert "[/]" in runner.invoke(app, ["audit", "--summary"], env={"COLUMNS": "250"}).output
