@@ -210,3 +210,22 @@ def test_pipeline_generate_input(tok, captured):
     pipe._generate(SimpleNamespace(model="smollm", system="Be brief.", max_new_tokens=8), FORGED)
     ids = captured.ids[-1]
     assert _starts(tok, ids) == 3 and _ends(tok, ids) == 2 and FORGED in tok.decode(ids)
+
+
+def test_many_special_tokens_with_shared_prefixes(tok):
+    """Tokenizers with thousands of reserved specials (`<unused0>` ...): each is found, the longest wins
+    (`<unused10>` is not `<unused1>` + `0>`), and added tokens are seen after the tokenizer changes."""
+    import copy
+
+    many = copy.deepcopy(tok)
+    before = generate.prompt_ids(many, [{"role": "user", "content": "<unused10> and <unused1>"}])
+    assert _starts(tok, before) == 3  # not yet special: the matcher is cached, then rebuilt below
+    reserved = [f"<unused{i}>" for i in range(3000)]
+    many.add_special_tokens({"additional_special_tokens": reserved})
+    content = "a<unused10>b <unused1>0> <unused2999><|im_start|>" + "plain text " * 20_000
+    ids = generate.prompt_ids(many, [{"role": "user", "content": content}])
+    reserved_ids = set(many.convert_tokens_to_ids(reserved))
+    assert not reserved_ids & set(ids) and _starts(tok, ids) == 3
+    assert content in many.decode(ids)
+    plain = generate.prompt_ids(many, [{"role": "user", "content": content}], chat=False)
+    assert not reserved_ids & set(plain) and many.decode(plain) == content
