@@ -183,3 +183,11 @@ def test_audit_shows_recorded_markup_verbatim():
     for text in MARKUP:
         assert text in table and f"block: {text}" in table
     assert "[/]" in runner.invoke(app, ["audit", "--summary"], env={"COLUMNS": "250"}).output
+
+
+@pytest.mark.parametrize("name", ["[/]", "[bold]x[/", "runs/[test]"])
+def test_an_error_quoting_markup_prints_it_verbatim(slm_cli, name):
+    """Error messages quote user input (here an unknown model name) and are printed as text."""
+    code, stdout, stderr = slm_cli("pull", name)
+    assert code == 2 and "Traceback" not in stdout + stderr
+    assert stderr.startswith("error: unknown model") and repr(name) in stderr
