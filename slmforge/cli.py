@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from slmforge import cli_finetune, cli_serve
 from slmforge.errors import SlmError
@@ -44,7 +45,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SlmError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+        # the message quotes user input (a model name, a path): never read it as markup
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
@@ -63,7 +65,7 @@ def main() -> None:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         console.print(
-            f"[red]error:[/red] unexpected {type(e).__name__}: {first} (SLMFORGE_DEBUG=1 shows the traceback)",
+            f"[red]error:[/red] unexpected {type(e).__name__}: {escape(first)} (SLMFORGE_DEBUG=1 shows the traceback)",
             highlight=False,
             markup=True,
         )

@@ -9,6 +9,7 @@ import time
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from slmforge.errors import SlmError
 
@@ -144,9 +145,15 @@ def audit(
         return
     t = Table("time", "key", "endpoint", "model", "status", "ms", "in", "out", "guard")
     for r in records:
-        t.add_row(_when(r.time), r.key_name or "-", r.endpoint, r.model or "-", str(r.status), f"{r.latency_ms:.1f}",
-                  str(r.tokens_in), str(r.tokens_out), r.guard or "-")  # fmt: skip
+        t.add_row(_when(r.time), _plain(r.key_name), _plain(r.endpoint), _plain(r.model), str(r.status),
+                  f"{r.latency_ms:.1f}", str(r.tokens_in), str(r.tokens_out), _plain(r.guard))  # fmt: skip
     out.print(t)
+
+
+def _plain(value: str | None) -> Text:
+    """A recorded string as a table cell, never read as Rich markup: a client chooses the model name it
+    sends, and `[/]` or `[bold]x[/` in it made `slm audit` crash (or restyle the table)."""
+    return Text(value or "-")
 
 
 def _summary(records, as_json: bool) -> None:
@@ -164,7 +171,7 @@ def _summary(records, as_json: bool) -> None:
     t = Table("endpoint", "status", "requests", "p50 ms", "p99 ms")
     for row in rows:
         t.add_row(
-            row["endpoint"],
+            _plain(row["endpoint"]),
             str(row["status"]),
             str(row["requests"]),
             f"{row['p50_ms']:.1f}",

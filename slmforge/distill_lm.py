@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from slmforge import sft_data
 from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, atomic_file, write_json
+from slmforge.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
 
 METHODS = ("logit", "sequence")
 KD_ON = ("completion", "all")
@@ -666,6 +666,7 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
                 "teacher's generated text, or a student built on the teacher's tokenizer (--student-depth N)"
             )
     if not cfg.resume and cfg.overwrite and out.exists():
+        check_replaceable(out)  # --overwrite removes only a run slmforge made
         shutil.rmtree(out)
     return cfg, fresh
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from slmforge import checkpoint, sft_data, workspace
 from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, sha256_file, write_json
+from slmforge.fsutil import atomic_dir, check_replaceable, sha256_file, write_json
 
 METHODS = ("full", "lora", "prompt-tuning")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4, "prompt-tuning": 3e-2}
@@ -197,7 +197,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
             _load_trainable(model, state["trainable"])
             optimizer.load_state_dict(state["optimizer"])
             step, elapsed_before = state["step"], state["elapsed_s"]
-            _restore_rng(state["rng"])
+            checkpoint.restore_rng(state["rng"])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     _truncate_metrics(out / "metrics.jsonl", step)
@@ -475,6 +475,7 @@ def _validate(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
     if not cfg.resume and out.exists() and cfg.overwrite:
         import shutil
 
+        check_replaceable(out)  # --overwrite removes only a run slmforge made
         shutil.rmtree(out)
     return cfg
 
@@ -679,25 +680,13 @@ def _load_trainable(model, state: dict) -> None:
             p.copy_(state[n])
 
 
-def _rng_state() -> dict:
-    from slmforge.pretrain import _rng_state as rng
-
-    return rng()
-
-
-def _restore_rng(state: dict) -> None:
-    from slmforge.pretrain import _restore_rng as restore
-
-    restore(state)
-
-
 def _save_checkpoint(out: Path, model, optimizer, step: int, elapsed: float) -> None:
     state = {
         "trainable": _trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "elapsed_s": elapsed,
-        "rng": _rng_state(),
+        "rng": checkpoint.rng_state(),
     }
     checkpoint.save(out, step, state)
 

@@ -1,4 +1,10 @@
-"""Atomic writes: an artifact is either complete or absent, never half-written."""
+"""Atomic writes: an artifact is either complete or absent, never half-written.
+
+Replacing a directory (`--overwrite`) removes what was there, so only a directory slmforge made may be
+replaced (`check_replaceable`): a manifest-carrying artifact, a run directory, a run's own subdirectory or
+a directory inside the workspace; never the filesystem root, a home, the current directory or one of its
+parents, whatever they hold.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not overwrite and any(path.iterdir()):
         raise SlmError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
+    if path.exists():
+        check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     umask = os.umask(0)
@@ -65,6 +73,47 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_MANIFEST = "slmforge.json"  # workspace.MANIFEST (workspace imports this module)
+_RUN_FILES = ("metrics.jsonl", "distill_config.json", "ckpt")  # beside config.json: a training run
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Raise SlmError unless `path` (an existing file or directory) is one slmforge may remove to replace it.
+
+    Never the root, the user's home, the workspace itself, the current directory, or a directory holding
+    any of those. Otherwise an empty directory, or one slmforge made: it has the `slmforge.json` manifest,
+    it is a run directory (config.json and metrics.jsonl, distill_config.json or ckpt/), its parent is one
+    of those (a run's model/ or adapter/), or it lies inside the workspace ($SLMFORGE_HOME)."""
+    from slmforge import workspace
+
+    target = Path(path).resolve()
+    shown = Path(path)
+    guarded = {
+        Path("/").resolve(): "the filesystem root",
+        Path.home().resolve(): "your home directory",
+        workspace.home().resolve(): "the slmforge workspace",
+        Path.cwd().resolve(): "the current directory",
+    }
+    for place, what in guarded.items():
+        if target == place or place.is_relative_to(target):
+            where = what if target == place else f"a directory holding {what}"
+            raise SlmError(f"--out {shown} is {where}; refusing to remove it (choose a new directory)")
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    if target.is_dir() and (_made_by_slmforge(target) or _made_by_slmforge(target.parent)):
+        return
+    home = workspace.home().resolve()
+    if target.is_relative_to(home) and not any(home == p for p in guarded if p != home):
+        return
+    raise SlmError(f"--out {shown} exists and is not an slmforge artifact; remove it yourself")
+
+
+def _made_by_slmforge(d: Path) -> bool:
+    if (d / _MANIFEST).is_file():
+        return True
+    return (d / "config.json").is_file() and any((d / name).exists() for name in _RUN_FILES)
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -7,8 +7,11 @@ returning next-token logits), so a faster backend (ONNX Runtime, CTranslate2) ca
 
 from __future__ import annotations
 
+import re
+import secrets
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,12 +166,106 @@ def load(model: str, device: str = "auto"):
 
 def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
     """Token ids of the conversation: through the chat template (with the assistant prompt) if asked and
-    available, else the plain text of the messages."""
+    available, else the plain text of the messages.
+
+    A message's content never becomes control tokens: a special-token string in it (`<|im_end|>`,
+    `<|im_start|>` ...) is tokenised as ordinary text, so content cannot forge turn boundaries. Only the
+    template's own markup is parsed as special tokens. Contents holding no special-token string take the
+    plain path, so ordinary prompts tokenise exactly as they always did."""
+    specials, find = _special_matcher(tokenizer)
+    forged = find is not None and any(find.search(c) for c in _contents(messages))
     if chat and getattr(tokenizer, "chat_template", None):
+        if forged:
+            return _escaped_chat_ids(tokenizer, messages, specials, find)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = "\n\n".join(m["content"] for m in messages if m["content"])
+    if forged:  # no template markup here at all: split every special-token string in the text
+        return list(tokenizer(text, split_special_tokens=True)["input_ids"])
     return list(tokenizer(text)["input_ids"])
+
+
+def special_strings(tokenizer) -> list[str]:
+    """The strings the tokenizer turns into control tokens: its named special tokens and every added token
+    marked special (ChatML's `<|im_start|>` is often only the latter), longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            found.add(str(added.content))
+    return sorted((s for s in found if s), key=lambda s: (-len(s), s))
+
+
+def _contents(messages: list[dict]) -> list[str]:
+    return [m["content"] for m in messages if isinstance(m.get("content"), str)]
+
+
+_MATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _special_matcher(tokenizer) -> tuple[list[str], re.Pattern | None]:
+    """The tokenizer's special strings and one regex finding any of them, built once per tokenizer (and
+    again if tokens are added). The regex is a trie, so a search is one pass over the text however many
+    special tokens there are: testing 6,000 `<unusedN>` strings one by one with `in` took 5 s on a 1 MB
+    prompt, the trie 8 ms (2-core machine, one run each)."""
+    try:
+        size = len(tokenizer)
+        cached = _MATCHERS.get(tokenizer)
+    except TypeError:  # a tokenizer-like object without len() or weak references: no cache
+        size, cached = None, None
+    if cached is not None and cached[0] == size:
+        return cached[1], cached[2]
+    specials = special_strings(tokenizer)
+    find = re.compile(_trie_pattern(specials)) if specials else None
+    if size is not None:
+        _MATCHERS[tokenizer] = (size, specials, find)
+    return specials, find
+
+
+def _trie_pattern(words: list[str]) -> str:
+    """A regex matching any of `words`, longest first at each position, as a trie of alternations."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def emit(node: dict) -> str:
+        alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(trie)
+
+
+def _escaped_chat_ids(tokenizer, messages: list[dict], specials: list[str], find: re.Pattern) -> list[int]:
+    """The chat template's ids with every special-token string inside a content tokenised as text.
+
+    Each such string is swapped for a placeholder no content can guess (a private-use character and a
+    random nonce) before templating, the rendered text is cut at the placeholders, the pieces (template
+    markup and the rest of each content) are tokenised as today, and each placeholder becomes the ids
+    of its string with special tokens split. Only the special strings are replaced, not whole contents,
+    so a template's filters (`| trim`, as Llama 3 and Gemma use) still see the real content."""
+    nonce = secrets.token_hex(8)
+    mark = {s: f"\ue000{nonce}:{i}\ue001" for i, s in enumerate(specials)}
+    masked = [
+        {**m, "content": find.sub(lambda hit: mark[hit.group(0)], m["content"])}
+        if isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
+    text = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=True)
+    pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", text)  # text, index, text, index, ..., text
+    ids: list[int] = []
+    for n, piece in enumerate(pieces):
+        if n % 2:
+            as_text = tokenizer(specials[int(piece)], add_special_tokens=False, split_special_tokens=True)
+            ids.extend(as_text["input_ids"])
+        elif piece:
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

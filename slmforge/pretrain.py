@@ -14,21 +14,19 @@ import dataclasses
 import json
 import math
 import os
-import random
 import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from slmforge import checkpoint, workspace
 from slmforge.distributed import Dist
 from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, atomic_file, write_json
+from slmforge.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
 from slmforge.telemetry import StepLogger
 
 
@@ -156,7 +154,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             step, elapsed_before = state["step"], state["elapsed_s"]
-            _restore_rng(state["rng"])
+            checkpoint.restore_rng(state["rng"])
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {**dataclasses.asdict(cfg), "world_size": dist.world})
@@ -365,7 +363,8 @@ def _validate(cfg: PretrainConfig, out: Path, world: int = 1, dry_run: bool = Fa
     if not dry_run and not cfg.resume and out.exists() and int(os.environ.get("RANK", 0)) == 0:
         import shutil
 
-        shutil.rmtree(out)  # --overwrite, checked above
+        check_replaceable(out)  # --overwrite removes only a run slmforge made
+        shutil.rmtree(out)
     return cfg
 
 
@@ -469,16 +468,6 @@ def _flops_per_token(config, seq_len: int) -> float:
     return flops_per_token(n_layers * per_layer, n_layers, h, seq_len, config.vocab_size)
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 def _save_checkpoint(out: Path, dist, model, optimizer, step: int, elapsed: float) -> None:
     if dist.rank == 0:
         checkpoint.save(
@@ -489,7 +478,7 @@ def _save_checkpoint(out: Path, dist, model, optimizer, step: int, elapsed: floa
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "elapsed_s": elapsed,
-                "rng": _rng_state(),
+                "rng": checkpoint.rng_state(),
             },
         )
     dist.barrier()

@@ -37,12 +37,48 @@ def home() -> Path:
 
 
 def connect() -> sqlite3.Connection:
+    """The workspace registry. It also holds the API keys' hashes and the audit log, so the workspace
+    directory is kept 0700 and the database with its WAL and shared-memory files 0600."""
     root = home()
-    root.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(root / "workspace.db", timeout=30)
+    private_dir(root)
+    con = private_sqlite(root / "workspace.db")
     con.execute("PRAGMA journal_mode=WAL")
+    _tighten(*_sidecars(root / "workspace.db"))  # created by the line above when the database is new
     con.executescript(_SCHEMA)
     return con
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` 0700, or take group and other access away from an existing one we own."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, mode=0o700)
+
+
+def private_sqlite(path: Path) -> sqlite3.Connection:
+    """Connect to SQLite file `path`, readable by its owner only: created 0600 before SQLite opens it
+    (SQLite gives its journal, WAL and shared-memory files the database's mode), and an existing file
+    and sidecars left group- or world-readable by an older slmforge tightened to 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _tighten(path, *_sidecars(path))
+    return sqlite3.connect(path, timeout=30)
+
+
+def _sidecars(db: Path) -> list[Path]:
+    return [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+
+
+def _tighten(*paths: Path, mode: int = 0o600) -> None:
+    """chmod each existing path we own that grants group or other access; another user's file (a mounted
+    volume, a Secret) or a read-only one is left as it is."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for path in paths:
+        try:
+            st = path.stat()
+            if st.st_mode & 0o077 and uid in (None, st.st_uid):
+                path.chmod(mode)
+        except OSError:
+            continue
 
 
 @dataclass

@@ -76,8 +76,7 @@ def connect() -> sqlite3.Connection:
     elif Path(path).exists() and not os.access(path, os.W_OK):
         return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(path, timeout=30)
+        con = workspace.private_sqlite(Path(path))  # key hashes: owner-only, as in the workspace
     con.executescript(SCHEMA)
     return con
 

@@ -40,3 +40,31 @@ def test_kubernetes_manifests():
     assert cfg.host == "0.0.0.0" and not cfg.auth.open_on_loopback and cfg.audit.log_json
     listed = set(docs["Kustomization"]["resources"])
     assert listed == {f.name for f in (ROOT / "deploy" / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def _k8s() -> dict:
+    return {
+        doc["kind"]: doc
+        for f in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(f.read_text())
+    }
+
+
+def test_kubernetes_network_policy_admits_only_the_serve_port_and_dns():
+    docs = _k8s()
+    policy, deployment = docs["NetworkPolicy"]["spec"], docs["Deployment"]
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}  # both default-deny for these pods
+    port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert port == yaml.safe_load(docs["ConfigMap"]["data"]["serve.yaml"])["port"]
+    assert [p for rule in policy["ingress"] for p in rule["ports"]] == [{"protocol": "TCP", "port": port}]
+    assert all(rule.get("from") for rule in policy["ingress"])  # never from anywhere
+    egress = [p for rule in policy["egress"] for p in rule["ports"]]
+    assert {p["port"] for p in egress} == {53} and all(rule.get("to") for rule in policy["egress"])
+
+
+def test_kubernetes_image_is_pinned_by_digest():
+    import re
+
+    (container,) = _k8s()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert re.fullmatch(r"[a-z0-9./:_-]+@sha256:[0-9a-f]{64}", container["image"]), container["image"]
