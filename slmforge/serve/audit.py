@@ -33,6 +33,7 @@ every hour.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -46,6 +47,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from slmforge import workspace
+
+try:  # POSIX: the spill file is shared by every server process on the workspace
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per workspace
+    fcntl = None
 
 _log = logging.getLogger("slmforge.audit")
 
@@ -262,15 +268,20 @@ class AuditLog:
 
     def write(self, record: AuditRecord) -> None:
         """Queue a record; never waits (a full queue or a dead writer: the record is spilled directly)."""
-        ended: list[AuditRecord] = []
-        if self._sampler is not None:
-            record, ended = self._sampler.admit(record)
-            if record is None:
-                self._count("aggregated", 1)
-        for r in ended:
-            self._enqueue(r)
-        if record is not None:
-            self._enqueue(record)
+        try:
+            ended: list[AuditRecord] = []
+            kept: AuditRecord | None = record
+            if self._sampler is not None:
+                kept, ended = self._sampler.admit(record)
+                if kept is None:
+                    self._count("aggregated", 1)
+            for r in ended:
+                self._enqueue(r)
+            if kept is not None:
+                self._enqueue(kept)
+        except Exception as e:  # the request's answer must never fail on its audit record
+            self._error(e, "queueing an audit record")
+            self._spill([record], lock_timeout=0.05)
 
     @property
     def pending(self) -> int:
@@ -334,6 +345,8 @@ class AuditLog:
                 self._cv.notify_all()
                 return
         # full queue, stopped or dead writer: to the spill file, waiting at most 50 ms for the file's lock
+        if self.log_json:
+            _log.info(json.dumps(asdict(record), default=str))
         self._spill([record], lock_timeout=0.05)
 
     def _spill_queue(self) -> None:
@@ -375,39 +388,67 @@ class AuditLog:
         except Exception as e:  # cannot happen with default=str, but a record must never kill the caller
             self._error(e, "encoding records for the spill file")
             return self._drop(records)
-        if not self._spill_lock.acquire(timeout=lock_timeout):
-            self._error(TimeoutError("the spill file is busy"), "spilling a record from a full queue")
-            return self._drop(records)
         try:
-            fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                size = os.fstat(fd).st_size
-                # a crash mid-append can leave a partial last line: never glue a record onto it
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    data = b"\n" + data
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                except OSError:
-                    try:  # a half-written batch would be replayed in part yet counted as dropped
-                        os.ftruncate(fd, size)
-                    except OSError:
-                        pass
-                    raise
-            finally:
-                os.close(fd)
-            if not size:
-                _fsync_dir(self.spill_path.parent)
+            with self._locked(lock_timeout):
+                self._append(data)
         except Exception as e:
             self._error(e, f"spilling to {self.spill_path}")
             return self._drop(records)
-        finally:
-            self._spill_lock.release()
         self._count("spilled", len(records))
         self._count("spilled_total", len(records))
         return True
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = -1):
+        """The spill files to this thread alone: a thread lock, then an flock shared with other processes
+        (a process appending while another renames the file for a replay would lose its records)."""
+        if not self._spill_lock.acquire(timeout=timeout):
+            raise TimeoutError("the spill file is busy")
+        try:
+            if fcntl is None:
+                yield
+                return
+            fd = os.open(
+                self.spill_path.with_name(self.spill_path.stem + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+            try:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if timeout >= 0 else 0))
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError("the spill file is busy") from None
+                        time.sleep(0.002)
+                yield  # closing the descriptor releases the flock
+            finally:
+                os.close(fd)
+        finally:
+            self._spill_lock.release()
+
+    def _append(self, data: bytes) -> None:
+        fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            # a crash mid-append can leave a partial last line: never glue a record onto it
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                try:  # a half-written batch would be replayed in part yet counted as dropped
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+        if not size:
+            _fsync_dir(self.spill_path.parent)
 
     def _drop(self, records: list[AuditRecord]) -> bool:
         self._count("dropped", len(records))
@@ -421,42 +462,57 @@ class AuditLog:
 
     def _replay(self) -> None:
         """Move the live spill file aside and replay every spill file into the database (raises on failure)."""
-        with self._spill_lock:
-            if self.spill_path.exists():
-                os.replace(self.spill_path, self.spill_path.with_name(f"{self.spill_path.stem}-{time.time_ns()}.replaying"))  # fmt: skip
-                _fsync_dir(self.spill_path.parent)
-        for path in self._replay_files():
-            self._replay_file(path)
+        try:
+            with self._locked():
+                if self.spill_path.exists():
+                    aside = self.spill_path.with_name(f"{self.spill_path.stem}-{time.time_ns()}.replaying")
+                    os.replace(self.spill_path, aside)
+                    _fsync_dir(self.spill_path.parent)
+            for path in self._replay_files():
+                self._replay_file(path)
+        finally:
+            with self._locked():
+                n = self._count_spilled()
+            with self._stats:
+                self.spilled = n
 
     def _replay_file(self, path: Path) -> None:
         records, bad = [], 0
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    records.append(_record(json.loads(line)))
-                except (ValueError, TypeError):  # a line torn by a crash mid-append
-                    bad += 1
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(_record(json.loads(line)))
+                    except (ValueError, TypeError):  # a line torn by a crash mid-append
+                        bad += 1
+        except FileNotFoundError:  # another server process on this workspace replayed it
+            return
         con = self._conn()
         inserted = 0
         # the records and the file's marker in one transaction: replayed once, whatever happens next
-        with con:
+        con.execute("BEGIN IMMEDIATE")
+        try:
             if con.execute("SELECT 1 FROM audit_replayed WHERE file = ?", (path.name,)).fetchone() is None:
                 con.executemany(INSERT, [_row(r) for r in records])
                 con.execute(
                     "INSERT INTO audit_replayed VALUES (?, ?, ?)", (path.name, time.time(), len(records))
                 )
                 inserted = len(records)
-        os.unlink(path)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         _fsync_dir(path.parent)
         with con:
             con.execute("DELETE FROM audit_replayed WHERE file = ?", (path.name,))
-        self._count("spilled", -len(records))
         self._count("replayed_total", inserted)
         with self._stats:
             self.written += inserted
-        if bad:
+        if bad and inserted:
             self._count("dropped", bad)
             _log.warning("audit: %d unreadable line(s) in %s skipped", bad, path.name)
         if inserted:
@@ -543,7 +599,7 @@ class AuditLog:
         if self._insert(batch):
             with self._stats:
                 self.written += len(batch)
-            if self.spilled or self._replay_files():
+            if self.spilled:
                 self._try_replay()
         else:
             self._spill(batch)
@@ -603,7 +659,7 @@ class AuditLog:
             self._probe()
         if not self._db_ok:
             return
-        if (startup or now >= self._next_probe) and (self.spilled or self._replay_files()):
+        if (startup and self._replay_files()) or (self.spilled and now >= self._next_probe):
             self._try_replay()
         if self._db_ok and self.retention_days and now >= self._next_retention:
             self._next_retention = now + self._retention_every_s
