@@ -14,13 +14,17 @@ database is failing, batches go straight to the spill file and the writer probes
 `audit-spill-<ns>.replaying` (new spills start a fresh file), inserts all its records and a marker row
 naming the file in one transaction, then removes the file and the marker: a crash after the commit
 leaves the file and its marker, and the next replay only removes it, so each record lands exactly once.
-Spill files left by an earlier process are replayed when the writer starts. A record is counted as
+Spill files left by an earlier process are replayed when the writer starts. Appends and the rename
+hold an flock on `audit-spill.lock`, so server processes sharing a workspace never lose each other's
+records (an append racing a rename would land in a file already read). A record is counted as
 dropped (`dropped`, `slm_audit_dropped_total`, a warning in the log) only when neither the database nor
 the spill file took it, or when the queue is full and the spill file is busy for more than 50 ms.
 Nothing the writer does can end its thread: an unexpected exception spills the batch and is logged.
 `flush(timeout)` returns within its timeout (False if records are still pending), even when the writer is
-stuck, and `health()` says whether the last database write worked, how many records are pending, spilled,
-dropped, and the last error.
+stuck, and `health()` says whether the last database write worked (`ok`: also the writer is alive and
+its queue not full), how many records are queued (`pending`), in spill files waiting for a replay
+(`spilled`), lost (`dropped`), and the last error seen (kept after a recovery, with its time). When
+the queue is full each further record costs the caller one fsync'd append until the writer catches up.
 
 Unauthenticated refusals (no key, status 401 or 429) are sampled: per client address, the first
 `unauthenticated_per_minute` of each clock minute are stored in full; the rest are folded into one
@@ -29,6 +33,9 @@ for (every other record has count 1), so SUM(count) is still the number of reque
 
 Retention: with `retention_days` above 0, the writer deletes records older than that at start and
 every hour.
+
+Metrics (with the server's `Metrics`): slm_audit_dropped_total, slm_audit_spilled_total,
+slm_audit_replayed_total, slm_audit_aggregated_total, slm_audit_pending, slm_audit_healthy.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ def rec(i: int, **kw) -> audit.AuditRecord:
 def full_db() -> sqlite3.Connection:
     """A real connection that cannot grow the file: every insert fails with 'database or disk is full'."""
     con = audit.connect()
+    con.execute("VACUUM")  # no free pages left to reuse
     pages = con.execute("PRAGMA page_count").fetchone()[0]
     con.execute(f"PRAGMA max_page_count = {pages}")
     return con
@@ -295,6 +296,34 @@ def test_the_server_caps_the_records_of_keyless_requests(make_app):
     assert health["ok"] and health["dropped"] == 0
 
 
+def test_a_server_whose_audit_database_is_full_answers_and_loses_no_record(make_app, new_key):
+    from tests.serve.conftest import bearer
+
+    app = make_app()
+    secret = new_key("classify")
+    with TestClient(app) as c:
+        door = app.state.door
+        door.audit.close()
+        door.audit = audit.AuditLog(connect=full_db, backoff_s=0.001, probe_s=60)  # the disk is full
+        for i in range(30):
+            r = c.post(
+                "/v1/classify", json={"model": "intents", "input": f"card {i}"}, headers=bearer(secret)
+            )
+            assert r.status_code == 200
+        assert door.audit.flush(10)
+        health = door.audit.health()
+    assert not health["ok"] and health["spilled"] == 30 and health["dropped"] == 0
+    assert audit.count() == 0
+    restarted = audit.AuditLog()
+    assert restarted.flush(10)
+    restarted.close()
+    rows = audit.query(limit=None)
+    assert (
+        len(rows) == 30 and {r.status for r in rows} == {200} and {r.endpoint for r in rows} == {"classify"}
+    )
+    assert len({r.request_id for r in rows}) == 30
+
+
 def test_an_older_audit_table_gains_the_new_columns():
     con = workspace.connect()
     con.executescript("""CREATE TABLE audit (id INTEGER PRIMARY KEY, time REAL NOT NULL, request_id TEXT NOT NULL,
@@ -319,3 +348,16 @@ def test_bad_audit_settings_fail_in_one_line(audit_cfg):
         from_dict({"audit": audit_cfg, "models": []})
     cfg = from_dict({"audit": {"retention_days": 7, "unauthenticated_per_minute": 0}, "models": []})
     assert cfg.audit.retention_days == 7.0 and cfg.audit.unauthenticated_per_minute == 0
+
+
+def test_slm_audit_summary_counts_the_requests_a_summary_record_stands_for(slm_cli):
+    log = audit.AuditLog(unauthenticated_per_minute=2)
+    for i in range(10):
+        log.write(rec(i, time=T0 + i, status=401, key_name=None))
+    log.close()
+    assert audit.count() == 3
+    code, out, err = slm_cli("audit", "--summary", "--json")
+    assert code == 0, err
+    assert [(s["endpoint"], s["status"], s["requests"]) for s in map(json.loads, out.splitlines())] == [
+        ("classify", 401, 10)
+    ]
