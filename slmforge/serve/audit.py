@@ -606,7 +606,7 @@ class AuditLog:
         if self._insert(batch):
             with self._stats:
                 self.written += len(batch)
-            if self.spilled:
+            if self.spilled and time.monotonic() >= self._next_probe:  # a failed replay waits for a probe
                 self._try_replay()
         else:
             self._spill(batch)
