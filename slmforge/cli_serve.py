@@ -160,9 +160,12 @@ def _summary(records, as_json: bool) -> None:
     import numpy as np
 
     groups: dict[tuple[str, int], list[float]] = {}
+    counts: dict[tuple[str, int], int] = {}
     for r in records:
         groups.setdefault((r.endpoint, r.status), []).append(r.latency_ms)
-    rows = [{"endpoint": e, "status": s, "requests": len(v), "p50_ms": float(np.percentile(v, 50)),
+        # a summary record of sampled-out unauthenticated refusals stands for `count` requests
+        counts[r.endpoint, r.status] = counts.get((r.endpoint, r.status), 0) + r.count
+    rows = [{"endpoint": e, "status": s, "requests": counts[e, s], "p50_ms": float(np.percentile(v, 50)),
              "p99_ms": float(np.percentile(v, 99))} for (e, s), v in sorted(groups.items())]  # fmt: skip
     if as_json:
         for row in rows:

@@ -194,7 +194,10 @@ class Door:
         self.metrics = metrics
         self.limiter = RateLimiter(cfg.limits.rate_per_minute, cfg.limits.burst)
         self.admission = Admission(cfg.limits.queue_size)
-        self.audit = audit_mod.AuditLog(log_json=cfg.audit.log_json)
+        self.audit = audit_mod.AuditLog(
+            log_json=cfg.audit.log_json, retention_days=cfg.audit.retention_days,
+            unauthenticated_per_minute=cfg.audit.unauthenticated_per_minute, metrics=metrics,
+        )  # fmt: skip
         self.generation = concurrent.futures.ThreadPoolExecutor(
             cfg.limits.generation_workers, thread_name_prefix="slm-generate"
         )
@@ -225,7 +228,9 @@ class FrontDoor:
         if endpoint is None:  # health, readiness, OpenAPI docs, unknown paths (404)
             return await self._guarded_call(scope, receive, send)
         door, started = self.door, time.perf_counter()
-        rec = audit_mod.AuditRecord(time.time(), request_id(), endpoint)
+        rec = audit_mod.AuditRecord(
+            time.time(), request_id(), endpoint, client=(scope.get("client") or ("",))[0] or None
+        )
         state = {"status": 0, "done": False, "admitted": False}
 
         async def finish(status: int) -> None:

@@ -15,9 +15,16 @@ limits:
   timeout_s: 60                 # per request; 504 after
   queue_size: 64                # requests admitted (running + waiting); 503 above
   generation_workers: 2         # generations decoded at once; the rest wait in the queue
-audit:
+audit:                          # one record per request in the workspace DB (slmforge.serve.audit)
   store_prompts: false          # when true, prompts are stored PII-redacted
   log_json: false               # also log each record as one JSON line (slmforge.audit logger)
+  retention_days: 90            # records older are deleted at start and hourly; 0 keeps them forever
+  unauthenticated_per_minute: 60  # refusals without a key (401/429): this many per client address and
+                                # minute in full, the rest as one summary record (count) per minute
+  # When the DB refuses writes (full disk, locked, I/O), records are retried with backoff, then appended
+  # to audit-spill.jsonl next to the DB and replayed exactly once when it works again (or at the next
+  # start); /readyz answers 503 while the writer's DB writes fail; slm_audit_dropped_total counts the
+  # records neither the DB nor the spill file took.
 guard: null                     # a slmforge.guard config (block / redact / flag per route)
 pipelines: null                 # a pipelines YAML file (slmforge.pipeline)
 models:
@@ -65,6 +72,8 @@ class LimitsConfig:
 class AuditConfig:
     store_prompts: bool = False
     log_json: bool = False  # also log each record as a JSON line (for a cluster's log collector)
+    retention_days: float = 90.0  # 0: keep forever
+    unauthenticated_per_minute: int = 60  # full records of keyless refusals per client and minute
 
 
 @dataclass
@@ -193,6 +202,10 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             raise SlmError(f"{where}: limits.{name} must be at least 1 (got {getattr(lim, name)})")
     if lim.timeout_s <= 0:
         raise SlmError(f"{where}: limits.timeout_s must be above 0")
+    if cfg.audit.retention_days < 0 or cfg.audit.unauthenticated_per_minute < 0:
+        raise SlmError(
+            f"{where}: audit.retention_days and audit.unauthenticated_per_minute must be 0 or more"
+        )
     if not 0 < cfg.port < 65536:
         raise SlmError(f"{where}: port must be 1-65535 (got {cfg.port})")
     bad = [e for e in cfg.auth.open_on_loopback if e not in ENDPOINTS]

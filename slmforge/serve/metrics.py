@@ -30,6 +30,23 @@ class Metrics:
         self.batch_size = Histogram(
             "slm_batch_size", "Texts per micro-batch", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
         )  # fmt: skip
+        # the audit writer (slmforge.serve.audit): counters end in _total when rendered
+        self.audit_dropped = Counter(
+            "slm_audit_dropped", "Audit records lost: taken by neither the database nor the spill file", registry=r
+        )  # fmt: skip
+        self.audit_spilled = Counter(
+            "slm_audit_spilled", "Audit records written to the spill file (the database refused them)", registry=r
+        )  # fmt: skip
+        self.audit_replayed = Counter(
+            "slm_audit_replayed", "Spilled audit records replayed into the database", registry=r
+        )
+        self.audit_aggregated = Counter(
+            "slm_audit_aggregated", "Unauthenticated refusals folded into a per-minute summary record", registry=r
+        )  # fmt: skip
+        self.audit_pending = Gauge("slm_audit_pending", "Audit records queued, not yet written", registry=r)
+        self.audit_healthy = Gauge(
+            "slm_audit_healthy", "1 while the audit writer's database writes succeed", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
