@@ -20,8 +20,8 @@ positives stay low:
 - cards: 13-19 digits, ungrouped or grouped like a card (4-4-4-4[-3], Amex 4-6-5, Diners 4-6-4) by one
   kind of separator, a known issuer prefix and a valid Luhn checksum (`stdnum.luhn`);
 - IBANs: upper or lower case, grouped by spaces or dashes or not at all, validated by `stdnum.iban`
-  (registry length and BBAN structure per country, ISO 7064 mod-97, and the national check digits
-  for BE, ES, ME, NO);
+  (registry length and BBAN structure per country, ISO 7064 mod-97; not its country checks, which
+  also look the bank up in a bundled list that misses real Belgian banks);
 - emails: `local@domain.tld`, and the obfuscated `(at)`/`[at]`/`{at}`/`<at>` and `(dot)`/`[dot]`
   forms, or bare ` at ` / ` dot ` only when both appear (`john at example dot com`; "look at
   example.com" stays), with a known top-level domain for every obfuscated form.
@@ -114,9 +114,9 @@ def luhn_valid(digits: str) -> bool:
 
 
 def iban_valid(s: str) -> bool:
-    """Registry length and structure, national check digits where defined, and the ISO 7064 mod-97
-    check of an IBAN (spaces, dashes and lower case allowed)."""
-    return _stdnum_iban.is_valid(s)
+    """Registry length and BBAN structure, and the ISO 7064 mod-97 check of an IBAN (spaces, dashes
+    and lower case allowed)."""
+    return _stdnum_iban.is_valid(s, check_country=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,6 +149,19 @@ _TLDS = frozenset({
 })  # fmt: skip
 
 
+def _obfuscated_ok(m: re.Match) -> bool:
+    at, tld = m.group(2).strip().lower(), m.group(5).lower()
+    plain_dots = all(d == "." for d in re.findall(_DOT, m.group(3) + m.group(4), re.IGNORECASE))
+    if m.group(2) == "@" and plain_dots:
+        return False  # a plain e-mail: the strict pass decides
+    if tld not in _TLDS:
+        return False
+    if at == "at" and plain_dots:
+        return False  # "look at example.com": the bare word alone is too common
+    # "x @ self.weight": a spaced "@" needs a known TLD (above) and a local part starting with a letter
+    return not (at == "@" and plain_dots and not m.group(1)[0].isalpha())
+
+
 def _emails(text: str) -> list[tuple[int, int]]:
     spans = []
     if "@" in text:
@@ -160,22 +173,14 @@ def _emails(text: str) -> list[tuple[int, int]]:
                 i += 1
             if i < at and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "._%+-")):
                 spans.append((i, m.end()))
-    if _OBFUSCATION_WORD.search(text):
-        for m in _OBFUSCATED_EMAIL.finditer(text):
-            if any(s <= m.start() < e for s, e in spans):
-                continue
-            at, tld = m.group(2).strip().lower(), m.group(5).lower()
-            dots = re.findall(_DOT, m.group(3) + m.group(4), re.IGNORECASE)
-            plain_dots = all(d == "." for d in dots)
-            if at == "@" and plain_dots and m.group(2) == "@":
-                continue  # a plain e-mail; the strict pass above decides
-            if tld not in _TLDS:
-                continue
-            if at == "at" and plain_dots:
-                continue  # "look at example.com": the bare word alone is too common
-            if at == "@" and plain_dots and not m.group(1)[0].isalpha():
-                continue  # "x @ self.weight": a spaced "@" needs a known TLD (above) and a letter local part
+    pos = 0
+    while _OBFUSCATION_WORD.search(text, pos) and (m := _OBFUSCATED_EMAIL.search(text, pos)):
+        # A rejected match ("officer at jan(at)example.com" read as local part "officer") may hide
+        # one that starts at a later word, so the search resumes just after its start.
+        pos = m.start() + 1
+        if _obfuscated_ok(m) and not any(s < m.end() and m.start() < e for s, e in spans):
             spans.append(m.span())
+            pos = m.end()
     return spans
 
 
@@ -323,7 +328,27 @@ _CURRENCY = re.compile(
     r"[$€£¥₹₽₩₺]|\b(?:eur|usd|gbp|chf|pln|zł|zl|inr|rs|jpy|sek|nok|dkk|czk|huf|euro?s?|dollars?|pounds?)\b",
     re.IGNORECASE,
 )
-_NANP_GROUPS = ((3, 3, 4), (1, 3, 3, 4))
+# Numbers without a trunk prefix must be grouped the way their region writes them ("612 345 678",
+# "12 345 67 89", "98765 43210", "(415) 555-2671"); other groupings are part numbers and lists.
+_NO_TRUNK_GROUPS = {
+    1: {(3, 3, 4), (1, 3, 3, 4)},
+    34: {(3, 3, 3), (3, 2, 2, 2), (2, 3, 2, 2)},
+    48: {(3, 3, 3), (2, 3, 2, 2), (2, 3, 4)},
+    39: {(3, 3, 4), (3, 7), (3, 4, 3)},
+    91: {(5, 5), (3, 3, 4), (4, 3, 3)},
+}
+# The words just before an order number, a tracking code, a lot or part number (and no phone word).
+_ID_CONTEXT = re.compile(
+    r"(?:\b(?:order|invoice|inv|ref|reference|tracking|track|serial|lot|sku|ean|isbn|issn|case|ticket|"
+    r"commande|bestellnummer|bestellung|auftrag|rechnung|pedido|factura|zamówienie|ordine|part|model|id)"
+    r"(?:\s+(?:no|nr|number|n°|#|id))?\.?|#|n°|nº)[\s:.#]*$",
+    re.IGNORECASE,
+)
+_PHONE_CONTEXT = re.compile(
+    r"\b(?:tel|phone|call|mobile|cell|fax|whatsapp|ruf|handy|appel|portable|llam|móvil|movil|chiam|cellulare|bel|"
+    r"telefon|numer|numéro|número|numero)",
+    re.IGNORECASE,
+)
 # Where the trunk prefix may be left out of a national number, and the digits such a number starts
 # with (NANP area codes, Indian mobiles); elsewhere a region with a trunk prefix ("0" in DE, FR, GB,
 # NL) only counts numbers written with it.
@@ -338,7 +363,7 @@ def _region_info(region: str) -> tuple[int, str] | None:
     return phonenumbers.country_code_for_region(region), meta.national_prefix or ""
 
 
-def _valid_national(digits: str, groups: list[str], has_paren: bool, regions: tuple[str, ...]) -> bool:
+def _valid_national(digits: str, groups: list[str], regions: tuple[str, ...]) -> bool:
     for region in regions:
         info = _region_info(region)
         if info is None:
@@ -350,8 +375,9 @@ def _valid_national(digits: str, groups: list[str], has_paren: bool, regions: tu
             nsn = digits
         else:
             continue
-        if cc == 1 and not has_paren and tuple(map(len, groups)) not in _NANP_GROUPS:
-            continue  # NANP numbers are written 3-3-4
+        shape = tuple(map(len, groups))
+        if nsn == digits and nsn[0] != "0" and shape not in _NO_TRUNK_GROUPS.get(cc, (shape,)):
+            continue
         if not nsn or (nsn[0] == "0" and region != "IT"):
             continue
         num = phonenumbers.PhoneNumber(country_code=cc, national_number=int(nsn))
@@ -382,15 +408,19 @@ def _valid_phone(cand: str, before: str, after: str, regions: tuple[str, ...]) -
     groups = re.findall(r"[0-9]+", cand)
     if len(groups) < 2:
         return False  # a bare digit run is an id, a count or a time stamp far more often than a phone
-    if _DATE_START.match(cand) or _IP.fullmatch(cand) or _ZIP4.fullmatch(cand):
+    if _DATE_START.match(cand) or _ZIP4.fullmatch(cand) or cand.count("/") > 1:
         return False
-    if _THOUSANDS.fullmatch(cand):
-        sep = _THOUSANDS.fullmatch(cand).group(1)
-        if sep in ".," or _CURRENCY.search(before[-6:]) or _CURRENCY.search(after[:8]):
-            return False
+    if _IP.fullmatch(cand) and all(int(g) <= 255 for g in groups):
+        return False
+    if _THOUSANDS.fullmatch(cand) and (_CURRENCY.search(before[-6:]) or _CURRENCY.search(after[:8])):
+        return False
+    if _ID_CONTEXT.search(before) and not _PHONE_CONTEXT.search(before):
+        return False
+    if digits[0] == "0" and len(groups[-1]) < 3 and any(len(g) != 2 for g in groups[1:]):
+        return False  # "0860 0340 25": a trailing pair only in the all-pairs style ("06 12 34 56 78")
     if any(len(g) == 1 for g in groups[1:]):
         return False  # version strings, lists of numbers
-    return _valid_national(digits, groups, "(" in cand, regions)
+    return _valid_national(digits, groups, regions)
 
 
 def _phones(text: str, regions: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -400,14 +430,14 @@ def _phones(text: str, regions: tuple[str, ...]) -> list[tuple[int, int]]:
         if end - start < 7 or _glued_before(text, start) or _glued_after(text, end):
             continue
         cand = m.group()
-        if _valid_phone(cand, text[max(0, start - 8) : start], text[end : end + 10], regions):
+        if _valid_phone(cand, text[max(0, start - 24) : start], text[end : end + 10], regions):
             spans.append((start, end))
         elif "/" in cand:
             # "030 1234 5678 / 0151 2345678": two numbers joined by a slash.
             pos = start
             for piece in re.split(r"( ?/ ?)", cand):
                 after = text[pos + len(piece) : pos + len(piece) + 10]
-                if "/" not in piece and _valid_phone(piece, text[max(0, pos - 8) : pos], after, regions):
+                if "/" not in piece and _valid_phone(piece, text[max(0, pos - 24) : pos], after, regions):
                     spans.append((pos, pos + len(piece)))
                 pos += len(piece)
     return spans
