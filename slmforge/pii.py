@@ -122,14 +122,16 @@ def iban_valid(s: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # Emails.
 
-_EMAIL_DOMAIN = re.compile(r"@((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24})(?![\w-])")
+# Repetitions are bounded (64-character local parts, 10 labels) so that no input makes a search quadratic.
+_EMAIL_DOMAIN = re.compile(r"@((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,10}[^\W\d_]{2,24})(?![\w-])")
 _EMAIL_LOCAL_CHARS = re.compile(r"[\w.%+-]")
 
 _AT = r"(?:\s*(?:\((?:at|@)\)|\[(?:at|@)\]|\{(?:at|@)\}|<(?:at|@)>)\s*|\s+@\s+|\s+at\s+|@)"
 _DOT = r"(?:\s*(?:\(dot\)|\[dot\]|\{dot\}|<dot>)\s*|\s+dot\s+|\.)"
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 _OBFUSCATED_EMAIL = re.compile(
-    rf"(?<![\w.%+-])([\w%+-]+(?:{_DOT}[\w%+-]+)*)({_AT})({_LABEL}(?:{_DOT}{_LABEL})*)({_DOT})([^\W\d_]{{2,24}})(?![\w-])",
+    rf"(?<![\w.%+-])([\w%+-]{{1,64}}(?:{_DOT}[\w%+-]{{1,64}}){{0,8}})({_AT})"
+    rf"({_LABEL}(?:{_DOT}{_LABEL}){{0,8}})({_DOT})([^\W\d_]{{2,24}})(?![\w-])",
     re.IGNORECASE,
 )
 _OBFUSCATION_WORD = re.compile(r"\b(?:at|dot)\b|@", re.IGNORECASE)
@@ -149,6 +151,12 @@ _TLDS = frozenset({
 })  # fmt: skip
 
 
+_NOT_A_DOMAIN = frozenset({
+    "a", "an", "the", "my", "your", "our", "his", "her", "their", "its", "this", "that", "home", "work",
+    "night", "noon", "least", "last", "first", "once", "all",
+})  # fmt: skip
+
+
 def _obfuscated_ok(m: re.Match) -> bool:
     at, tld = m.group(2).strip().lower(), m.group(5).lower()
     plain_dots = all(d == "." for d in re.findall(_DOT, m.group(3) + m.group(4), re.IGNORECASE))
@@ -158,6 +166,11 @@ def _obfuscated_ok(m: re.Match) -> bool:
         return False
     if at == "at" and plain_dots:
         return False  # "look at example.com": the bare word alone is too common
+    if at == "at" or "dot" in m.group(4).lower():
+        # Bare words in running text: "worked at a dot com", "the dog at 5 dot com" are no addresses.
+        labels = re.split(_DOT, m.group(3), flags=re.IGNORECASE)
+        if any(lab.isdigit() or lab.lower() in _NOT_A_DOMAIN for lab in labels):
+            return False
     # "x @ self.weight": a spaced "@" needs a known TLD (above) and a local part starting with a letter
     return not (at == "@" and plain_dots and not m.group(1)[0].isalpha())
 
@@ -304,7 +317,7 @@ def _cards(text: str) -> list[tuple[int, int]]:
         groups = _CARD_SEP.split(run)
         # A card followed by more digits ("4111 1111 1111 1111 05/27"): try card-shaped prefixes, but not
         # inside a longer run grouped the same way (an id, not a card).
-        for k in range(len(groups), 0, -1):
+        for k in range(min(len(groups), 5), 0, -1):  # a card has at most 5 groups
             head = groups[:k]
             if k > 1 and tuple(map(len, head)) not in _CARD_GROUPINGS:
                 continue
@@ -399,21 +412,38 @@ def _valid_national(digits: str, groups: list[str], regions: tuple[str, ...]) ->
     return False
 
 
+def _valid_international(digits: str) -> bool:
+    """Country code + national number, without a "+" (country codes are prefix-free, so at most one
+    of the first 1-3 digits is one). Built directly rather than by `phonenumbers.parse`, which costs
+    three times as much and would only find the same split."""
+    for n in (1, 2, 3):
+        cc = int(digits[:n])
+        if cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            nsn = digits[n:]
+            break
+    else:
+        return False
+    # A leading 0 is part of the number in Italy; elsewhere it is a trunk prefix kept by mistake
+    # ("+49 030 …"), so both readings are tried.
+    for national in (nsn, nsn[1:]) if nsn.startswith("0") else (nsn,):
+        if not national:
+            continue
+        num = phonenumbers.PhoneNumber(country_code=cc, national_number=int(national))
+        if national[0] == "0":
+            num.italian_leading_zero = True
+        if phonenumbers.is_valid_number(num):
+            return True
+    return False
+
+
 def _valid_phone(cand: str, before: str, after: str, regions: tuple[str, ...]) -> bool:
     digits = "".join(c for c in cand if c.isdigit())
     if not 7 <= len(digits) <= 17:
         return False
     stripped = cand.lstrip("(")
     if stripped.startswith("+") or stripped.startswith("00"):
-        s = _TRUNK_ZERO.sub("", cand[cand.index("(") + 1 :] if cand.startswith("(") else cand)
-        s = s.replace("(", " ").replace(")", " ")
-        if s.startswith("00"):
-            s = "+" + s[2:]
-        try:
-            num = phonenumbers.parse(s, None)
-        except phonenumbers.NumberParseException:
-            return False
-        return phonenumbers.is_valid_number(num)
+        intl = re.sub(r"[^0-9]", "", _TRUNK_ZERO.sub("", cand))
+        return _valid_international(intl[2:] if stripped.startswith("00") else intl)
     if cand.count("(") != cand.count(")"):
         return False
     groups = re.findall(r"[0-9]+", cand)

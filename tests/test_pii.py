@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -282,11 +283,36 @@ def test_phone_words_override_id_context():
         "Scores 43 85 62 56 91; sizes 326 200 703 733; ZIP 90210-1234; Unix time 1701684000",
         "Have a look at example.com; y = x @ self.weight.T; @functools.lru_cache; Thanks @anna!",
         "git clone git@github.com:org/repo.git",
+        "He worked at a dot com startup; the dog at 5 dot com; meet at the dot com party",
         "SHA-256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     ],
 )
 def test_hard_negatives(text):
     assert find_pii(text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 " * 50_000,  # one long digit run: cards used to try every prefix of it (quadratic)
+        "12-" * 33_000,
+        "x(at)" + "a(dot)" * 20_000 + "c",  # obfuscated domain labels: each start used to rescan the rest
+        "a at b dot " * 10_000,
+        "DE12 " + "AAAA " * 20_000,
+        "+49 (0)" * 15_000,
+        "１\u00a0" * 50_000,
+    ],
+)
+def test_long_adversarial_inputs_take_linear_time(text):
+    started = time.perf_counter()
+    find_pii(text)
+    # Linear: ~0.1 s here on a shared 2-core machine; the quadratic versions took 30-120 s.
+    assert time.perf_counter() - started < 3.0
+
+
+def test_trunk_zero_kept_after_the_country_code():
+    assert redact("+49 030 1234 5678")[0] == "[PHONE]"
+    assert redact("+39 06 6988 3712")[0] == "[PHONE]"  # the Italian 0 belongs to the number
 
 
 def test_normalise_maps_every_character_back():
