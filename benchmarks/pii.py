@@ -21,6 +21,7 @@ before this rewrite: regular expressions with Luhn and mod-97, no normalisation,
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import platform
@@ -36,6 +37,7 @@ from slmforge import pii  # noqa: E402
 from slmforge.pii import PiiSpan  # noqa: E402
 
 HERE = Path(__file__).parent
+INJECTION = HERE / "data" / "injection" / "heldout.csv"
 SETS = {
     "generated": HERE / "data" / "pii" / "pii.jsonl",
     "handwritten": HERE / "data" / "pii" / "handwritten.jsonl",
@@ -309,29 +311,30 @@ def joined(rows: list[dict], width: int = 200) -> list[str]:
 
 
 def timing(texts: dict[str, list[str]], reps: int) -> dict:
+    """Per text the fastest of `reps` calls (what the code costs, not what the shared machine's
+    scheduler added), then p50 / p95 over the texts; texts/s from the total of those minima."""
     res: dict = {}
     for _, red in IMPLS.values():  # warm-up (phonenumbers loads its metadata lazily)
         for t in texts["set"][:50]:
             red(t)
-    samples = {(impl, k): [] for impl in IMPLS for k in texts}
-    totals = {(impl, k): 0.0 for impl in IMPLS for k in texts}
+    best = {(impl, k): [float("inf")] * len(ts) for impl in IMPLS for k, ts in texts.items()}
     for _ in range(reps):
         for k, ts in texts.items():
             for impl, (_, red) in IMPLS.items():
-                t_all = time.perf_counter()
-                for t in ts:
+                xs = best[(impl, k)]
+                for i, t in enumerate(ts):
                     t0 = time.perf_counter()
                     red(t)
-                    samples[(impl, k)].append(time.perf_counter() - t0)
-                totals[(impl, k)] += time.perf_counter() - t_all
-    for (impl, k), xs in samples.items():
-        xs.sort()
+                    xs[i] = min(xs[i], time.perf_counter() - t0)
+    for (impl, k), xs in best.items():
+        xs = sorted(xs)
         res.setdefault(impl, {})[k] = {
             "p50_us": 1e6 * statistics.median(xs),
             "p95_us": 1e6 * xs[int(0.95 * (len(xs) - 1))],
-            "texts_per_s": len(texts[k]) * reps / totals[(impl, k)],
-            "n_texts": len(texts[k]),
-            "mean_chars": sum(map(len, texts[k])) / len(texts[k]),
+            "max_us": 1e6 * xs[-1],
+            "texts_per_s": len(xs) / sum(xs),
+            "n_texts": len(xs),
+            "mean_chars": sum(map(len, texts[k])) / len(xs),
         }
     return res
 
@@ -344,6 +347,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5, help="timing repetitions over every text (default 5)")
     ap.add_argument("--json", help="also write every figure (and each miss / false positive) here")
+    ap.add_argument(
+        "--extra-benign",
+        action="append",
+        default=[],
+        help="CSV with a 'text' column of real benign texts (e.g. /work/shared/data/banking77/train.csv); "
+        "every row counts as a negative. Repeatable.",
+    )
     args = ap.parse_args()
     if args.reps < 1:
         ap.error("--reps must be at least 1")
@@ -392,19 +402,38 @@ def main() -> None:
             for m in ev[impl]["false_positives"]:
                 print(f"  false positive ({impl}): {m}")
 
+    benign = [r["text"] for r in csv.DictReader(INJECTION.open(encoding="utf-8")) if r["label"] == "benign"]
+    extra = [r["text"] for path in args.extra_benign for r in csv.DictReader(open(path, encoding="utf-8"))]
+    report["benign"] = {}
+    print("\n### real benign requests (every finding is a false positive)\n")
+    print("| texts | n | fired (new) | fired (baseline) |")
+    print("|---|---:|---:|---:|")
+    for label, ts in (("guard held-out benign (benchmarks/data/injection)", benign),
+                      ("--extra-benign " + " ".join(args.extra_benign), extra)):  # fmt: skip
+        if not ts:
+            continue
+        fired = {impl: [t for t in ts if find(t)] for impl, (find, _) in IMPLS.items()}
+        report["benign"][label] = {"n": len(ts), **{impl: len(v) for impl, v in fired.items()}}
+        print(f"| {label} | {len(ts):,} | {len(fired['new'])} | {len(fired['baseline'])} |")
+        for t in fired["new"]:
+            print(f"  false positive (new): {t!r}")
+
     all_rows = sets["generated"] + sets["handwritten"]
     texts = {
         "set": [r["text"] for r in all_rows],
         "200 chars": joined(all_rows[::7] + all_rows[3::7]),
-        "200 chars, no PII": joined([r for r in all_rows if r["label"] == "none"]),
+        "200 chars, hard negatives only": joined([r for r in all_rows if r["label"] == "none"]),
+        "200 chars, benign requests": joined([{"text": t} for t in benign + extra[:2000]]),
     }
     report["timing"] = timing(texts, args.reps)
-    print(f"\n### speed: redact() one text at a time, {args.reps} reps\n")
-    print("| texts | n | mean chars | new p50 | new p95 | new texts/s | baseline p50 | baseline texts/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n### speed: redact() one text at a time, fastest of {args.reps} per text\n")
+    print(
+        "| texts | n | mean chars | new p50 | new p95 | new max | new texts/s | baseline p50 | baseline texts/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in texts:
         n, b = report["timing"]["new"][k], report["timing"]["baseline"][k]
-        print(f"| {k} | {n['n_texts']} | {n['mean_chars']:.0f} | {n['p50_us']:.0f} µs | {n['p95_us']:.0f} µs "
+        print(f"| {k} | {n['n_texts']} | {n['mean_chars']:.0f} | {n['p50_us']:.0f} µs | {n['p95_us']:.0f} µs | {n['max_us']:.0f} µs "
               f"| {n['texts_per_s']:,.0f} | {b['p50_us']:.0f} µs | {b['texts_per_s']:,.0f} |")  # fmt: skip
     print(f"\n{report['date']}, Python {report['python']}")
     if args.json:

@@ -15,7 +15,9 @@ positives stay low:
   International forms (`+49 …`, `(+49) …`, `0049 …`, `+49 (0)30 …`) may be grouped or not; national
   forms are tried for the regions in `DEFAULT_REGIONS` and must be grouped (a bare digit run is an id
   far more often than a phone), start with the region's trunk prefix where it has one (`0` in DE, FR,
-  GB, NL; optional only in NANP and India), and not have the shape of a date, a time stamp, an IP
+  GB, NL; optional only in NANP and India), be grouped the way the country writes them when there is
+  no trunk prefix (`612 345 678`, `(415) 555-2671`), not follow an id word (`Order no.`, `tracking`,
+  `Lot`, `n°`) unless a phone word comes too, and not have the shape of a date, a time stamp, an IP
   address, a ZIP+4 code, a version string or a thousands-grouped amount next to a currency;
 - cards: 13-19 digits, ungrouped or grouped like a card (4-4-4-4[-3], Amex 4-6-5, Diners 4-6-4) by one
   kind of separator, a known issuer prefix and a valid Luhn checksum (`stdnum.luhn`);
@@ -24,7 +26,10 @@ positives stay low:
   also look the bank up in a bundled list that misses real Belgian banks);
 - emails: `local@domain.tld`, and the obfuscated `(at)`/`[at]`/`{at}`/`<at>` and `(dot)`/`[dot]`
   forms, or bare ` at ` / ` dot ` only when both appear (`john at example dot com`; "look at
-  example.com" stays), with a known top-level domain for every obfuscated form.
+  example.com" and "worked at a dot com" stay), with a known top-level domain for every obfuscated
+  form; `git@github.com:org/repo` is a host path, not an address.
+
+Every repetition in the patterns is bounded or linear, so the time stays linear in the text's length.
 
 Overlaps resolve by priority: email, IBAN, card, phone.
 """
