@@ -74,6 +74,12 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 _DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d")
 
 
+# What `_norm_char` changes besides NFKC: digits and dashes; spaces and format characters (Cf) are
+# the non-printable ones. A printable, NFKC-stable run without these is copied as it is.
+_DIGIT_OR_DASH = re.compile("[\\d\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
+
+
+@functools.lru_cache(maxsize=4096)
 def _norm_char(c: str) -> str:
     if c in _DASHES:
         return "-"
@@ -97,12 +103,18 @@ def normalise(text: str) -> tuple[str, list[int] | None]:
     src: list[int] = []
     pos = 0
     for m in _NON_ASCII.finditer(text):
+        run = m.group()
+        if run.isprintable() and unicodedata.is_normalized("NFKC", run) and not _DIGIT_OR_DASH.search(run):
+            continue  # copied with the ASCII around it
         parts.append(text[pos : m.start()])
         src.extend(range(pos, m.start()))
-        for i in range(m.start(), m.end()):
-            n = _norm_char(text[i])
+        for i, c in enumerate(run, m.start()):
+            n = _norm_char(c)
             parts.append(n)
-            src.extend([i] * len(n))
+            if len(n) == 1:
+                src.append(i)
+            elif n:
+                src.extend([i] * len(n))
         pos = m.end()
     parts.append(text[pos:])
     src.extend(range(pos, len(text)))

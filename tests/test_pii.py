@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,28 @@ def test_normalise_maps_every_character_back():
     assert norm == "a bc+1"
     assert [text[i] for i in src] == ["a", "\u00a0", "b", "c", "＋", "１"]
     assert normalise("plain ascii") == ("plain ascii", None)
+
+
+def _reference_char(c):
+    if c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d":
+        return "-"
+    cat = unicodedata.category(c)
+    if cat in ("Zs", "Zl", "Zp"):
+        return " "
+    if cat == "Cf":
+        return ""
+    d = unicodedata.decimal(c, None)
+    return str(d) if d is not None else unicodedata.normalize("NFKC", c)
+
+
+def test_normalise_fast_path_agrees_with_the_per_character_rules():
+    # Every BMP character (and the tag block), in runs of 7 between ASCII letters: a copied run must
+    # be exactly what the character-by-character rules give.
+    cps = [cp for cp in range(0x80, 0x10000) if not 0xD800 <= cp <= 0xDFFF] + list(range(0xE0000, 0xE0080))
+    for k in range(0, len(cps), 7):
+        text = "a" + "".join(map(chr, cps[k : k + 7])) + "b"
+        want = "".join(c if c.isascii() else _reference_char(c) for c in text)
+        assert normalise(text)[0] == want, [hex(cp) for cp in cps[k : k + 7]]
 
 
 def test_zero_width_characters_inside_a_number_are_redacted_with_it():
