@@ -47,7 +47,16 @@ def serve(
     console.print(
         f"serving on http://{cfg.host}:{cfg.port} (OpenAPI: /docs; keys: `slm keys create`)", highlight=False
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, **uvicorn_options(cfg), log_level=log_level, timeout_graceful_shutdown=10)
+
+
+def uvicorn_options(cfg) -> dict:
+    """How uvicorn listens for `cfg`. Its defaults believe X-Forwarded-For from 127.0.0.1, so any local
+    client (or a sidecar) could pick its own address and rotate it past the failed-key limiter; here the
+    socket's peer is the client unless `auth.trusted_proxies` names the proxies whose header counts."""
+    proxies = list(cfg.auth.trusted_proxies)
+    return {"host": cfg.host, "port": cfg.port, "proxy_headers": bool(proxies),
+            "forwarded_allow_ips": proxies or None}  # fmt: skip
 
 
 @keys_app.command("create")

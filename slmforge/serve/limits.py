@@ -4,6 +4,10 @@ A key may spend `burst` requests at once, refilled at `rate_per_minute`; an empt
 the seconds until the next token in Retry-After. The admission queue counts requests that hold model
 work (running or waiting for a worker): past `queue_size` the server answers 503 at once instead of
 queueing without bound.
+
+`check_caps` bounds the work one JSON body may ask for (messages, content parts, characters, stop strings,
+inputs) on the parsed JSON, before it is validated into request models and before any guard work, so a
+25,000-message body costs one `len()` instead of 25,000 guard calls.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
+
+MAX_STOP = 4  # OpenAI's own limit on stop sequences
 
 
 @dataclass
@@ -79,3 +86,92 @@ class Admission:
     def leave(self) -> None:
         with self._lock:
             self.depth -= 1
+
+
+class CapExceeded(Exception):
+    """A request body asks for more than a cap allows (answered 400 with `code` and `param`)."""
+
+    def __init__(self, message: str, param: str, code: str):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def check_caps(endpoint: str, body: Any, limits) -> None:
+    """Raise CapExceeded if the parsed body of a request to `endpoint` is over one of `limits`' caps.
+
+    Only shapes the request models accept are counted; anything else is left for validation to refuse.
+    Characters are those the guard and the model will see: message contents (their text parts joined with
+    newlines) joined with newlines, the prompt, the question, each classify / embeddings input."""
+    if not isinstance(body, dict):
+        return
+    chars = limits.max_prompt_chars
+
+    def too_long(what: str, param: str) -> CapExceeded:
+        return CapExceeded(
+            f"{what} over {chars} characters (limits.max_prompt_chars)", param, "prompt_too_long"
+        )
+
+    if endpoint == "chat":
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            if len(messages) > limits.max_messages:
+                raise CapExceeded(
+                    f"{len(messages)} messages; this server takes at most {limits.max_messages} "
+                    "(limits.max_messages)",
+                    "messages",
+                    "too_many_messages",
+                )
+            total = max(0, len(messages) - 1)  # the newlines joining them
+            for i, m in enumerate(messages):
+                content = m.get("content") if isinstance(m, dict) else None
+                if isinstance(content, list):
+                    if len(content) > limits.max_content_parts:
+                        raise CapExceeded(
+                            f"message {i} has {len(content)} content parts; this server takes at most "
+                            f"{limits.max_content_parts} (limits.max_content_parts)",
+                            "messages",
+                            "too_many_content_parts",
+                        )
+                    texts = [p.get("text") for p in content if isinstance(p, dict)]
+                    total += sum(len(t) for t in texts if isinstance(t, str)) + max(0, len(content) - 1)
+                elif isinstance(content, str):
+                    total += len(content)
+                if total > chars:
+                    raise too_long("the messages are", "messages")
+    elif endpoint == "completions":
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+        if len(prompts) > limits.max_inputs:
+            raise CapExceeded(f"{len(prompts)} prompts; send one per request", "prompt", "too_many_inputs")
+        if sum(len(p) for p in prompts if isinstance(p, str)) > chars:
+            raise too_long("the prompt is", "prompt")
+    elif endpoint in ("embeddings", "classify"):
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        if len(texts) > limits.max_inputs:
+            raise CapExceeded(
+                f"{len(texts)} inputs; this server takes at most {limits.max_inputs} (limits.max_inputs)",
+                "input",
+                "too_many_inputs",
+            )
+        for i, t in enumerate(texts):
+            if isinstance(t, list):  # token ids: refused later anyway, never worth validating by the thousand
+                raise CapExceeded("input must be text (token ids are not accepted)", "input", "token_ids")
+            if isinstance(t, str) and len(t) > chars:
+                raise too_long(f"input {i} is", "input")
+    elif endpoint in ("rag", "pipelines"):
+        name = "question" if endpoint == "rag" else "input"
+        text = body.get(name)
+        if isinstance(text, str) and len(text) > chars:
+            raise too_long(f"the {name} is", name)
+    if endpoint in ("chat", "completions"):
+        stop = body.get("stop")
+        stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+        if len(stops) > MAX_STOP:
+            raise CapExceeded(f"stop takes up to {MAX_STOP} strings", "stop", "too_many_stop")
+        if any(isinstance(s, str) and len(s) > limits.max_stop_chars for s in stops):
+            raise CapExceeded(
+                f"each stop string is at most {limits.max_stop_chars} characters (limits.max_stop_chars)",
+                "stop",
+                "stop_too_long",
+            )
