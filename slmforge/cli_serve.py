@@ -33,7 +33,7 @@ def serve(
 
     import uvicorn
 
-    from slmforge.serve.app import create_app
+    from slmforge.serve.app import create_app, freeze_heap
     from slmforge.serve.config import load_config, validate
 
     cfg = load_config(config)
@@ -44,6 +44,7 @@ def serve(
     logging.getLogger("slmforge.audit").setLevel(logging.INFO)  # audit.log_json lines
     console.print(f"loading {len(cfg.models)} model(s) ...", highlight=False)
     app = create_app(cfg)
+    freeze_heap()
     console.print(
         f"serving on http://{cfg.host}:{cfg.port} (OpenAPI: /docs; keys: `slm keys create`)", highlight=False
     )

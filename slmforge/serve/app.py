@@ -45,7 +45,16 @@ from slmforge.serve.backends import (
     load_pipelines,
 )
 from slmforge.serve.config import ServeConfig, is_loopback
-from slmforge.serve.limits import MAX_STOP, Admission, CapExceeded, RateLimiter, check_caps, retry_after
+from slmforge.serve.limits import (
+    MAX_STOP,
+    Admission,
+    CapExceeded,
+    RateLimiter,
+    array_caps,
+    check_caps,
+    parse_json,
+    retry_after,
+)
 from slmforge.serve.metrics import Metrics
 
 log = logging.getLogger("slmforge.serve")
@@ -410,7 +419,7 @@ def parse_capped(body: bytes, endpoint: str, limits) -> Any:
     """The parsed JSON body, or the decoding error for FastAPI to answer as it always does; CapExceeded
     when the body asks for more than the caps allow. Runs on an executor thread."""
     try:
-        parsed = json.loads(body)
+        parsed = parse_json(body, array_caps(endpoint, limits))
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         return e
     check_caps(endpoint, parsed, limits)
@@ -464,6 +473,17 @@ class CappedRoute(APIRoute):
             return await handler(ParsedRequest(request, body, parsed))
 
         return capped
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (the loaded models, torch, transformers: millions of objects) out of the
+    garbage collector's reach. Otherwise a request that allocates many objects (a 25,000-message body)
+    sets off a full collection that walks all of them and holds the event loop for 0.1-1 s. `slm serve`
+    calls this once the models are loaded."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 # ---------------------------------------------------------------- the app
@@ -877,8 +897,12 @@ def create_app(
             return texts
         rec = ctx(request)[1]
         route = request.url.path
-        verdicts, whole = await offload(request.scope, door.guard_executor, door.guard.check_all, texts, route,
-                                        joined)  # fmt: skip
+        cancel = threading.Event()  # a job abandoned at the timeout stops at its next text
+        try:
+            verdicts, whole = await offload(request.scope, door.guard_executor, door.guard.check_all, texts,
+                                            route, joined, cancel)  # fmt: skip
+        finally:
+            cancel.set()
         every = verdicts + ([whole] if whole is not None else [])
         worst = max(every, key=lambda v: SEVERITY[v.action])
         metrics.guard_actions.labels(route, worst.action).inc()

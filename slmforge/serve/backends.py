@@ -347,18 +347,25 @@ class Guarded:
         return Verdict(action, text if out is None else out, list(getattr(v, "reasons", []) or []),
                        dict(getattr(v, "scores", {}) or {}))  # fmt: skip
 
-    def check_all(self, texts: list[str], route: str, joined: bool) -> tuple[list[Verdict], Verdict | None]:
+    def check_all(
+        self, texts: list[str], route: str, joined: bool, cancel: threading.Event | None = None
+    ) -> tuple[list[Verdict], Verdict | None]:
         """Each text's verdict, then (when `joined` and there is more than one) the verdict on all of them
         (redacted where a verdict redacted) joined with newlines: an injection split across messages is
-        scored whole. Stops at the first block. One call, so a request's guard work is one executor job."""
+        scored whole. Stops at the first block, and with Cancelled once `cancel` is set (the request timed
+        out). One call, so a request's guard work is one executor job."""
         verdicts: list[Verdict] = []
         for t in texts:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             v = self.check(t, route)
             verdicts.append(v)
             if v.action == "block":
                 return verdicts, None
         if not joined or len(texts) < 2:
             return verdicts, None
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
         seen = [v.text if v.action == "redact" else t for t, v in zip(texts, verdicts)]
         return verdicts, self.check("\n".join(seen), route)
 
