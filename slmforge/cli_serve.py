@@ -34,7 +34,7 @@ def serve(
 
     import uvicorn
 
-    from slmforge.serve.app import create_app
+    from slmforge.serve.app import create_app, freeze_heap
     from slmforge.serve.config import load_config, validate
 
     cfg = load_config(config)
@@ -45,10 +45,20 @@ def serve(
     logging.getLogger("slmforge.audit").setLevel(logging.INFO)  # audit.log_json lines
     console.print(f"loading {len(cfg.models)} model(s) ...", highlight=False)
     app = create_app(cfg)
+    freeze_heap()
     console.print(
         f"serving on http://{cfg.host}:{cfg.port} (OpenAPI: /docs; keys: `slm keys create`)", highlight=False
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, **uvicorn_options(cfg), log_level=log_level, timeout_graceful_shutdown=10)
+
+
+def uvicorn_options(cfg) -> dict:
+    """How uvicorn listens for `cfg`. Its defaults believe X-Forwarded-For from 127.0.0.1, so any local
+    client (or a sidecar) could pick its own address and rotate it past the failed-key limiter; here the
+    socket's peer is the client unless `auth.trusted_proxies` names the proxies whose header counts."""
+    proxies = list(cfg.auth.trusted_proxies)
+    return {"host": cfg.host, "port": cfg.port, "proxy_headers": bool(proxies),
+            "forwarded_allow_ips": proxies or None}  # fmt: skip
 
 
 @keys_app.command("create")

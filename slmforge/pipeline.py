@@ -27,6 +27,9 @@ Branch types:
 Relative paths (models, indexes) are relative to the YAML file's folder (or `base_dir` for a dict).
 `Pipeline.run(text)` returns a JSON-serialisable dict: label, confidence, route, answer, citations
 [{n, doc, section, path, text}], escalated, steps (one trace entry per step, with its milliseconds).
+Citations and steps never show a server's absolute paths: `path` is relative to the folder that holds
+everything the index read (`kb/lost_or_stolen_card/stolen-card.md`), `doc` the file's name (`:LINE` or
+`:ROW` for a jsonl / csv record) and a step's `index` the index's file name (`SourcePaths`).
 Models, retrievers and generators are loaded once and shared by every pipeline of a file.
 """
 
@@ -229,6 +232,9 @@ class _Resources:
 
         return self.get(("asker", index, store, model), lambda: Asker(index, model, store, self.threads))
 
+    def paths(self, key: tuple, store) -> SourcePaths:
+        return self.get(("paths", *key), lambda: SourcePaths(store))
+
     def lm(self, model: str):
         from slmforge.engines import open_lm
 
@@ -343,23 +349,26 @@ class Pipeline:
             asker = self.res.asker(b.index, b.store, b.model)
             ans = asker.ask(AskConfig(b.index, text, b.model, b.store, b.mode, b.k, b.min_cosine,
                                       b.context_tokens, b.max_new_tokens, path_filter, tags))  # fmt: skip
-            steps.append({"step": "rag", "index": b.index, "path_filter": path_filter, "tags": tags,
-                          "generated": True, "best_cosine": ans.best_cosine, "ms": _ms(t0)})  # fmt: skip
+            steps.append({"step": "rag", "index": Path(b.index).name, "path_filter": path_filter,
+                          "tags": tags, "generated": True, "best_cosine": ans.best_cosine,
+                          "ms": _ms(t0)})  # fmt: skip
             if ans.abstained:
                 return None
-            cites = [_citation(n, ans.sources[n - 1]) for n in ans.citations]
+            paths = self.res.paths(("asker", b.index, b.store, b.model), asker.retriever.store)
+            cites = [_citation(n, ans.sources[n - 1], paths) for n in ans.citations]
             return {"answer": ans.text, "citations": cites}
         retriever = self.res.retriever(b.index, b.store)
         found = retriever.search(text, b.mode, b.k, Filters(path_filter, tags))
         best = found.best_cosine
-        steps.append({"step": "rag", "index": b.index, "path_filter": path_filter, "tags": tags,
-                      "hits": len(found.hits), "best_cosine": None if best is None else round(best, 4),
+        steps.append({"step": "rag", "index": Path(b.index).name, "path_filter": path_filter,
+                      "tags": tags, "hits": len(found.hits), "best_cosine": None if best is None else round(best, 4),
                       "ms": _ms(t0)})  # fmt: skip
         if not found.hits or (best is not None and best < b.min_cosine):
             return None
         top = found.hits[: b.passages]
         answer = "\n\n".join(f"{h.chunk.text.strip()} [{n}]" for n, h in enumerate(top, 1))
-        return {"answer": answer, "citations": [_citation(n, h) for n, h in enumerate(top, 1)]}
+        paths = self.res.paths(("retriever", b.index, b.store), retriever.store)
+        return {"answer": answer, "citations": [_citation(n, h, paths) for n, h in enumerate(top, 1)]}
 
     def _generate(self, b: Branch, text: str) -> str:
         from slmforge.generate import GenerateConfig, complete, prompt_ids
@@ -377,10 +386,50 @@ class Pipeline:
         self.res.close()
 
 
-def _citation(n: int, hit) -> dict:
+def _citation(n: int, hit, paths: SourcePaths) -> dict:
     c = hit.chunk
     return {"n": n, "doc": Path(c.doc).name if c.doc else Path(c.path).name, "section": c.section,
-            "path": c.path, "text": c.text.strip()[:300]}  # fmt: skip
+            "path": paths.relative(c.path), "text": c.text.strip()[:300]}  # fmt: skip
+
+
+class SourcePaths:
+    """An index's file paths as an answer may show them: relative to the parent of the deepest folder
+    that holds every file the index read (`/srv/bank/kb/cards/x.md` -> `kb/cards/x.md`), never the
+    server's absolute path. The root is worked out from the index on first use and again when a path
+    falls outside it (the index was rebuilt over other folders). Use it on the thread that owns the
+    store (SQLite connections belong to one thread)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.root: str | None = None
+
+    def relative(self, path: str) -> str:
+        import os.path
+
+        if not path or not os.path.isabs(path):
+            return path
+        if self.root is None or not _inside(path, self.root):
+            dirs = [os.path.dirname(p) for p in self.store.file_hashes() if os.path.isabs(p)]
+            try:
+                common = os.path.commonpath(dirs) if dirs else os.path.dirname(path)
+            except ValueError:  # absolute paths on different drives (Windows)
+                common = os.path.dirname(path)
+            self.root = os.path.dirname(common) or common
+        if not _inside(path, self.root):
+            return os.path.basename(path)
+        return os.path.relpath(path, self.root)
+
+    def doc(self, doc: str, path: str) -> str:
+        """A chunk's document (`path`, or `path:LINE` / `path:ROW`) with its path made relative."""
+        if path and doc.startswith(path):
+            return self.relative(path) + doc[len(path) :]
+        return self.relative(doc) if doc else self.relative(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    import os.path
+
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _fill(template: str, **values) -> str:

@@ -1,10 +1,13 @@
 """The FastAPI app: OpenAI-compatible endpoints behind one door that authenticates, limits and audits.
 
 `FrontDoor` (a plain ASGI middleware) runs before any body is parsed: it finds the endpoint family from
-the path, checks the API key and its endpoint scope (401 / 403), the key's rate limit (429 +
-Retry-After), the body size (413) and the admission queue (503), and after the last byte of the
-response it writes the audit record and the metrics. Handlers check the per-model scope, the token
-caps, run the input guard and call the models. Every error is an OpenAI-style JSON body
+the path, checks the API key (401), the key's rate limit (429 + Retry-After, spent by out-of-scope
+calls too), its endpoint scope (403), the body size (413) and the admission queue (503), and after the
+last byte of the response it writes the audit record and the metrics. `CappedRoute` then parses the
+JSON body off the event loop and applies the caps (messages, content parts, characters, stop strings:
+400) before the body is validated; handlers check the per-model scope and the token caps, run the input
+guard over every text of the request in one executor job, template and tokenise off the event loop and
+call the models, all within the request's `timeout_s` (504). Every error is an OpenAI-style JSON body
 (`{"error": {"message", "type", "param", "code"}}`), never a traceback.
 """
 
@@ -24,6 +27,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,7 +45,16 @@ from slmforge.serve.backends import (
     load_pipelines,
 )
 from slmforge.serve.config import ServeConfig, is_loopback
-from slmforge.serve.limits import Admission, RateLimiter, retry_after
+from slmforge.serve.limits import (
+    MAX_STOP,
+    Admission,
+    CapExceeded,
+    RateLimiter,
+    array_caps,
+    check_caps,
+    parse_json,
+    retry_after,
+)
 from slmforge.serve.metrics import Metrics
 
 log = logging.getLogger("slmforge.serve")
@@ -203,7 +216,41 @@ class Door:
         )
         self.pipeline_executor = pipeline_executor
         self.guard_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slm-guard")
+        # parsing bodies, chat templates and tokenisation: off the event loop, one at a time (a fast
+        # tokenizer must not be driven by two threads at once)
+        self.prep = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slm-prep")
         self.draining = False
+
+    def authenticate(self, scope, endpoint: str | None) -> ApiKey:
+        """The key the request presents (or the loopback opening for `endpoint`); ApiError 400 / 401."""
+        values = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
+        if len(values) > 1:  # proxies and frameworks disagree on which one counts: refuse to guess
+            raise ApiError(400, "send one Authorization header, not several", "invalid_request_error",
+                           "duplicate_authorization")  # fmt: skip
+        auth = values[0].decode("latin-1").strip() if values else ""
+        secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not secret:
+            client = (scope.get("client") or ("", 0))[0]
+            if endpoint in self.cfg.auth.open_on_loopback and is_loopback(client):
+                return ApiKey("loopback", list(self.cfg.auth.open_on_loopback), 0.0)
+            raise ApiError(401, "missing API key: send Authorization: Bearer slm-...", "authentication_error",
+                           "missing_api_key")  # fmt: skip
+        key = self.keys.lookup(secret)
+        if key is None:
+            raise ApiError(401, "invalid API key", "authentication_error", "invalid_api_key")
+        if key.revoked is not None:
+            raise ApiError(401, "this API key has been revoked", "authentication_error", "revoked_api_key")
+        if not key.active:
+            raise ApiError(401, "this API key has expired", "authentication_error", "expired_api_key")
+        return key
+
+    def failed_attempt(self, scope) -> None:
+        """Spend the client address's bucket for a refused key; ApiError 429 once it is empty."""
+        client = (scope.get("client") or ("?", 0))[0]
+        wait = self.limiter.take(f"unauthenticated@{client}")
+        if wait > 0:
+            raise ApiError(429, "too many requests without a valid key", "rate_limit_error", "rate_limited",
+                           headers={"Retry-After": retry_after(wait)})  # fmt: skip
 
     def close(self) -> None:
         self.draining = True
@@ -213,6 +260,7 @@ class Door:
         self.generation.shutdown(wait=False, cancel_futures=True)
         self.pipeline_executor.shutdown(wait=False, cancel_futures=True)
         self.guard_executor.shutdown(wait=False, cancel_futures=True)
+        self.prep.shutdown(wait=False, cancel_futures=True)
         self.audit.close()
 
 
@@ -257,21 +305,18 @@ class FrontDoor:
 
         try:
             try:
-                key = self._authenticate(scope, endpoint)
+                key = door.authenticate(scope, endpoint)
             except ApiError:  # failed attempts are rate-limited per client address, like a key's requests
-                client = (scope.get("client") or ("?", 0))[0]
-                wait = door.limiter.take(f"unauthenticated@{client}")
-                if wait > 0:
-                    raise ApiError(429, "too many requests without a valid key", "rate_limit_error",
-                                   "rate_limited", headers={"Retry-After": retry_after(wait)}) from None  # fmt: skip
+                door.failed_attempt(scope)
                 raise
             rec.key_name = key.name
-            if not key.allows(endpoint):
-                raise ApiError(403, f"this key may not call {endpoint}", "permission_error", "scope")
+            # before the scope check: a key probing endpoints outside its scopes spends its budget too
             wait = door.limiter.take(key.name, key.rate_per_minute)
             if wait > 0:
                 raise ApiError(429, "rate limit reached for this key", "rate_limit_error", "rate_limited",
                                headers={"Retry-After": retry_after(wait)})  # fmt: skip
+            if not key.allows(endpoint):
+                raise ApiError(403, f"this key may not call {endpoint}", "permission_error", "scope")
             body = await self._read_body(scope, receive)
             if endpoint in WORK:
                 if door.draining or not door.admission.enter():
@@ -299,7 +344,9 @@ class FrontDoor:
                 await finish(state["status"])
 
         scope.setdefault("state", {})
-        scope["slm"] = {"key": key, "audit": rec}
+        # one deadline for everything the request does (parsing, guard, tokenising, the model)
+        scope["slm"] = {"key": key, "audit": rec, "door": door,
+                        "deadline": time.monotonic() + door.cfg.limits.timeout_s}  # fmt: skip
         try:
             await self._guarded_call(scope, replay, send_and_watch)
         finally:
@@ -327,26 +374,6 @@ class FrontDoor:
                 e = ApiError(500, f"internal error{ref}", "server_error", "internal_error")
                 await error_response(e)(scope, receive, send)
 
-    def _authenticate(self, scope, endpoint: str) -> ApiKey:
-        door = self.door
-        headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization", b"").decode("latin-1").strip()
-        secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not secret:
-            client = (scope.get("client") or ("", 0))[0]
-            if endpoint in door.cfg.auth.open_on_loopback and is_loopback(client):
-                return ApiKey("loopback", list(door.cfg.auth.open_on_loopback), 0.0)
-            raise ApiError(401, "missing API key: send Authorization: Bearer slm-...", "authentication_error",
-                           "missing_api_key")  # fmt: skip
-        key = door.keys.lookup(secret)
-        if key is None:
-            raise ApiError(401, "invalid API key", "authentication_error", "invalid_api_key")
-        if key.revoked is not None:
-            raise ApiError(401, "this API key has been revoked", "authentication_error", "revoked_api_key")
-        if not key.active:
-            raise ApiError(401, "this API key has expired", "authentication_error", "expired_api_key")
-        return key
-
     async def _read_body(self, scope, receive) -> bytes:
         cap = self.door.cfg.limits.max_body_bytes
         headers = dict(scope.get("headers") or [])
@@ -370,6 +397,98 @@ class FrontDoor:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- parsing and caps, off the event loop
+
+
+def remaining(scope) -> float:
+    """Seconds left of the request's timeout (never quite 0: asyncio.wait_for(.., 0) cannot succeed)."""
+    return max(0.001, scope["slm"]["deadline"] - time.monotonic())
+
+
+def timed_out(cfg: ServeConfig) -> ApiError:
+    return ApiError(504, f"the request took longer than {cfg.limits.timeout_s:g} s", "timeout", "timeout")
+
+
+async def offload(scope, executor: concurrent.futures.Executor, fn, *args):
+    """fn(*args) on `executor`, within what is left of the request's timeout (504 after)."""
+    fut = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    try:
+        return await asyncio.wait_for(fut, remaining(scope))
+    except asyncio.TimeoutError:
+        raise timed_out(scope["slm"]["door"].cfg) from None
+
+
+def parse_capped(body: bytes, endpoint: str, limits) -> Any:
+    """The parsed JSON body, or the decoding error for FastAPI to answer as it always does; CapExceeded
+    when the body asks for more than the caps allow. Runs on an executor thread."""
+    try:
+        parsed = parse_json(body, array_caps(endpoint, limits))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        return e
+    check_caps(endpoint, parsed, limits)
+    return parsed
+
+
+class ParsedRequest(Request):
+    """A request whose body was already read and parsed (off the event loop) when FastAPI asks for it."""
+
+    def __init__(self, request: Request, body: bytes, parsed: Any):
+        super().__init__(request.scope, request.receive)
+        self.slm_body, self.slm_parsed = body, parsed
+
+    async def body(self) -> bytes:
+        return self.slm_body
+
+    async def json(self) -> Any:
+        if isinstance(self.slm_parsed, ValueError):
+            raise self.slm_parsed
+        return self.slm_parsed
+
+
+class CappedRoute(APIRoute):
+    """An APIRoute that parses a JSON body on the door's prep thread and applies the request caps before
+    FastAPI validates it into the request model: validating 25,000 messages holds the event loop for
+    ~0.1 s even when a cap would refuse them, and JSON parsing in C does not let the loop run either."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def capped(request: Request):
+            slm = request.scope.get("slm")
+            endpoint = endpoint_of(request.scope["path"])
+            content_type = (
+                request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+            )
+            if slm is None or endpoint is None or not content_type.endswith(("/json", "+json")):
+                return await handler(request)
+            body = await request.body()
+            if not body:
+                return await handler(request)
+            door = slm["door"]
+            try:
+                parsed = await offload(
+                    request.scope, door.prep, parse_capped, body, endpoint, door.cfg.limits
+                )
+            except CapExceeded as e:
+                raise ApiError(400, e.message, param=e.param, code=e.code) from None
+            return await handler(ParsedRequest(request, body, parsed))
+
+        return capped
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (the loaded models, torch, transformers: millions of objects) out of the
+    garbage collector's reach. Otherwise a request that allocates many objects (a 25,000-message body)
+    sets off a full collection that walks all of them and holds the event loop for 0.1-1 s. `slm serve`
+    calls this once the models are loaded."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 # ---------------------------------------------------------------- the app
@@ -400,6 +519,7 @@ def create_app(
     app = FastAPI(title="slmforge", version="1", lifespan=lifespan,
                   description="OpenAI-compatible serving of slmforge models, with keys, limits, audit and a guard.")  # fmt: skip
     app.state.door = door
+    app.router.route_class = CappedRoute
     app.add_middleware(FrontDoor, door=door)
 
     @app.exception_handler(ApiError)
@@ -434,14 +554,48 @@ def create_app(
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: ERRORS[503]})
-    async def readyz():
+    @app.get("/readyz", tags=["health"], responses={429: ERRORS[429], 503: ERRORS[503]})
+    async def readyz(request: Request):
+        """Ready or not, for a balancer: only `status` without a key; with a valid key (any scope) also the
+        models, pipelines, queue, the guard's own account (warnings) and the audit writer's health."""
+        key = None
+        if any(k == b"authorization" for k, _ in request.scope.get("headers") or []):
+            try:
+                key = door.authenticate(request.scope, None)
+            except ApiError:
+                try:  # a guess here spends the same bucket as anywhere else
+                    door.failed_attempt(request.scope)
+                except ApiError as e:
+                    return error_response(e)
+        audit_health = audit_status()
         if door.draining:
-            return error_response(ApiError(503, "shutting down", "server_error", "draining"))
-        if door.admission.depth >= door.admission.size:
-            return error_response(ApiError(503, "queue full", "server_error", "queue_full"))
-        return {"status": "ready", "models": sorted(door.backends), "pipelines": sorted(door.pipelines),
-                "queue_depth": door.admission.depth}  # fmt: skip
+            status, problem = "draining", ApiError(503, "shutting down", "server_error", "draining")
+        elif door.admission.depth >= door.admission.size:
+            status, problem = "queue_full", ApiError(503, "queue full", "server_error", "queue_full")
+        elif not audit_health.get("ok", True):
+            status = "audit_unhealthy"
+            problem = ApiError(503, "the audit log cannot be written", "server_error", "audit_unhealthy")
+        else:
+            status, problem = "ready", None
+        out: dict[str, Any] = {"status": status}
+        if problem is not None:
+            out = error_body(problem.message, problem.type, problem.code) | out
+        if key is not None:
+            out |= {"models": sorted(door.backends), "pipelines": sorted(door.pipelines),
+                    "queue_depth": door.admission.depth, "queue_size": door.admission.size,
+                    "guard": json_safe(door.guard.describe()), "audit": json_safe(audit_health)}  # fmt: skip
+        return JSONResponse(out, 503 if problem is not None else 200)
+
+    def audit_status() -> dict:
+        health = getattr(door.audit, "health", None)  # AuditLog.health() where this slmforge has it
+        if not callable(health):
+            return {"ok": True}
+        try:
+            out = health()
+        except Exception as e:
+            log.exception("the audit writer's health check failed")
+            return {"ok": False, "error": type(e).__name__}
+        return out if isinstance(out, dict) else {"ok": bool(out)}
 
     @app.get("/metrics", tags=["health"], responses=ERRORS, response_class=Response)
     async def metrics_endpoint():
@@ -476,23 +630,22 @@ def create_app(
     async def chat_completions(body: ChatRequest, request: Request):
         key, rec = ctx(request)
         b = backend(key, rec, "chat", body.model)
-        messages = []
-        for m in body.messages:
-            text = content_text(m.content)
-            if m.role == "user":
-                text = await check_guard(request, text)
-            messages.append({"role": "system" if m.role == "developer" else m.role, "content": text})
-        remember_prompt(rec, "\n".join(m["content"] for m in messages if m["role"] == "user"))
         params = gen_params(body, body.max_completion_tokens or body.max_tokens, b)
-        ids = b.encode(messages)
+        # every role: a system, developer or forged assistant message reaches the model as surely as a user's
+        texts = await guard_texts(request, [content_text(m.content) for m in body.messages], joined=True)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": t}
+                    for m, t in zip(body.messages, texts)]  # fmt: skip
+        remember_prompt(rec, "\n".join(m["content"] for m in messages if m["role"] == "user"))
+        ids = await offload(request.scope, door.prep, b.encode, messages)
         rec.tokens_in = len(ids)
         if not rec.tokens_in:
             raise ApiError(400, "the prompt is empty", param="prompt")
         cid = "chatcmpl-" + rec.request_id
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            return sse(generate_stream(b, ids, params, rec, cid, "chat.completion.chunk", body.model, usage))
-        r = await generate(b, ids, params, rec)
+            return sse(generate_stream(b, ids, params, request.scope, cid, "chat.completion.chunk", body.model,
+                                       usage))  # fmt: skip
+        r = await generate(b, ids, params, request.scope)
         return {"id": cid, "object": "chat.completion", "created": int(rec.time), "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
                              "logprobs": None, "finish_reason": r.finish_reason}],
@@ -505,18 +658,20 @@ def create_app(
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise ApiError(400, "send one prompt per request", param="prompt")
-        prompt = await check_guard(request, prompts[0])
-        remember_prompt(rec, prompt)
         params = gen_params(body, body.max_tokens, b)
-        ids = b.encode(None, prompt)
+        prompt = (await guard_texts(request, prompts[:1]))[0]
+        remember_prompt(rec, prompt)
+        ids = await offload(request.scope, door.prep, b.encode, None, prompt)
         rec.tokens_in = len(ids)
         if not rec.tokens_in:
             raise ApiError(400, "the prompt is empty", param="prompt")
         cid = "cmpl-" + rec.request_id
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            return sse(generate_stream(b, ids, params, rec, cid, "text_completion", body.model, usage))
-        r = await generate(b, ids, params, rec)
+            return sse(
+                generate_stream(b, ids, params, request.scope, cid, "text_completion", body.model, usage)
+            )
+        r = await generate(b, ids, params, request.scope)
         return {"id": cid, "object": "text_completion", "created": int(rec.time), "model": body.model,
                 "choices": [{"index": 0, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}],
                 "usage": usage_of(r)}  # fmt: skip
@@ -527,23 +682,23 @@ def create_app(
             raise ApiError(400, f"max_tokens {asked} is above this server's cap of {cap}", param="max_tokens",
                            code="max_tokens_too_large")  # fmt: skip
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
+        if len(stop) > MAX_STOP or any(not s for s in stop):  # lengths: check_caps, before validation
+            raise ApiError(400, f"stop takes up to {MAX_STOP} non-empty strings", param="stop")
         return GenParams(min(asked or b.cfg.max_new_tokens, cap), body.temperature or 0.0,
                          1.0 if body.top_p is None else body.top_p, body.seed or 0, stop)  # fmt: skip
 
-    async def generate(b, ids: list[int], params: GenParams, rec) -> GenResult:
+    async def generate(b, ids: list[int], params: GenParams, scope) -> GenResult:
+        rec = scope["slm"]["audit"]
         cancel = threading.Event()
         fut = door.generation.submit(b.generate, ids, params, None, cancel)
         try:
-            r = await asyncio.wait_for(asyncio.wrap_future(fut), cfg.limits.timeout_s)
+            r = await asyncio.wait_for(asyncio.wrap_future(fut), remaining(scope))
         except UpstreamError as e:
             raise ApiError(e.status, str(e), "invalid_request_error" if e.status == 400 else "server_error",
                            "upstream_error") from None  # fmt: skip
         except asyncio.TimeoutError:
             cancel.set()
-            raise ApiError(504, f"the request took longer than {cfg.limits.timeout_s:g} s", "timeout",
-                           "timeout") from None  # fmt: skip
+            raise timed_out(cfg) from None
         finally:
             cancel.set()
         note_generation(rec, r)
@@ -555,7 +710,8 @@ def create_app(
         if r.seconds > 0 and r.completion_tokens:
             metrics.tokens_per_s.labels(rec.model).observe(r.completion_tokens / r.seconds)
 
-    async def generate_stream(b, ids, params, rec, cid: str, obj: str, model: str, with_usage: bool):
+    async def generate_stream(b, ids, params, scope, cid: str, obj: str, model: str, with_usage: bool):
+        rec = scope["slm"]["audit"]
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -578,7 +734,7 @@ def create_app(
                 choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
             return {"id": cid, "object": obj, "created": int(rec.time), "model": model, "choices": [choice]}
 
-        deadline = loop.time() + cfg.limits.timeout_s
+        deadline = loop.time() + remaining(scope)
         try:
             if chat:
                 yield chunk(None, first=True)
@@ -631,9 +787,9 @@ def create_app(
         if body.dimensions is not None and body.dimensions != b.embedder.dim:
             raise ApiError(400, f"{body.model} makes {b.embedder.dim}-d vectors; dimensions cannot change that",
                            param="dimensions")  # fmt: skip
-        texts = [await check_guard(request, t) for t in texts]
+        texts = await guard_texts(request, texts)
         remember_prompt(rec, "\n".join(texts))
-        out = await batched(b, texts)
+        out = await batched(request.scope, b, texts)
         rec.tokens_in = sum(n for _, n in out)
 
         def encode(v):
@@ -650,9 +806,9 @@ def create_app(
         key, rec = ctx(request)
         b = backend(key, rec, "classify", body.model)
         texts = text_inputs(body.input)
-        texts = [await check_guard(request, t) for t in texts]
+        texts = await guard_texts(request, texts)
         remember_prompt(rec, "\n".join(texts))
-        out = await batched(b, texts)
+        out = await batched(request.scope, b, texts)
         rec.tokens_in = sum(r["tokens"] for r in out)
         data = [{"index": i, "label": r["label"], "score": r["score"]} for i, r in enumerate(out)]
         return {"object": "list", "model": body.model, "data": data,
@@ -672,12 +828,11 @@ def create_app(
                 raise ApiError(400, f"input {i} is empty", param="input")
         return texts
 
-    async def batched(b, texts: list[str]) -> list:
+    async def batched(scope, b, texts: list[str]) -> list:
         try:
-            return await asyncio.wait_for(b.batcher.submit(texts), cfg.limits.timeout_s)
+            return await asyncio.wait_for(b.batcher.submit(texts), remaining(scope))
         except asyncio.TimeoutError:
-            raise ApiError(504, f"the request took longer than {cfg.limits.timeout_s:g} s", "timeout",
-                           "timeout") from None  # fmt: skip
+            raise timed_out(cfg) from None
 
     # ------------------------------------------------------------ rag and pipelines
 
@@ -685,17 +840,15 @@ def create_app(
     async def rag_ask(body: RagRequest, request: Request):
         key, rec = ctx(request)
         b = backend(key, rec, "rag", body.model)
-        question = await check_guard(request, body.question)
+        question = (await guard_texts(request, [body.question]))[0]
         remember_prompt(rec, question)
         asked = body.max_tokens
         if asked is not None and asked > cfg.limits.max_tokens:
             raise ApiError(400, f"max_tokens {asked} is above this server's cap of {cfg.limits.max_tokens}",
                            param="max_tokens", code="max_tokens_too_large")  # fmt: skip
         fut = b.executor.submit(b.ask, question, body.k, asked or b.cfg.max_new_tokens, body.mode)
-        ans = await wait(fut)
+        ans, sources = await wait(request.scope, fut)
         rec.tokens_in = ans.prompt_tokens
-        sources = [{"n": i + 1, "doc": h.chunk.doc, "section": h.chunk.section, "path": h.chunk.path,
-                    "text": h.chunk.text[:500]} for i, h in enumerate(ans.sources)]  # fmt: skip
         return {"object": "rag.answer", "model": body.model, "answer": ans.text, "abstained": ans.abstained,
                 "citations": [sources[n - 1] for n in ans.citations if 0 < n <= len(sources)],
                 "sources": sources, "best_cosine": ans.best_cosine,
@@ -710,18 +863,17 @@ def create_app(
         p = door.pipelines.get(name)
         if p is None:
             raise ApiError(404, f"no pipeline {name!r}", "not_found_error", "pipeline_not_found")
-        text = await check_guard(request, body.input)
+        text = (await guard_texts(request, [body.input]))[0]
         remember_prompt(rec, text)
-        result = await wait(door.pipeline_executor.submit(p.run, text))
+        result = await wait(request.scope, door.pipeline_executor.submit(p.run, text))
         return {"object": "pipeline.result", "pipeline": name, **result}
 
-    async def wait(fut: concurrent.futures.Future):
+    async def wait(scope, fut: concurrent.futures.Future):
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), cfg.limits.timeout_s)
+            return await asyncio.wait_for(asyncio.wrap_future(fut), remaining(scope))
         except asyncio.TimeoutError:
             fut.cancel()
-            raise ApiError(504, f"the request took longer than {cfg.limits.timeout_s:g} s", "timeout",
-                           "timeout") from None  # fmt: skip
+            raise timed_out(cfg) from None
 
     # ------------------------------------------------------------ shared steps
 
@@ -742,27 +894,48 @@ def create_app(
             raise ApiError(400, f"{model!r} is a {b.kind} model, not one for {endpoint}", param="model")
         return b
 
-    async def check_guard(request: Request, text: str) -> str:
+    async def guard_texts(request: Request, texts: list[str], joined: bool = False) -> list[str]:
+        """Every text through the guard (and, with `joined`, all of them joined with newlines), in one
+        executor job within the request's timeout; 400 on a block, else the texts as the model may see
+        them (each redacted where its verdict says so)."""
         if not door.guard.enabled:
-            return text
+            return texts
         rec = ctx(request)[1]
         route = request.url.path
-        loop = asyncio.get_running_loop()
-        v = await loop.run_in_executor(door.guard_executor, door.guard.check, text, route)
-        metrics.guard_actions.labels(route, v.action).inc()
-        if rec.guard is None or SEVERITY[v.action] > SEVERITY[rec.guard.split(":")[0]]:
-            rec.guard = v.summary()
-        if v.action == "block":
+        cancel = threading.Event()  # a job abandoned at the timeout stops at its next text
+        try:
+            verdicts, whole = await offload(request.scope, door.guard_executor, door.guard.check_all, texts,
+                                            route, joined, cancel)  # fmt: skip
+        finally:
+            cancel.set()
+        every = verdicts + ([whole] if whole is not None else [])
+        worst = max(every, key=lambda v: SEVERITY[v.action])
+        metrics.guard_actions.labels(route, worst.action).inc()
+        for v in every:
+            if rec.guard is None or SEVERITY[v.action] > SEVERITY[rec.guard.split(":")[0]]:
+                rec.guard = v.summary()
+        if worst.action == "block":
             metrics.guard_blocks.labels(route).inc()
-            raise ApiError(400, "the input guard blocked this request" + (f" ({', '.join(v.reasons)})" if v.reasons else ""),
-                           "invalid_request_error", "guard_blocked")  # fmt: skip
-        return v.text if v.action == "redact" else text
+            where = ""
+            if whole is worst:
+                where = " in the conversation as a whole"
+            elif len(texts) > 1:
+                where = f" in {'message' if joined else 'input'} {verdicts.index(worst)}"
+            reasons = f" ({', '.join(worst.reasons)})" if worst.reasons else ""
+            raise ApiError(400, f"the input guard blocked this request{where}{reasons}", "invalid_request_error",
+                           "guard_blocked")  # fmt: skip
+        return [v.text if v.action == "redact" else t for t, v in zip(texts, verdicts)]
 
     def remember_prompt(rec, text: str) -> None:
         if cfg.audit.store_prompts:
             rec.prompt = audit_mod.redact_prompt(text)
 
     return app
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON types (a guard's or audit writer's self-description may hold anything)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def content_text(content) -> str:

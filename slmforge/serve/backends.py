@@ -267,13 +267,23 @@ class RagBackend:
         self.cfg = cfg
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"slm-rag-{cfg.name}")
         self.asker = self.executor.submit(Asker, cfg.index, generator_path, cfg.store, threads).result()
+        self.paths = None
 
-    def ask(self, question: str, k: int, max_new_tokens: int, mode: str):
+    def ask(self, question: str, k: int, max_new_tokens: int, mode: str) -> tuple[Any, list[dict]]:
+        """The answer and its sources as the API shows them (paths relative to the indexed folder, never
+        the server's absolute paths). On the executor's thread: the index's connection belongs to it."""
+        from slmforge.pipeline import SourcePaths
         from slmforge.rag.ask import AskConfig
 
         cfg = AskConfig(self.cfg.index, question, self.cfg.generator, self.cfg.store, mode, k,
                         max_new_tokens=max_new_tokens)  # fmt: skip
-        return self.asker.ask(cfg)
+        ans = self.asker.ask(cfg)
+        if self.paths is None:
+            self.paths = SourcePaths(self.asker.retriever.store)
+        sources = [{"n": i + 1, "doc": self.paths.doc(h.chunk.doc, h.chunk.path), "section": h.chunk.section,
+                    "path": self.paths.relative(h.chunk.path), "text": h.chunk.text[:500]}
+                   for i, h in enumerate(ans.sources)]  # fmt: skip
+        return ans, sources
 
 
 def load_backends(cfg: ServeConfig, on_batch: Callable[[str, int], None] | None = None) -> dict[str, Any]:
@@ -317,6 +327,9 @@ class NoGuard:
     def check(self, text: str, route: str) -> Verdict:
         return Verdict("allow", text)
 
+    def describe(self) -> dict:
+        return {"enabled": False, "warnings": []}
+
 
 class Guarded:
     """Any object with `check(text, route)` returning something with action/text/reasons/scores."""
@@ -333,6 +346,41 @@ class Guarded:
         out = getattr(v, "text", None)
         return Verdict(action, text if out is None else out, list(getattr(v, "reasons", []) or []),
                        dict(getattr(v, "scores", {}) or {}))  # fmt: skip
+
+    def check_all(
+        self, texts: list[str], route: str, joined: bool, cancel: threading.Event | None = None
+    ) -> tuple[list[Verdict], Verdict | None]:
+        """Each text's verdict, then (when `joined` and there is more than one) the verdict on all of them
+        (redacted where a verdict redacted) joined with newlines: an injection split across messages is
+        scored whole. Stops at the first block, and with Cancelled once `cancel` is set (the request timed
+        out). One call, so a request's guard work is one executor job."""
+        verdicts: list[Verdict] = []
+        for t in texts:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            v = self.check(t, route)
+            verdicts.append(v)
+            if v.action == "block":
+                return verdicts, None
+        if not joined or len(texts) < 2:
+            return verdicts, None
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        seen = [v.text if v.action == "redact" else t for t, v in zip(texts, verdicts)]
+        return verdicts, self.check("\n".join(seen), route)
+
+    def describe(self) -> dict:
+        """What the guard says about itself (e.g. warnings that its detector is missing), for /readyz."""
+        describe = getattr(self.guard, "describe", None)
+        try:
+            out = describe() if callable(describe) else {}
+        except Exception as e:  # readiness must answer even if a guard's self-description fails
+            return {"enabled": self.enabled, "warnings": [f"the guard's describe() failed: {_first_line(e)}"]}
+        out = dict(out) if isinstance(out, dict) else {"description": str(out)}
+        out.setdefault("enabled", self.enabled)
+        warnings = out.get("warnings")
+        out["warnings"] = [str(w) for w in warnings] if isinstance(warnings, list | tuple) else []
+        return out
 
 
 def load_guard(spec: dict | None) -> Guarded:

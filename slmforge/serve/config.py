@@ -6,8 +6,13 @@ port: 8000
 threads: 1                      # torch / ONNX threads per worker (default: the free cores)
 auth:
   open_on_loopback: []          # endpoints served without a key, to loopback clients only (e.g. [models])
+  trusted_proxies: []           # proxy addresses / CIDRs whose X-Forwarded-For is believed (default: none)
 limits:
   max_body_bytes: 1048576       # 413 above
+  max_messages: 256             # messages in one chat request (400 above, before any guard work)
+  max_content_parts: 64         # content parts in one message (400 above)
+  max_prompt_chars: 65536       # characters of a request's messages / prompt / question / each input (400)
+  max_stop_chars: 64            # characters of each of the (at most 4) stop strings (400 above)
   max_tokens: 512               # cap on a request's max_tokens (400 above)
   max_inputs: 256               # texts in one classify / embeddings request (400 above)
   rate_per_minute: 600          # per key (a key may carry its own); 429 with Retry-After above
@@ -54,11 +59,18 @@ ENDPOINTS = ("models", "chat", "completions", "embeddings", "classify", "rag", "
 @dataclass
 class AuthConfig:
     open_on_loopback: list[str] = field(default_factory=list)
+    # uvicorn believes X-Forwarded-For only from these (IPs or CIDRs); with none, the socket's peer is the
+    # client, so rotating the header from loopback cannot dodge the failed-key limiter
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass
 class LimitsConfig:
     max_body_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_content_parts: int = 64
+    max_prompt_chars: int = 65536  # the guard scores at most this much text per check
+    max_stop_chars: int = 64
     max_tokens: int = 512
     max_inputs: int = 256
     rate_per_minute: int = 600
@@ -196,7 +208,8 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
         if m.batch.max_size < 1 or m.batch.max_wait_ms < 0:
             raise SlmError(f"{w}: batch.max_size must be >= 1 and batch.max_wait_ms >= 0")
     lim = cfg.limits
-    for name in ("max_body_bytes", "max_tokens", "max_inputs", "rate_per_minute", "burst", "queue_size",
+    for name in ("max_body_bytes", "max_messages", "max_content_parts", "max_prompt_chars", "max_stop_chars",
+                 "max_tokens", "max_inputs", "rate_per_minute", "burst", "queue_size",
                  "generation_workers"):  # fmt: skip
         if getattr(lim, name) < 1:
             raise SlmError(f"{where}: limits.{name} must be at least 1 (got {getattr(lim, name)})")
@@ -218,6 +231,13 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             f"{where}: auth.open_on_loopback needs host 127.0.0.1, ::1 or localhost (got {cfg.host}); "
             "a server reachable from other machines requires a key on every endpoint"
         )
+    for proxy in cfg.auth.trusted_proxies:
+        try:  # as uvicorn parses them: a CIDR with host bits set would silently match nothing there
+            ipaddress.ip_network(proxy) if "/" in proxy else ipaddress.ip_address(proxy)
+        except ValueError:
+            raise SlmError(
+                f"{where}: auth.trusted_proxies takes IP addresses or CIDRs like 10.0.0.0/8 (got {proxy!r})"
+            ) from None
     if cfg.guard is not None and not isinstance(cfg.guard, dict):
         raise SlmError(f"{where}: guard must be a mapping of guard settings")
     if cfg.pipelines is not None and not isinstance(cfg.pipelines, str | dict):

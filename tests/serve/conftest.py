@@ -126,12 +126,13 @@ def bearer(secret: str) -> dict:
 
 
 class LiveServer:
-    """uvicorn on a free loopback port, in a thread."""
+    """uvicorn on a free loopback port, in a thread; `options` go to uvicorn.Config (e.g. proxy_headers)."""
 
-    def __init__(self, app):
+    def __init__(self, app, **options):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", **options}
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:

@@ -216,6 +216,10 @@ def test_rag_ask_over_http(make_app, new_key, tmp_path, tiny_model_dir):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "rag.answer" and body["sources"]
+    # no absolute server path anywhere: sources name the file relative to the indexed folder
+    assert str(tmp_path) not in r.text
+    for s in body["sources"]:
+        assert s["path"].startswith("docs/") and s["doc"].startswith(s["path"]), s
     if not body["abstained"]:
         assert body["citations"] and body["citations"][0]["doc"]
     assert off.json()["abstained"] is True and off.json()["citations"] == []
