@@ -107,6 +107,7 @@ _SPACED = re.compile(r"(?<!\S)\w(?: \w)+(?:\s{2,}\w(?: \w)+)*(?!\S)")
 _DOTTED = re.compile(r"(?<!\w)\w(?P<sep>[._*|/-])\w(?:(?P=sep)\w)*(?!\w)")
 _HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\r?\n[ \t]*(\w)")
 _SPACES = re.compile(r"\s+")
+_WS2 = re.compile(r"\s\s+")  # scikit-learn's char_wb analyzer collapses these before splitting
 # base64 (standard or URL-safe alphabet) long enough to carry a sentence
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{8,}={0,2}(?![A-Za-z0-9+/=_-])")
 _LEET = str.maketrans("0134579@$", "oieastgas")
@@ -605,23 +606,43 @@ def check_fields(raw: dict, allowed: set, where: str) -> None:
 
 
 class NgramModel:
-    """Character n-gram TF-IDF + logistic regression, stored as plain arrays (no pickle to load)."""
+    """Character n-gram TF-IDF + logistic regression, stored as plain arrays (no pickle to load).
+
+    Fitted with scikit-learn (`TfidfVectorizer(analyzer="char_wb", sublinear_tf=True)`); scored here with
+    the same features computed directly, which is several times faster on one short text than the
+    vectorizer's own transform (tests/test_guard.py checks the two agree)."""
 
     def __init__(self, path: Path):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         with np.load(path, allow_pickle=False) as z:
-            terms, idf = z["terms"], z["idf"]
-            self.coef, self.intercept = z["coef"].astype(np.float64), float(z["intercept"])
-            lo, hi = (int(v) for v in z["ngram_range"])
-        self.vectorizer = TfidfVectorizer(
-            analyzer="char_wb", ngram_range=(lo, hi), lowercase=True, sublinear_tf=True,
-            vocabulary={str(t): i for i, t in enumerate(terms)}, dtype=np.float64,
-        )  # fmt: skip
-        self.vectorizer.idf_ = idf.astype(np.float64)
+            terms = z["terms"]
+            self.idf = z["idf"].astype(np.float64)
+            self.coef = z["coef"].astype(np.float64)
+            self.intercept = float(z["intercept"])
+            self.lo, self.hi = (int(v) for v in z["ngram_range"])
+        self.vocab = {str(t): i for i, t in enumerate(terms)}
+        self.weight = self.coef * self.idf  # tf-idf then dot coef = tf . (idf * coef), before the l2 norm
 
     def proba(self, texts: list[str]) -> np.ndarray:
-        z = self.vectorizer.transform(texts) @ self.coef + self.intercept
+        return np.array([self._proba(t) for t in texts])
+
+    def _proba(self, text: str) -> float:
+        counts: dict[int, int] = {}
+        vocab, lo, hi = self.vocab, self.lo, self.hi
+        for word in _WS2.sub(" ", text.lower()).split():
+            w = f" {word} "
+            for n in range(lo, hi + 1):
+                if len(w) < n:
+                    break
+                for k in range(len(w) - n + 1):
+                    j = vocab.get(w[k : k + n])
+                    if j is not None:
+                        counts[j] = counts.get(j, 0) + 1
+        if not counts:
+            return 1.0 / (1.0 + np.exp(-self.intercept))
+        idx = np.fromiter(counts, int, len(counts))
+        tf = 1.0 + np.log(np.fromiter(counts.values(), float, len(counts)))
+        norm = np.sqrt(np.sum((tf * self.idf[idx]) ** 2))
+        z = float(tf @ self.weight[idx]) / norm + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
     @staticmethod
@@ -638,8 +659,8 @@ class NgramModel:
         terms = np.array(sorted(vec.vocabulary_, key=vec.vocabulary_.get))
         with open(out, "wb") as f:
             np.savez_compressed(
-                f, terms=terms, idf=vec.idf_.astype(np.float32), coef=lr.coef_[0].astype(np.float32),
-                intercept=np.float32(lr.intercept_[0]), ngram_range=np.array(ngram_range),
+                f, terms=terms, idf=vec.idf_, coef=lr.coef_[0], intercept=np.float64(lr.intercept_[0]),
+                ngram_range=np.array(ngram_range),
             )  # fmt: skip
 
 
@@ -771,9 +792,10 @@ class Guard:
                 hit = bool(rules)
             detector = self._resolve(policy.detector, "detector") if policy.detector else self.detector
             if detector:
-                p = self.injection_score(text, detector)
+                threshold = self.threshold(detector, policy)
+                p = self._score_against(text, detector, threshold)
                 scores["injection"] = p
-                if p >= self.threshold(detector, policy):
+                if p >= threshold:
                     reasons.append("injection:model")
                     hit = True
             if hit:
@@ -781,6 +803,32 @@ class Guard:
 
         scores["guard_ms"] = (time.perf_counter() - started) * 1000
         return Verdict(action, out, reasons, scores)
+
+    def _score_against(self, text: str, detector: str, threshold: float) -> float:
+        """The injection score as far as deciding `score >= threshold` needs it: the n-gram model scores
+        every window first, and the encoder runs only on windows where it could lift the average to the
+        threshold (w * 1 + (1 - w) * p_ngram >= threshold). Exact when it reaches the threshold; below it,
+        windows the encoder skipped count with their n-gram part alone (a lower bound). Ordinary text,
+        whose n-gram score is low, costs no encoder pass."""
+        model = self._model(detector)
+        windows = [
+            w
+            for v in classifier_variants(text[: self.cfg.max_chars])
+            for w in text_windows(v, self.cfg.window_chars)
+        ]
+        if model.ngram is None:
+            with self._lock:
+                return float(model.scores(windows, self.cfg.batch_size)[0].max())
+        w = model.weight
+        p_ngram = model.ngram.proba(windows)
+        best = float(((1 - w) * p_ngram).max())
+        reach = np.flatnonzero(w + (1 - w) * p_ngram >= threshold)
+        if len(reach):
+            with self._lock:
+                logits = model.clf.logits([windows[i] for i in reach], batch_size=self.cfg.batch_size)
+            p_enc = _softmax(logits)[:, model.index]
+            best = max(best, float((w * p_enc + (1 - w) * p_ngram[reach]).max()))
+        return best
 
     def injection_score(self, text: str, detector: str | None = None) -> float:
         """The detector's injection probability: the highest over every window of every classifier variant
@@ -863,7 +911,7 @@ def build_detector(
     epochs: int = 1,
     heal_epochs: int = 2,
     max_len: int = 128,
-    target_fpr: float = 0.005,
+    target_fpr: float = 0.01,
     quantize: bool = False,
     threads: int | None = None,
     max_minutes: float | None = 4,

@@ -255,6 +255,43 @@ def test_ngram_model_and_guard_json_threshold_are_used(detector, tmp_path):
     assert parts["combined"] == pytest.approx(0.25 * parts["encoder"] + 0.75 * parts["ngram"])
     assert parts["ngram"][0] > 0.5 > parts["ngram"][1]
     assert g.injection_score(attack) == pytest.approx(parts["combined"][0])
+    # scored here exactly as scikit-learn's own vectorizer would
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    model = NgramModel(built / NGRAM_FILE)
+    vec = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(model.lo, model.hi), sublinear_tf=True, vocabulary=model.vocab
+    )
+    vec.idf_ = model.idf
+    probe = [
+        attack,
+        "  two  spaces\tand a tab ",
+        "Zażółć gęślą jaźń",
+        "x",
+        "カードをなくしました。",
+        texts[3],
+    ]
+    ref = 1 / (1 + np.exp(-(vec.transform(probe) @ model.coef + model.intercept)))
+    assert model.proba(probe) == pytest.approx(ref, abs=1e-9)
+    # check() runs the encoder only where it could reach the threshold: the same decisions as full scoring
+    for threshold in (0.3, 0.5, 0.61, 0.8):
+        gt = load_guard({"detector": str(built), "rules": False, "threshold": threshold})
+        for text in texts[:60]:
+            full = gt.injection_score(text) >= threshold
+            assert (gt.check(text, "x").action == "block") == full, (threshold, text)
     # the n-gram model is plain arrays: it loads without pickle
     with np.load(built / NGRAM_FILE, allow_pickle=False) as z:
         assert {"terms", "idf", "coef", "intercept", "ngram_range"} <= set(z.files)
+
+
+def test_build_command_skips_a_built_detector_and_refuses_a_missing_val_file(tmp_path, capsys):
+    from slmforge.guard import GUARD_META, build_detector, main
+
+    built = tmp_path / "det"
+    built.mkdir()
+    (built / "classifier.json").write_text("{}")
+    (built / GUARD_META).write_text("{}")
+    main(["--out", str(built), "--if-missing", "--quiet"])  # returns at once: nothing is trained
+    assert f"already built at {built}" in capsys.readouterr().out
+    with pytest.raises(SlmError, match="injection validation data .* does not exist"):
+        build_detector(str(tmp_path / "new"), val=str(tmp_path / "none.csv"), progress=False)

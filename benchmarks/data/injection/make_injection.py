@@ -772,7 +772,7 @@ def make_v2() -> dict[str, list[dict]]:
                     "en",
                 )
         # attacks: role placement and instructions inside documents
-        for template in ROLE_ATTACKS[split]:
+        for template in ROLE_ATTACKS[split] + (ROLE_ATTACKS["train_more"] if split == "train" else []):
             for goal in rng.sample(
                 GOALS_OBF[split], min(len(GOALS_OBF[split]), {"train": 3, "val": 2, "hard": 4}[split])
             ):
