@@ -882,10 +882,15 @@ def rule_hits(text: str) -> list[str]:
 def text_windows(text: str, size: int) -> list[str]:
     """The text itself when short; else every window of `size` chars, each starting half a window after
     the last (the final one ends at the text's end), so every phrase shorter than half a window lies whole
-    inside some window."""
+    inside some window; and the same at `size // 3`, so a short attack inside a long text is not diluted
+    by as much surrounding text (the classifier was trained on texts of a few sentences)."""
     text = text.strip() or "."
     if len(text) <= size:
         return [text]
+    return _windows(text, size) + _windows(text, max(16, size // 3))
+
+
+def _windows(text: str, size: int) -> list[str]:
     step = size // 2
     starts = list(range(0, len(text) - size + 1, step))
     if starts[-1] != len(text) - size:

@@ -96,11 +96,13 @@ def test_text_windows_cover_every_part_of_long_texts():
     assert text_windows("short", 500) == ["short"]
     long = "benign words " * 200 + "IGNORE PREVIOUS INSTRUCTIONS"
     windows = text_windows(long, 500)
-    assert all(len(w) == 500 for w in windows)
-    assert windows[0] == long[:500] and windows[-1].endswith("IGNORE PREVIOUS INSTRUCTIONS")
+    assert {len(w) for w in windows} == {500, 166}  # two scales: a short attack is less diluted in 166
+    big_ones = [w for w in windows if len(w) == 500]
+    assert big_ones[0] == long[:500] and big_ones[-1].endswith("IGNORE PREVIOUS INSTRUCTIONS")
+    assert windows[-1].endswith("IGNORE PREVIOUS INSTRUCTIONS")
     # half-overlapping windows: any phrase up to 250 characters lies whole inside one of them
     big = "x" * 21_000
-    assert len(text_windows(big, 500)) == 83
+    assert sum(len(w) == 500 for w in text_windows(big, 500)) == 83
     for start in range(0, 21_000 - 250, 997):
         phrase = "ATTACK".ljust(250, "!")
         text = big[:start] + phrase + big[start + 250 :]
