@@ -1,0 +1,114 @@
+"""The injection guard applied to retrieved text (indirect prompt injection): at index time and at answer time.
+
+A document can carry instructions meant for the model that will read it ("Ignore all previous
+instructions and ..."), so `slm rag index` runs the input guard's injection check (`slmforge.guard`:
+rules, plus the classifier detector when one is chosen) on every chunk it stores, on the text a prompt
+would hold (its title, the section path or file name, and its text), and records what it found (`StoredChunk.flag`). Flagged chunks are
+quarantined: retrieval for answers (`slm rag ask`, the server's `/v1/rag/ask`, pipelines) never returns
+them, `slm rag search` shows them marked, and `slm rag index` reports how many there are. They are not
+deleted: a false positive is one re-index with another `guard` setting away, and an operator can look
+at what was caught.
+
+`slm rag ask` checks the retrieved chunks again before they go into the prompt and drops the flagged
+ones, so an index built before the guard (or with a weaker one) is protected too.
+
+The `guard` setting of an index: `auto` (default: the built detector at ~/.slmforge/models/guard-injection
+when there is one, else the rules alone), `rules` (the rules alone), `none` (no check; findings of earlier
+runs are cleared), or the path of a detector directory. The setting and a signature of the guard (its
+rules and detector) are recorded in the index; when they change, the next `slm rag index` checks every
+stored chunk again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from slmforge.errors import SlmError
+
+ROUTE = "rag:chunk"
+SETTINGS = ("auto", "rules", "none")
+
+
+def check_setting(setting: str | None) -> str:
+    """The index's `guard` setting, validated: auto, rules, none or a detector directory."""
+    value = "auto" if setting is None else str(setting).strip()
+    if value.lower() in SETTINGS:
+        return value.lower()
+    if not (Path(value).expanduser() / "classifier.json").exists():
+        raise SlmError(
+            f"guard: {value} is not one of {', '.join(SETTINGS)} nor a detector directory "
+            "(one holding classifier.json; build it with `python -m slmforge.guard`)"
+        )
+    return value
+
+
+class ChunkGuard:
+    """The input guard set up for retrieved text: injection only (personal data in documents is theirs),
+    flag rather than block. `check` gives '' for clean text, else the reasons joined by commas."""
+
+    def __init__(self, setting: str = "auto", threads: int = 1):
+        from slmforge.guard import load_guard
+
+        self.setting = check_setting(setting)
+        if self.setting == "none":
+            raise SlmError("guard: none means no ChunkGuard (check_setting first)")
+        detector = "none" if self.setting == "rules" else self.setting
+        self.guard = load_guard(
+            {"detector": detector, "threads": threads, "default": {"pii": "allow", "injection": "flag"}}
+        )
+        described = self.guard.describe().get("detector")
+        self.detector: str | None = None if described in (None, "rules only") else str(described)
+        self.seconds = 0.0  # time spent checking, for the index report
+        self.checked = 0
+
+    @property
+    def name(self) -> str:
+        """What checks the chunks, in words."""
+        return f"rules + detector {self.detector}" if self.detector else "rules only"
+
+    def signature(self) -> str:
+        """Changes when the rules or the detector do: the index re-checks its chunks then."""
+        import slmforge.guard as guard_module
+
+        h = hashlib.sha256()
+        for name, pattern in sorted(getattr(guard_module, "RULES", {}).items()):
+            h.update(f"{name}={getattr(pattern, 'pattern', pattern)}\n".encode())
+        if self.detector:
+            for part in ("classifier.json", "model.onnx", "model.safetensors"):
+                f = Path(self.detector) / part
+                if f.exists():
+                    st = f.stat()
+                    h.update(f"{part}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return f"{self.name}|{h.hexdigest()[:16]}"
+
+    def check(self, text: str) -> str:
+        started = time.perf_counter()
+        verdict = self.guard.check(text, ROUTE)
+        self.seconds += time.perf_counter() - started
+        self.checked += 1
+        if verdict.action == "allow":
+            return ""
+        reasons = [r for r in verdict.reasons if r.startswith("injection")]
+        return ",".join(reasons) or verdict.action
+
+    def check_many(self, texts: Iterable[str]) -> list[str]:
+        return [self.check(t) for t in texts]
+
+
+def open_guard(setting: str | None, threads: int = 1) -> ChunkGuard | None:
+    """The guard for an index's `guard` setting; None for `none`."""
+    value = check_setting(setting)
+    return None if value == "none" else ChunkGuard(value, threads)
+
+
+def source_title(section: str, doc: str) -> str:
+    """How a prompt names a source: its section path, else its document's file name."""
+    return section or doc.rsplit("/", 1)[-1]
+
+
+def guarded_text(section: str, doc: str, text: str) -> str:
+    """The part of a chunk a prompt holds, as the guard checks it: its title and its text."""
+    return f"{source_title(section, doc)}\n{text}"
