@@ -153,7 +153,7 @@ class Retriever:
             raise SlmError(f"--k must be at least 1 (got {k})")
         if not query.strip():
             raise SlmError("the query is empty")
-        filters = filters or Filters()
+        filters = Filters() if filters is None else filters  # (an empty one is falsy)
         started = time.perf_counter()
         depth = max(k, self.candidates) if mode == "hybrid" else k
         terms = query_terms(query)
