@@ -17,6 +17,7 @@ from slmforge.rag.index import build_index
 from slmforge.rag.search import Retriever
 from slmforge.rag.store import Filters
 from tests.test_rag import index_cfg, write_docs
+from tests.test_rag_pg import pg_url  # noqa: F401  (the private PostgreSQL server fixture)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rag" / "hidden_injection.html"
 PYDOCS = Path("/usr/share/doc/python3.11/html")
@@ -344,3 +345,37 @@ def test_python_docs_chunks_are_not_flagged(tmp_path):
     ]
     assert len(chunks) > 400
     assert sum(bool(f) for f in guard.check_many(chunks)) == 0
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def test_pg_store_flags_quarantines_and_migrates(pg_url, tmp_path, tiny_model_dir, prompts):  # noqa: F811
+    import psycopg
+
+    from slmforge.rag.ask import AskConfig, Asker
+
+    docs = write_docs(tmp_path / "docs", SUPPORT)
+    cfg = index_cfg(docs, "guarded")
+    cfg.store = pg_url
+    r = build_index(cfg, progress=False)
+    assert (r.chunks_flagged, r.flagged_total, r.unchecked_total) == (1, 1, 0)
+    with Retriever("guarded", pg_url) as ret:
+        for mode in ("bm25", "vector", "hybrid"):
+            assert all(not h.chunk.flagged for h in ret.search("refunds card parcels", mode, 10).hits), mode
+            shown = ret.search("refunds card parcels", mode, 10, Filters(include_flagged=True)).hits
+            assert any(h.chunk.flagged and INJECTION in h.chunk.text for h in shown), mode
+        [bad] = ret.store.flagged(10)
+        assert "injection:rule:ignore_instructions" in bad.flag
+
+    # an index written before the guard: no flag column, no guard in meta
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute("ALTER TABLE rag_guarded.chunks DROP COLUMN flag")
+        con.execute("DELETE FROM rag_guarded.meta WHERE key IN ('guard', 'guard_signature')")
+    with Asker("guarded", str(tiny_model_dir), pg_url, threads=1) as a:  # opening adds the column back
+        assert a.retriever.store.counts()["unchecked"] == r.chunks_total
+        ans = a.ask(AskConfig("guarded", "How are refunds paid to the card?", str(tiny_model_dir), pg_url,
+                              max_new_tokens=4, min_cosine=0.0))  # fmt: skip
+    assert ans.dropped_chunks == 1 and "Ignore all previous instructions" not in _prompt_text(prompts)
+    again = build_index(cfg, progress=False)
+    assert again.chunks_rechecked == r.chunks_total and (again.flagged_total, again.unchecked_total) == (1, 0)
