@@ -1095,11 +1095,11 @@ def rag_index(
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text in .csv files."),
     threads: int | None = _THREADS,
     guard: str = typer.Option(
-        "auto",
+        "rules",
         "--guard",
-        help="Injection check on every chunk (flagged ones are quarantined): auto (the built detector, "
-        "else rules), rules, none, or a detector directory.",
-    ),  # fmt: skip
+        help="Injection check on every chunk (flagged ones are quarantined): rules, auto (also the built "
+        "detector; it flags most documentation), none, or a detector directory.",
+    ),
 ) -> None:
     """Index documents for retrieval (incremental: only new or changed files are embedded again)."""
     from slmforge.rag.index import RagIndexConfig, build_index
@@ -1121,6 +1121,12 @@ def rag_index(
         )
         if r.flagged_total:
             guarded += f"; list them with `slm rag quarantine {index}`"
+        if "detector" in r.guard and r.flagged_total > 0.2 * max(r.chunks_total, 1):
+            console.print(
+                f"[yellow]warning:[/yellow] the detector quarantined {r.flagged_total:,} of {r.chunks_total:,} "
+                "chunks: it is trained on chat messages, not documents; re-index with --guard rules",
+                highlight=False,
+            )
     _table(
         "rag index",
         {
@@ -1222,7 +1228,7 @@ def rag_quarantine(
     out.print(table)
     if counts.get("unchecked"):
         out.print(
-            f"{counts['unchecked']:,} chunks were never checked: run `slm rag index` with --guard auto or rules.",
+            f"{counts['unchecked']:,} chunks were never checked: run `slm rag index` with --guard rules.",
             highlight=False,
         )
 

@@ -254,7 +254,7 @@ def test_index_built_before_the_guard_is_migrated_and_checked(tmp_path):
 
 
 def test_guard_setting_is_validated(tmp_path):
-    assert check_setting(None) == "auto" and check_setting(" Rules ") == "rules"
+    assert check_setting(None) == "rules" and check_setting(" AUTO ") == "auto"
     with pytest.raises(SlmError, match="not one of auto, rules, none nor a detector directory"):
         check_setting(str(tmp_path))
 
@@ -308,7 +308,7 @@ def test_ask_drops_injected_chunks_of_an_index_built_before_the_guard(tmp_path, 
         leaked = a.ask(cfg)
     assert leaked.dropped_chunks == 0 and "Ignore all previous instructions" in _prompt_text(prompts)
     prompts.clear()
-    with Asker(str(index), str(tiny_model_dir), threads=1) as a:  # the index records no guard: auto
+    with Asker(str(index), str(tiny_model_dir), threads=1) as a:  # the index records no guard: rules
         assert a.guard is not None and a.guard.name == "rules only"
         ans = a.ask(cfg)
         assert ans.dropped_chunks == 1 and "injection:rule:ignore_instructions" in ans.dropped_reasons[0]

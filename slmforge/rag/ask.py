@@ -14,7 +14,7 @@ Indirect injection: retrieval leaves out the chunks the guard quarantined when t
 the retrieved chunks are checked again (rules + detector, `slmforge.rag.guarding`) before they go into
 the prompt; the flagged ones are dropped and counted in `Answer.dropped_chunks`, so an index built before
 the guard, or with a weaker one, cannot smuggle instructions into the prompt either. The answer-time
-guard is the index's own `guard` setting (`auto` for an index that records none), or `AskConfig.guard`.
+guard is the index's own `guard` setting (`rules` for an index that records none), or `AskConfig.guard`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class AskConfig:
     """SmolLM2-135M loops ("The answer to your question is:" over and over) without it."""
     guard: str | None = None
     """Answer-time check of the retrieved chunks: auto, rules, none or a detector directory
-    (None: the index's own setting, `auto` when it records none)."""
+    (None: the index's own setting, `rules` when it records none)."""
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Asker:
         runtime.set_threads(threads)
         self.retriever = Retriever(index, store)
         try:
-            setting = check_setting(guard or self.retriever.store.meta().get("guard") or "auto")
+            setting = check_setting(guard or self.retriever.store.meta().get("guard"))
             self.guard: ChunkGuard | None = open_guard(setting)
         except SlmError:
             self.retriever.close()

@@ -12,9 +12,13 @@ at what was caught.
 `slm rag ask` checks the retrieved chunks again before they go into the prompt and drops the flagged
 ones, so an index built before the guard (or with a weaker one) is protected too.
 
-The `guard` setting of an index: `auto` (default: the built detector at ~/.slmforge/models/guard-injection
-when there is one, else the rules alone), `rules` (the rules alone), `none` (no check; findings of earlier
-runs are cleared), or the path of a detector directory. The setting and a signature of the guard (its
+The `guard` setting of an index: `rules` (default: the guard's rules alone), `auto` (the built detector
+at ~/.slmforge/models/guard-injection as well, when there is one), `none` (no check; findings of earlier
+runs are cleared), or the path of a detector directory. The default is `rules`, not `auto`, because the
+detector is trained on chat messages and reads documentation as injection: built by the current recipe
+(`python -m slmforge.guard`), it flagged 22,486 of the 22,491 chunks of the Python docs, and no threshold
+separates them (300 sampled docs chunks score p5 0.999, held-out injections p50 0.991; see
+benchmarks/results/rag_guard.md). The rules flag 6 of 22,491. The setting and a signature of the guard (its
 rules and detector) are recorded in the index; when they change, the next `slm rag index` checks every
 stored chunk again.
 """
@@ -31,6 +35,7 @@ from slmforge.errors import SlmError
 
 ROUTE = "rag:chunk"
 SETTINGS = ("auto", "rules", "none")
+DEFAULT = "rules"  # see the module docstring: the chat-trained detector flags nearly every document chunk
 # Technical documents say "debug mode", "developer mode" and "debug build" all the time (35 of the 22,491
 # chunks of the Python docs), and the guard's persona rule, written for chat messages, reads them as a
 # jailbreak ("enter developer mode"). In a document those words alone are not an attack, so they are
@@ -45,7 +50,7 @@ def _doc_terms(m: re.Match) -> str:
 
 def check_setting(setting: str | None) -> str:
     """The index's `guard` setting, validated: auto, rules, none or a detector directory."""
-    value = "auto" if setting is None else str(setting).strip()
+    value = DEFAULT if setting is None else str(setting).strip()
     if value.lower() in SETTINGS:
         return value.lower()
     if not (Path(value).expanduser() / "classifier.json").exists():
@@ -60,7 +65,7 @@ class ChunkGuard:
     """The input guard set up for retrieved text: injection only (personal data in documents is theirs),
     flag rather than block. `check` gives '' for clean text, else the reasons joined by commas."""
 
-    def __init__(self, setting: str = "auto", threads: int = 1):
+    def __init__(self, setting: str = DEFAULT, threads: int = 1):
         from slmforge.guard import load_guard
 
         self.setting = check_setting(setting)

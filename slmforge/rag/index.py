@@ -41,8 +41,8 @@ class RagIndexConfig:
     runtime: onnx (default, exported once) or torch, for the embedding model.
     tags: attached to every file indexed by this run (search can filter on them).
     batch_files / batch_chunks: a batch is committed once it holds this many files or chunks.
-    guard: the injection check run on every chunk: auto (the built detector if there is one, else the
-    rules), rules, none, or a detector directory (slmforge.rag.guarding).
+    guard: the injection check run on every chunk: rules (default), auto (also the built detector, if
+    there is one), none, or a detector directory (slmforge.rag.guarding says why rules is the default).
     """
 
     paths: list[str]
@@ -59,7 +59,7 @@ class RagIndexConfig:
     batch_chunks: int = 512
     embed_batch_size: int = 32
     threads: int | None = None
-    guard: str = "auto"
+    guard: str = "rules"
 
 
 @dataclass
