@@ -1096,6 +1096,12 @@ def rag_index(
     text_field: str = typer.Option("text", "--text-field", help="JSON field with the text in .jsonl files."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text in .csv files."),
     threads: int | None = _THREADS,
+    guard: str = typer.Option(
+        "rules",
+        "--guard",
+        help="Injection check on every chunk (flagged ones are quarantined): rules, auto (also the built "
+        "detector; it flags most documentation), none, or a detector directory.",
+    ),
 ) -> None:
     """Index documents for retrieval (incremental: only new or changed files are embedded again)."""
     from slmforge.rag.index import RagIndexConfig, build_index
@@ -1103,10 +1109,26 @@ def rag_index(
     cfg = RagIndexConfig(
         paths=list(paths), index=index, store=store, embed_model=embed_model, runtime=runtime,
         max_chars=chunk_chars, overlap=overlap, tags=list(tags), text_field=text_field,
-        text_column=text_column, threads=threads,
+        text_column=text_column, threads=threads, guard=guard,
     )  # fmt: skip
     r = build_index(cfg)
     skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.skipped.items() if v) or "none"
+    if r.guard == "none":
+        guarded = f"none: {r.unchecked_total:,} chunks unchecked"
+    else:
+        rechecked = f", {r.chunks_rechecked:,} stored chunks re-checked" if r.chunks_rechecked else ""
+        guarded = (
+            f"{r.guard}: {r.flagged_total:,} chunks quarantined ({r.chunks_flagged:,} flagged by this run"
+            f"{rechecked}; {r.guard_seconds:.1f} s)"
+        )
+        if r.flagged_total:
+            guarded += f"; list them with `slm rag quarantine {index}`"
+        if "detector" in r.guard and r.flagged_total > 0.2 * max(r.chunks_total, 1):
+            console.print(
+                f"[yellow]warning:[/yellow] the detector quarantined {r.flagged_total:,} of {r.chunks_total:,} "
+                "chunks: it is trained on chat messages, not documents; re-index with --guard rules",
+                highlight=False,
+            )
     _table(
         "rag index",
         {
@@ -1114,7 +1136,9 @@ def rag_index(
             "files": f"{r.files_seen:,} seen: {r.files_indexed:,} indexed, {r.files_unchanged:,} unchanged, "
             f"{r.files_deleted:,} deleted",
             "skipped": skipped,
+            "hidden HTML dropped": f"{r.hidden_html:,} elements",
             "chunks": f"{r.chunks_total:,} ({r.chunks_added:,} added)",
+            "guard": guarded,
             "size": f"{r.size_bytes / 1e6:.1f} MB",
             "seconds": f"{r.seconds:.1f}",
         },
@@ -1139,26 +1163,76 @@ def rag_search(
         "convex", "--fusion", help="hybrid: convex (alpha x BM25 + (1-alpha) x cosine, normalised) or rrf."
     ),
     alpha: float = typer.Option(0.6, "--alpha", help="hybrid, convex: weight of BM25 (0..1)."),
+    flagged: bool = typer.Option(
+        True,
+        "--flagged/--hide-flagged",
+        help="Also show the chunks the injection guard quarantined (marked; answers never use them).",
+    ),  # fmt: skip
 ) -> None:
     """Search an index: the best chunks with their file, section and score."""
     from rich.table import Table
+    from rich.text import Text
 
     from slmforge.rag.search import SearchConfig, search
 
     _warnings_to_console()
     res = search(
         SearchConfig(
-            index, query, mode, k, path_filter, list(tags), store, embed_model, fusion=fusion, alpha=alpha
+            index, query, mode, k, path_filter, list(tags), store, embed_model, fusion=fusion, alpha=alpha,
+            include_flagged=flagged,
         )
-    )
+    )  # fmt: skip
     table = Table(title=f"{mode} search: {len(res.hits)} hits in {res.seconds * 1000:.1f} ms")
     for col in ("#", "score", "file", "section", "text"):
         table.add_column(col, overflow="fold")
     for i, h in enumerate(res.hits, 1):
-        snippet = " ".join(h.chunk.text.split())[:160]
+        # Document text is shown as plain text: a chunk must not restyle (or hide) itself with markup.
+        snippet = Text(" ".join(h.chunk.text.split())[:160])
+        if h.chunk.flagged:
+            snippet = Text.assemble((f"QUARANTINED ({h.chunk.flag}) ", "bold red"), snippet)
         where = f"{Path(h.chunk.path).name}:{h.chunk.start}-{h.chunk.end}"
-        table.add_row(str(i), f"{h.score:.4g}", where, h.chunk.section, snippet)
+        table.add_row(str(i), f"{h.score:.4g}", Text(where), Text(h.chunk.section), snippet)
     out.print(table)
+    quarantined = sum(h.chunk.flagged for h in res.hits)
+    if quarantined:
+        out.print(
+            f"{quarantined} of these chunks are quarantined by the injection guard: answers never use them.",
+            highlight=False,
+        )
+
+
+@rag_app.command("quarantine")
+def rag_quarantine(
+    index: str = typer.Argument(..., help=_RAG_INDEX_HELP),
+    store: str | None = _RAG_STORE,
+    limit: int = typer.Option(50, "--limit", help="Chunks to list."),
+) -> None:
+    """List the chunks the injection guard quarantined at index time, with its reasons."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from slmforge.rag.store import open_store
+
+    s = open_store(index, store)
+    try:
+        counts, chunks = s.counts(), s.flagged(max(limit, 0))
+        guard = s.meta().get("guard", "none (index built before the guard)")
+    finally:
+        s.close()
+    table = Table(
+        title=f"{counts.get('flagged', 0):,} of {counts['chunks']:,} chunks quarantined (guard: {guard})"
+    )
+    for col in ("file", "section", "reasons", "text"):
+        table.add_column(col, overflow="fold")
+    for c in chunks:
+        where = f"{Path(c.path).name}:{c.start}-{c.end}"
+        table.add_row(Text(where), Text(c.section), Text(c.flag or ""), Text(" ".join(c.text.split())[:160]))
+    out.print(table)
+    if counts.get("unchecked"):
+        out.print(
+            f"{counts['unchecked']:,} chunks were never checked: run `slm rag index` with --guard rules.",
+            highlight=False,
+        )
 
 
 @rag_app.command("ask")
@@ -1200,9 +1274,12 @@ def rag_ask(
         )
     how = "abstained" if a.abstained else ("cited by the model" if a.model_cited else "citation attributed")
     best = "n/a" if a.best_cosine is None else f"{a.best_cosine:.2f}"
+    withheld = (
+        f"{a.dropped_chunks} retrieved chunks withheld by the injection guard; " if a.dropped_chunks else ""
+    )
     console.print(
-        f"[dim]{how}; best similarity {best}; {len(a.sources)} sources, {a.prompt_tokens} prompt tokens; "
-        f"{a.seconds:.1f} s[/dim]",
+        f"[dim]{how}; best similarity {best}; {len(a.sources)} sources, {withheld}{a.prompt_tokens} prompt "
+        f"tokens; {a.seconds:.1f} s[/dim]",
         highlight=False,
     )
 

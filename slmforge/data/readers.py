@@ -8,6 +8,14 @@
   huge file never has to sit in memory whole.
 - html: clean text via `html.parser` (script/style/nav/head and role=navigation dropped, headings and
   paragraphs become their own blank-line separated blocks, list items their own lines, <pre> kept).
+  Text a browser does not show is dropped too, so it never reaches an index or a prompt (a page can hide
+  an injection from its readers that way): elements with the `hidden` attribute (not `until-found`,
+  which the browser reveals on find), an inline style with `display: none` or `visibility: hidden` /
+  `collapse` (case, spaces, `!important` and CSS comments ignored), `aria-hidden="true"`, <template>,
+  <noscript> and a <dialog> that is not `open`; `ReadStats.hidden_html` counts those elements. Text
+  hidden by a stylesheet rule or a class (`.hidden {...}`), by `opacity: 0`, `font-size: 0` or
+  off-screen positioning is kept: telling it apart needs the page's CSS, and those styles also hide
+  content that scripts reveal. `slm rag index` runs the injection guard on every chunk for that reason.
 - jsonl: one document per line from `text_field` (`path:LINE`); lines that are not JSON objects with a
   string in that field are counted as `malformed` and skipped.
 - csv: one document per row from `text_column` (`path:ROW`); a missing column is an SlmError naming the
@@ -71,6 +79,7 @@ class ReadStats:
     unsupported: int = 0  # files with an extension we do not read
     malformed: int = 0  # jsonl lines / csv rows skipped (bad JSON, not an object, no string field)
     missing_field: int = 0  # of those, jsonl lines without `text_field`
+    hidden_html: int = 0  # HTML elements dropped because a browser would not show them
     documents: int = 0  # documents yielded
     by_format: dict[str, int] = field(default_factory=dict)
 
@@ -164,7 +173,7 @@ def iter_documents(
         elif fmt == "csv":
             docs = _read_csv(path, text_column, stats)
         elif fmt == "html":
-            docs = _read_html(path)
+            docs = _read_html(path, stats)
         else:
             docs = _read_text(path, fmt)
         for doc in docs:
@@ -233,6 +242,7 @@ def _read_csv(path: Path, text_column: str, stats: ReadStats) -> Iterator[Docume
 # ---------------------------------------------------------------- HTML to text
 
 _SKIP = {"script", "style", "nav", "head", "noscript", "template", "svg", "iframe", "button", "form"}
+_NOT_SHOWN = {"noscript", "template"}  # of those, the ones that hold page text a browser never shows
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _PARA = {
     "p", "div", "section", "article", "main", "header", "footer", "aside", "blockquote", "figure",
@@ -241,6 +251,82 @@ _PARA = {
 }  # fmt: skip
 _LINE = {"li", "tr", "dt", "dd"}
 _WS = re.compile(r"\s+")
+# HTML's optional end tags: an open element that the start of another one closes, and the end tags of
+# the parents that close it. A hidden <li> or <p> left unclosed must end where a browser ends it, not
+# swallow (or, worse, release) the rest of the page.
+_TABLE = {"table", "tbody", "thead", "tfoot"}
+_CLOSED_BY_START = {
+    "p": _PARA | {"pre", "menu", "hgroup", "nav", "form", "li", "dt", "dd"},
+    "li": {"li"},
+    "dt": {"dt", "dd"},
+    "dd": {"dt", "dd"},
+    "tr": {"tr"} | _TABLE,
+    "td": {"td", "th", "tr"} | _TABLE,
+    "th": {"td", "th", "tr"} | _TABLE,
+    "option": {"option", "optgroup"},
+}
+_CLOSED_BY_END = {
+    "p": _PARA | {"li", "dd", "dt", "td", "th", "nav", "form", "menu"},
+    "li": {"ul", "ol", "menu"},
+    "dt": {"dl"},
+    "dd": {"dl"},
+    "tr": _TABLE,
+    "td": {"tr"} | _TABLE,
+    "th": {"tr"} | _TABLE,
+    "option": {"select", "optgroup", "datalist"},
+}
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})\s?|(.))", re.S)
+
+
+def _css_unescape(m: re.Match) -> str:
+    if m.group(1):
+        code = int(m.group(1), 16)
+        return chr(code) if 0 < code <= 0x10FFFF else "\ufffd"
+    return m.group(2)
+
+
+def style_hides(style: str) -> bool:
+    """Does an inline `style` attribute hide its element (display: none, visibility: hidden/collapse)?
+
+    Read as a browser reads it: case and spaces ignored, comments and escapes undone, the last
+    declaration of a property wins unless an earlier one is `!important` and it is not."""
+    css = _CSS_ESCAPE.sub(_css_unescape, _CSS_COMMENT.sub("", style)).lower()
+    seen: dict[str, tuple[str, bool]] = {}
+    for decl in css.split(";"):
+        prop, colon, value = decl.partition(":")
+        if not colon:
+            continue
+        prop, value = prop.strip(), "".join(value.split())
+        important = value.endswith("!important")
+        value = value.removesuffix("!important")
+        if prop in seen and seen[prop][1] and not important:
+            continue
+        seen[prop] = (value, important)
+    display = seen.get("display", ("", False))[0]
+    visibility = seen.get("visibility", ("", False))[0]
+    return display == "none" or visibility in ("hidden", "collapse")
+
+
+def _first_attrs(attrs: list[tuple[str, str | None]]) -> dict[str, str | None]:
+    """Attributes by name, the first of a repeated one winning (as in a browser; dict() keeps the last)."""
+    out: dict[str, str | None] = {}
+    for name, value in attrs:
+        out.setdefault(name, value)
+    return out
+
+
+def _not_shown(tag: str, attrs: dict[str, str | None]) -> bool:
+    """Would a browser leave this element's content off the page?"""
+    if tag in _NOT_SHOWN:
+        return True
+    if "hidden" in attrs and (attrs["hidden"] or "").strip().lower() != "until-found":
+        return True  # hidden="until-found" is revealed by find-in-page: it is content
+    if (attrs.get("aria-hidden") or "").strip().lower() == "true":
+        return True
+    if tag == "dialog" and "open" not in attrs:
+        return True
+    return bool(attrs.get("style")) and style_hides(attrs["style"] or "")
 
 
 class _HtmlText(HTMLParser):
@@ -251,9 +337,9 @@ class _HtmlText(HTMLParser):
         self.blocks: list[str] = []  # finished text, separators included
         self.buf: list[str] = []  # the block being built
         self.pending = ""  # separator owed before the next non-empty block
-        self.skip_tag: str | None = None
-        self.skip_depth = 0
+        self.skipping: list[str] = []  # open elements of the dropped subtree, its root first
         self.pre = 0
+        self.hidden = 0  # elements dropped because a browser would not show them
 
     # -- structure
     def _break(self, sep: str) -> None:
@@ -272,17 +358,41 @@ class _HtmlText(HTMLParser):
         if self.blocks and len(sep) > len(self.pending):
             self.pending = sep
 
+    def _skip_start(self, tag: str) -> bool:
+        """A start tag inside a dropped subtree: True while it stays dropped."""
+        while self.skipping and tag in _CLOSED_BY_START.get(self.skipping[-1], ()):
+            self.skipping.pop()
+        if not self.skipping:
+            return False  # it closed the dropped element: this one is shown
+        if tag not in _VOID:
+            self.skipping.append(tag)
+        return True
+
+    def _skip_end(self, tag: str) -> bool:
+        """An end tag inside a dropped subtree: True when it was consumed there."""
+        if tag not in self.skipping:
+            if tag not in _CLOSED_BY_END.get(self.skipping[-1], ()):
+                return True  # a stray end tag: a browser ignores it, and so do we
+            while self.skipping and tag in _CLOSED_BY_END.get(self.skipping[-1], ()):
+                self.skipping.pop()
+            if self.skipping and tag in self.skipping:
+                del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag) :]
+            return bool(self.skipping)  # else it ends a shown parent too
+        del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag) :]
+        return True
+
     def handle_starttag(self, tag, attrs):
-        if self.skip_tag is not None:
-            if tag == self.skip_tag:
-                self.skip_depth += 1
+        if self.skipping and self._skip_start(tag):
             return
-        attrs = dict(attrs)
-        if (tag in _SKIP or attrs.get("role") == "navigation" or attrs.get("aria-hidden") == "true") and (
-            tag not in _VOID
-        ):
-            self.skip_tag, self.skip_depth = tag, 1
-            return
+        attrs = _first_attrs(attrs)
+        if tag not in _VOID:
+            if _not_shown(tag, attrs):
+                self.hidden += 1
+                self.skipping = [tag]
+                return
+            if tag in _SKIP or attrs.get("role") == "navigation":
+                self.skipping = [tag]
+                return
         if tag == "pre":
             self._break("\n\n")
             self.pre += 1
@@ -298,17 +408,15 @@ class _HtmlText(HTMLParser):
             self.buf.append(" ")
 
     def handle_startendtag(self, tag, attrs):
-        if self.skip_tag is None and tag == "br":
-            self.buf.append("\n")
-        elif self.skip_tag is None and tag == "hr":
-            self._break("\n\n")
+        # `<div hidden/>` opens a div in HTML (the slash only closes void and foreign elements), so a
+        # self-closed hidden element still hides what follows it, as in a browser. A self-closed
+        # <script/>, <svg/> ... stays closed, as it always was here (XHTML pages write them so).
+        self.handle_starttag(tag, attrs)
+        if tag in _SKIP and self.skipping == [tag]:
+            self.skipping = []
 
     def handle_endtag(self, tag):
-        if self.skip_tag is not None:
-            if tag == self.skip_tag:
-                self.skip_depth -= 1
-                if self.skip_depth == 0:
-                    self.skip_tag = None
+        if self.skipping and self._skip_end(tag):
             return
         if tag == "pre" and self.pre:
             self._break("\n\n")
@@ -319,7 +427,7 @@ class _HtmlText(HTMLParser):
             self._break("\n")
 
     def handle_data(self, data):
-        if self.skip_tag is None:
+        if not self.skipping:
             self.buf.append(data if self.pre else _WS.sub(" ", data))
 
     def take(self) -> str:
@@ -336,18 +444,22 @@ class _HtmlText(HTMLParser):
         return sum(len(b) for b in self.blocks)
 
 
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML page, headings and paragraphs as blank-line separated blocks."""
+def html_to_text(html: str, stats: ReadStats | None = None) -> str:
+    """Visible text of an HTML page, headings and paragraphs as blank-line separated blocks; the
+    elements dropped as not shown (see the module docstring) are counted in `stats.hidden_html`."""
     parser = _HtmlText()
     parser.feed(html)
-    return parser.text()
+    text = parser.text()
+    if stats is not None:
+        stats.hidden_html += parser.hidden
+    return text
 
 
-def _read_html(path: Path) -> Iterator[Document]:
-    parser = _HtmlText()
+def _read_html(path: Path, stats: ReadStats) -> Iterator[Document]:
     if path.stat().st_size <= MAX_DOC_CHARS:
-        yield Document(str(path), html_to_text(path.read_text(encoding="utf-8-sig")), "html")
+        yield Document(str(path), html_to_text(path.read_text(encoding="utf-8-sig"), stats), "html")
         return
+    parser = _HtmlText()
     # Large page: hand out the finished blocks whenever they reach MAX_DOC_CHARS.
     start = 1
     with open(path, encoding="utf-8-sig") as f:
@@ -356,7 +468,12 @@ def _read_html(path: Path) -> Iterator[Document]:
             if parser.size() >= MAX_DOC_CHARS:
                 yield Document(f"{path}:{start}", parser.take(), "html")
                 start = parser.getpos()[0]
-    yield Document(f"{path}:{start}", parser.text(), "html")
+    text = parser.text()
+    stats.hidden_html += parser.hidden
+    yield Document(f"{path}:{start}", text, "html")
 
 
-__all__ = ["Document", "ReadStats", "FORMATS", "file_format", "iter_files", "iter_documents", "html_to_text"]
+__all__ = [
+    "Document", "ReadStats", "FORMATS", "file_format", "iter_files", "iter_documents", "html_to_text",
+    "style_hides",
+]  # fmt: skip

@@ -9,6 +9,12 @@ it let 99.2 % of answerable questions through and stopped 90 % of unanswerable o
 For another corpus or embedding model, `slm rag eval` prints the same suggestion for your questions.
 Citations are the model's own `[n]` when it writes them; when it writes none, the answer is attributed
 to the source sharing the most content words with it, and `model_cited` says so.
+
+Indirect injection: retrieval leaves out the chunks the guard quarantined when they were indexed, and
+the retrieved chunks are checked again (rules + detector, `slmforge.rag.guarding`) before they go into
+the prompt; the flagged ones are dropped and counted in `Answer.dropped_chunks`, so an index built before
+the guard, or with a weaker one, cannot smuggle instructions into the prompt either. The answer-time
+guard is the index's own `guard` setting (`rules` for an index that records none), or `AskConfig.guard`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 
 from slmforge import runtime
 from slmforge.errors import SlmError
+from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text, open_guard, source_title
 from slmforge.rag.search import Hit, Retriever, query_terms
 from slmforge.rag.store import Filters
 
@@ -49,6 +56,9 @@ class AskConfig:
     threads: int | None = None
     repetition_penalty: float = 1.3
     """SmolLM2-135M loops ("The answer to your question is:" over and over) without it."""
+    guard: str | None = None
+    """Answer-time check of the retrieved chunks: auto, rules, none or a detector directory
+    (None: the index's own setting, `rules` when it records none)."""
 
 
 @dataclass
@@ -61,22 +71,33 @@ class Answer:
     best_cosine: float | None
     prompt_tokens: int = 0
     seconds: float = 0.0
+    dropped_chunks: int = 0  # retrieved chunks the guard kept out of the prompt
+    dropped_reasons: list[str] = field(default_factory=list)  # the guard's reasons, one per dropped chunk
 
 
 def ask(cfg: AskConfig) -> Answer:
     """Answer one question from the index."""
-    with Asker(cfg.index, cfg.model, cfg.store, threads=cfg.threads) as asker:
+    with Asker(cfg.index, cfg.model, cfg.store, threads=cfg.threads, guard=cfg.guard) as asker:
         return asker.ask(cfg)
 
 
 class Asker:
     """An open index and a loaded model, to answer many questions (eval, benchmarks)."""
 
-    def __init__(self, index: str, model: str, store: str | None = None, threads: int | None = None):
+    def __init__(
+        self, index: str, model: str, store: str | None = None, threads: int | None = None,
+        guard: str | None = None,
+    ):  # fmt: skip
         from slmforge.engines import open_lm
 
         runtime.set_threads(threads)
         self.retriever = Retriever(index, store)
+        try:
+            setting = check_setting(guard or self.retriever.store.meta().get("guard"))
+            self.guard: ChunkGuard | None = open_guard(setting)
+        except SlmError:
+            self.retriever.close()
+            raise
         self.lm = open_lm(model, threads=threads)
         self.tokenizer = self.lm.tokenizer
         self.model_name = model
@@ -99,16 +120,24 @@ class Asker:
                 self.retriever.embedder.encode_query(cfg.question), 1, Filters()
             )
             found.best_cosine = nearest[0][1] if nearest else None
+        hits, dropped = self.screen(found.hits)
+        if dropped and hits and any(h.cosine is not None for h in hits):
+            found.best_cosine = max(h.cosine for h in hits if h.cosine is not None)  # the gate sees kept ones
         gate = DEFAULT_MIN_COSINE if cfg.min_cosine is None else cfg.min_cosine
-        if not found.hits or found.best_cosine is None or found.best_cosine < gate:
+        if found.hits and not hits:
+            text = f"{IDK}: the sources retrieved for this question were withheld by the injection guard."
+            return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started,
+                          len(dropped), dropped)  # fmt: skip
+        if not hits or found.best_cosine is None or found.best_cosine < gate:
             best = "none" if found.best_cosine is None else f"{found.best_cosine:.2f}"
             text = f"{IDK}: nothing in the index is close enough to the question (best similarity {best} < {gate})."
-            return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started)
+            return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started,
+                          len(dropped), dropped)  # fmt: skip
         limit = self.lm.max_positions or cfg.context_tokens
         budget = min(cfg.context_tokens, limit - cfg.max_new_tokens)
         target = budget
         for _ in range(4):  # the template's own tokens are estimated: shrink until the real prompt fits
-            messages, sources = self._prompt(cfg, found.hits, target)
+            messages, sources = self._prompt(cfg, hits, target)
             ids = prompt_ids(self.tokenizer, messages, chat=True)
             if len(ids) <= budget:
                 break
@@ -130,7 +159,21 @@ class Asker:
             cited = [best_source]
             text = f"{text} [{best_source}]"
         return Answer(text, abstained, sources, cited, model_cited, found.best_cosine, len(ids),
-                      time.perf_counter() - started)  # fmt: skip
+                      time.perf_counter() - started, len(dropped), dropped)  # fmt: skip
+
+    def screen(self, hits: list[Hit]) -> tuple[list[Hit], list[str]]:
+        """The hits the guard lets into a prompt, and the reasons for each one it kept out."""
+        if self.guard is None:
+            return hits, []
+        kept, dropped = [], []
+        for hit in hits:
+            c = hit.chunk
+            reasons = self.guard.check(guarded_text(c.section, c.doc, c.text))
+            if reasons:
+                dropped.append(reasons)
+            else:
+                kept.append(hit)
+        return kept, dropped
 
     def _prompt(self, cfg: AskConfig, hits: list[Hit], budget: int) -> tuple[list[dict], list[Hit]]:
         """System + user messages holding as many sources (best first) as fit the token budget."""
@@ -141,7 +184,7 @@ class Asker:
         blocks, sources = [], []
         for hit in hits:
             n = len(sources) + 1
-            title = hit.chunk.section or hit.chunk.doc.rsplit("/", 1)[-1]
+            title = source_title(hit.chunk.section, hit.chunk.doc)
             block = f"[{n}] ({title})\n{hit.chunk.text.strip()}"
             size = self._tokens(block) + 2
             if used + size > budget:

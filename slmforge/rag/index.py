@@ -5,6 +5,10 @@ that were deleted (or are no longer under the given paths); then read, chunk and
 changed files, in batches. A batch's files (their chunks, vectors and hashes) are written in one
 transaction and committed together, so a killed indexer leaves the last committed state and the next
 run picks up exactly the files that were not committed.
+
+Every chunk is checked by the injection guard before it is stored (`slmforge.rag.guarding`): a flagged
+chunk is stored but quarantined (left out of retrieval for answers, shown marked by `slm rag search`).
+Chunks stored before the guard, or under another guard setting, are checked at the start of the run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from slmforge.errors import SlmError
 from slmforge.progress import bar
 from slmforge.rag.chunking import ChunkConfig, chunk_document
 from slmforge.rag.embed import Embedder
+from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text, open_guard
 from slmforge.rag.store import NewChunk, Store, embed_text, is_postgres, open_store
+
+RECHECK_BATCH = 2000  # stored chunks re-checked (and committed) per step
 
 
 @dataclass
@@ -34,6 +41,8 @@ class RagIndexConfig:
     runtime: onnx (default, exported once) or torch, for the embedding model.
     tags: attached to every file indexed by this run (search can filter on them).
     batch_files / batch_chunks: a batch is committed once it holds this many files or chunks.
+    guard: the injection check run on every chunk: rules (default), auto (also the built detector, if
+    there is one), none, or a detector directory (slmforge.rag.guarding says why rules is the default).
     """
 
     paths: list[str]
@@ -50,6 +59,7 @@ class RagIndexConfig:
     batch_chunks: int = 512
     embed_batch_size: int = 32
     threads: int | None = None
+    guard: str = "rules"
 
 
 @dataclass
@@ -64,6 +74,13 @@ class IndexResult:
     size_bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # empty, unreadable, binary, non_utf8, unsupported
     seconds: float = 0.0
+    hidden_html: int = 0  # HTML elements dropped as not shown by a browser
+    guard: str = "none"  # what checked the chunks, in words
+    chunks_flagged: int = 0  # of the chunks added or re-checked by this run, how many the guard flagged
+    chunks_rechecked: int = 0  # stored chunks checked again (never checked, or another guard)
+    flagged_total: int = 0  # quarantined chunks in the index after the run
+    unchecked_total: int = 0  # chunks never checked (guard: none)
+    guard_seconds: float = 0.0  # time spent in the guard
 
 
 def build_index(cfg: RagIndexConfig, progress: bool = True) -> IndexResult:
@@ -71,11 +88,15 @@ def build_index(cfg: RagIndexConfig, progress: bool = True) -> IndexResult:
     started = time.perf_counter()
     chunk_cfg = ChunkConfig(max_chars=cfg.max_chars, overlap=cfg.overlap)
     chunk_cfg_check(chunk_cfg)
+    setting = check_setting(cfg.guard)
     files, skipped = _list_files(cfg.paths)
+    guard = open_guard(setting, threads=cfg.threads or 1)
     store = open_store(cfg.index, cfg.store, create=True)
     try:
         result = IndexResult(location=store.location, files_seen=len(files), skipped=skipped)
         embedder = _prepare(store, cfg, chunk_cfg)
+        result.guard = guard.name if guard else "none"
+        _recheck(store, guard, setting, result, progress)
         indexed = store.file_hashes()
         gone = _deleted(indexed, files, cfg.paths)
         for path in gone:
@@ -84,17 +105,20 @@ def build_index(cfg: RagIndexConfig, progress: bool = True) -> IndexResult:
         result.files_deleted = len(gone)
         todo = [(p, h) for p, h in files.items() if indexed.get(p) != h]
         result.files_unchanged = len(files) - len(todo)
-        _index_files(store, embedder, todo, cfg, chunk_cfg, result, progress)
+        _index_files(store, embedder, guard, todo, cfg, chunk_cfg, result, progress)
         store.finish()
         counts = store.counts()
         result.chunks_total, result.size_bytes = counts["chunks"], counts.get("size_bytes", 0)
+        result.flagged_total, result.unchecked_total = counts.get("flagged", 0), counts.get("unchecked", 0)
     finally:
         store.close()
+    result.guard_seconds = guard.seconds if guard else 0.0
     result.seconds = time.perf_counter() - started
     if not is_postgres(cfg.store):
         workspace.register(
             "index", result.location, name=Path(result.location).stem, source=",".join(cfg.paths),
-            metrics={"files": len(files), "chunks": result.chunks_total, "embed_model": cfg.embed_model},
+            metrics={"files": len(files), "chunks": result.chunks_total, "embed_model": cfg.embed_model,
+                     "flagged": result.flagged_total},
         )  # fmt: skip
     return result
 
@@ -150,6 +174,38 @@ def _prepare(store: Store, cfg: RagIndexConfig, chunk_cfg: ChunkConfig) -> Embed
     return embedder
 
 
+def _recheck(
+    store: Store, guard: ChunkGuard | None, setting: str, result: IndexResult, progress: bool
+) -> None:
+    """Bring the stored chunks' findings up to this guard: every chunk when the guard changed since the
+    last run, else only those never checked (an index built before the guard). `none` clears them."""
+    meta = store.meta()
+    signature = guard.signature() if guard else "none"
+    changed = meta.get("guard_signature") != signature
+    if guard is None and not changed:
+        return
+    # A guard that changed checks every chunk again; the first guarded run over an index built before
+    # the guard (no signature) finds them all unchecked anyway.
+    every = guard is None or (changed and "guard_signature" in meta)
+    counts = store.counts()
+    todo = counts["chunks"] if every else counts.get("unchecked", 0)
+    after = 0
+    with bar("guarding", total=todo, unit="chunks", enabled=progress and todo > 0) as b:
+        while chunks := store.chunks_to_check(after, RECHECK_BATCH, every):
+            if guard is None:
+                flags = [(c.id, None) for c in chunks]
+            else:
+                flags = [(c.id, guard.check(guarded_text(c.section, c.doc, c.text)) or "") for c in chunks]
+                result.chunks_flagged += sum(1 for _, f in flags if f)
+                result.chunks_rechecked += len(chunks)
+            store.set_flags(flags)
+            store.commit()
+            after = chunks[-1].id
+            b.advance(len(chunks))
+    store.set_meta({"guard": setting, "guard_signature": signature})
+    store.commit()
+
+
 def _deleted(indexed: dict[str, str], files: dict[str, str], roots: list[str]) -> list[str]:
     """Indexed files that no longer exist, or that sit under a given root but were not listed now."""
     resolved = [Path(r).expanduser().resolve() for r in roots]
@@ -166,6 +222,7 @@ def _deleted(indexed: dict[str, str], files: dict[str, str], roots: list[str]) -
 def _index_files(
     store: Store,
     embedder: Embedder,
+    guard: ChunkGuard | None,
     todo: list[tuple[str, str]],
     cfg: RagIndexConfig,
     chunk_cfg: ChunkConfig,
@@ -194,6 +251,10 @@ def _index_files(
         for path, sha in todo:
             size = Path(path).stat().st_size
             chunks = _chunk_file(path, cfg, chunk_cfg, stats, result)
+            if chunks and guard is not None:
+                for c in chunks:
+                    c.flag = guard.check(guarded_text(c.section, c.doc, c.text))
+                    result.chunks_flagged += bool(c.flag)
             if chunks is not None:
                 pending.append((path, sha, chunks))
             else:  # it became unreadable: what the index said about it no longer holds
@@ -208,6 +269,7 @@ def _index_files(
             result.skipped[reason] = result.skipped.get(reason, 0) + getattr(stats, reason)
     if stats.malformed:
         result.skipped["malformed_records"] = stats.malformed
+    result.hidden_html += stats.hidden_html
 
 
 def _chunk_file(

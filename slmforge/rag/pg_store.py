@@ -3,7 +3,8 @@
 Vectors live in a `vector(dim)` column with an HNSW index (cosine, m=16, ef_construction=64) searched
 with `hnsw.ef_search` = 100 and iterative scans (so filters still return k rows); full text is
 PostgreSQL's own `tsvector` ranking (`ts_rank_cd`, English stemming): "bm25" mode on this backend means
-that ranking, which is close to but not exactly BM25.
+that ranking, which is close to but not exactly BM25. The guard's finding per chunk is the `flag` column
+(store.py); quarantined chunks are left out by the searches' WHERE clause.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PgStore(Store):
         self.schema = f"rag_{name.lower()}"
         self.location = f"{_redact(url)} index {name}"
         self._dim: int | None = None
+        self._has_flag = True  # False: an older index this role may not alter (read as all unchecked)
         try:
             self.con = psycopg.connect(url, connect_timeout=5, autocommit=False)
         except psycopg.Error as e:
@@ -68,7 +70,7 @@ class PgStore(Store):
                     id BIGSERIAL PRIMARY KEY,
                     file_id BIGINT NOT NULL REFERENCES {s}.files(id) ON DELETE CASCADE,
                     doc TEXT NOT NULL, section TEXT NOT NULL, start_ INTEGER NOT NULL, end_ INTEGER NOT NULL,
-                    body TEXT NOT NULL, embedding vector,
+                    body TEXT NOT NULL, embedding vector, flag TEXT,
                     tsv tsvector GENERATED ALWAYS AS (
                         setweight(to_tsvector('english', section), 'A') || to_tsvector('english', body)) STORED
                 );
@@ -80,6 +82,31 @@ class PgStore(Store):
                 (SCHEMA_VERSION,),
             )
             self.con.commit()
+        else:
+            self._has_flag = self._add_flag_column()
+
+    def _add_flag_column(self) -> bool:
+        """Give an index built before the guard its `flag` column; False when this role may not."""
+        import psycopg
+
+        has = self.con.execute(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'chunks' AND column_name = 'flag'",
+            (self.schema,),
+        ).fetchone()
+        if has:
+            self.con.rollback()
+            return True
+        try:
+            self.con.execute(f"ALTER TABLE {self.schema}.chunks ADD COLUMN IF NOT EXISTS flag TEXT")
+            self.con.commit()
+        except psycopg.errors.InsufficientPrivilege:
+            self.con.rollback()
+            return False
+        return True
+
+    def _flag_col(self) -> str:
+        return "c.flag" if self._has_flag else "NULL::text"
 
     # ------------------------------------------------------------ meta and files
 
@@ -124,16 +151,33 @@ class PgStore(Store):
         ).fetchone()[0]
         with self.con.cursor() as cur:
             cur.executemany(
-                f"INSERT INTO {s}.chunks (file_id, doc, section, start_, end_, body, embedding) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO {s}.chunks (file_id, doc, section, start_, end_, body, embedding, flag) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 [
-                    (file_id, c.doc, c.section, c.start, c.end, c.text, np.asarray(v, dtype=np.float32))
+                    (
+                        file_id,
+                        c.doc,
+                        c.section,
+                        c.start,
+                        c.end,
+                        c.text,
+                        np.asarray(v, dtype=np.float32),
+                        c.flag,
+                    )
                     for c, v in zip(chunks, vectors)
                 ],
             )
 
     def delete_file(self, path: str) -> None:
         self.con.execute(f"DELETE FROM {self.schema}.files WHERE path = %s", (path,))
+
+    def set_flags(self, flags: list[tuple[int, str | None]]) -> None:
+        if not self._has_flag:
+            raise SlmError(f"{self.location}: this role may not store the guard's findings (no flag column)")
+        with self.con.cursor() as cur:
+            cur.executemany(
+                f"UPDATE {self.schema}.chunks SET flag = %s WHERE id = %s", [(f, i) for i, f in flags]
+            )
 
     def commit(self) -> None:
         self.con.commit()
@@ -177,30 +221,53 @@ class PgStore(Store):
         if filters.tags:
             where.append("f.tags @> %s")
             params.append(list(filters.tags))
+        if not filters.include_flagged and self._has_flag:
+            where.append("(c.flag IS NULL OR c.flag = '')")
         return " AND ".join(where), params
 
     def chunks(self, ids: list[int]) -> dict[int, StoredChunk]:
         if not ids:
             return {}
+        rows = self.con.execute(f"{self._select_chunks()} WHERE c.id = ANY(%s)", (list(ids),)).fetchall()
+        self.con.rollback()
+        return {r[0]: _stored(r) for r in rows}
+
+    def _select_chunks(self) -> str:
+        return (
+            f"SELECT c.id, f.path, c.doc, c.section, c.start_, c.end_, c.body, f.tags, {self._flag_col()} "
+            f"FROM {self.schema}.chunks c JOIN {self.schema}.files f ON f.id = c.file_id"
+        )
+
+    def chunks_to_check(self, after_id: int, limit: int, every: bool) -> list[StoredChunk]:
+        which = "" if every else f" AND {self._flag_col()} IS NULL"
         rows = self.con.execute(
-            f"""SELECT c.id, f.path, c.doc, c.section, c.start_, c.end_, c.body, f.tags
-                FROM {self.schema}.chunks c JOIN {self.schema}.files f ON f.id = c.file_id
-                WHERE c.id = ANY(%s)""",
-            (list(ids),),
+            f"{self._select_chunks()} WHERE c.id > %s{which} ORDER BY c.id LIMIT %s", (after_id, limit)
+        ).fetchall()
+        return [_stored(r) for r in rows]
+
+    def flagged(self, limit: int) -> list[StoredChunk]:
+        if not self._has_flag:
+            return []
+        rows = self.con.execute(
+            f"{self._select_chunks()} WHERE c.flag <> '' ORDER BY c.id LIMIT %s", (limit,)
         ).fetchall()
         self.con.rollback()
-        return {r[0]: StoredChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], list(r[7])) for r in rows}
+        return [_stored(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         files = self.con.execute(f"SELECT count(*) FROM {self.schema}.files").fetchone()[0]
-        chunks = self.con.execute(f"SELECT count(*) FROM {self.schema}.chunks").fetchone()[0]
+        chunks, flagged, unchecked = self.con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE {self._flag_col()} <> ''), "
+            f"count(*) FILTER (WHERE {self._flag_col()} IS NULL) FROM {self.schema}.chunks c"
+        ).fetchone()
         size = self.con.execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
             (self.schema,),
         ).fetchone()[0]
         self.con.rollback()
-        return {"files": files, "chunks": chunks, "size_bytes": int(size)}
+        return {"files": files, "chunks": chunks, "flagged": flagged, "unchecked": unchecked,
+                "size_bytes": int(size)}  # fmt: skip
 
     def close(self) -> None:
         try:
@@ -208,6 +275,10 @@ class PgStore(Store):
             self.con.close()
         except Exception:
             pass
+
+
+def _stored(r) -> StoredChunk:
+    return StoredChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], list(r[7]), r[8])
 
 
 def _first(e: Exception) -> str:

@@ -7,6 +7,8 @@ missing from one list scoring 0 there. `alpha` = 0.6 was tuned on the even-numbe
 benchmarks/data/pydocs_questions.jsonl and checked on the odd ones (BENCHMARKS.md). `--fusion rrf` gives
 reciprocal-rank fusion instead, score = sum over rankings of 1 / (60 + rank) (Cormack et al., 2009): no
 scores needed, but a weak ranking pulls a strong one's hits down as much as it lifts its own.
+Chunks the injection guard quarantined at index time are left out unless `include_flagged` (Filters)
+asks for them: `slm rag search` does, and marks them; answers never do (slmforge.rag.guarding).
 BM25 queries OR together at most `MAX_TERMS` distinct non-stopword terms of the query (FTS5 with many
 OR terms slows down sharply; the longest terms are kept, as they tend to be the rarest).
 """
@@ -41,7 +43,8 @@ class SearchConfig:
     """index: a name, a .sqlite path, or the index name in PostgreSQL when `store` is a URL.
     mode: hybrid (default), bm25 or vector. path_filter: substring, or glob when it holds * ? [.
     embed_model: must be the index's own (default: the one the index records).
-    fusion (hybrid): convex (alpha x BM25 + (1 - alpha) x cosine, min-max normalised) or rrf."""
+    fusion (hybrid): convex (alpha x BM25 + (1 - alpha) x cosine, min-max normalised) or rrf.
+    include_flagged: also return the chunks the guard quarantined (each says so in `chunk.flag`)."""
 
     index: str
     query: str
@@ -54,6 +57,7 @@ class SearchConfig:
     runtime: str | None = None  # default: the runtime the index was embedded with
     fusion: str = "convex"
     alpha: float = ALPHA
+    include_flagged: bool = False
 
 
 @dataclass
@@ -77,7 +81,9 @@ def search(cfg: SearchConfig) -> SearchResult:
     with Retriever(
         cfg.index, cfg.store, cfg.embed_model, cfg.runtime, fusion=cfg.fusion, alpha=cfg.alpha
     ) as r:
-        return r.search(cfg.query, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags)))
+        return r.search(
+            cfg.query, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags), cfg.include_flagged)
+        )
 
 
 class Retriever:
@@ -147,7 +153,7 @@ class Retriever:
             raise SlmError(f"--k must be at least 1 (got {k})")
         if not query.strip():
             raise SlmError("the query is empty")
-        filters = filters or Filters()
+        filters = Filters() if filters is None else filters  # (an empty one is falsy)
         started = time.perf_counter()
         depth = max(k, self.candidates) if mode == "hybrid" else k
         terms = query_terms(query)

@@ -16,6 +16,9 @@ from its `fts5vocab` instance table) into `bm25_terms`, and queries score them w
 Okapi BM25 formula as FTS5 (k1 = 1.2, b = 0.75, a section hit counting twice a body hit), about 1-3 ms.
 Query words are stemmed by FTS5's own porter tokenizer (a temporary table). When the postings are
 missing or stale (an older index, or a run killed between batches), FTS5's `bm25()` answers instead.
+
+Quarantine: the ids of the chunks the guard flagged are read once per change of the file (they are few)
+and masked out of both rankings, so a quarantined chunk costs a search nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     section TEXT NOT NULL,
     start INTEGER NOT NULL,
     end INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    flag TEXT  -- the injection guard's finding: NULL unchecked, '' clean, else its reasons (store.py)
 );
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
 CREATE TABLE IF NOT EXISTS vectors (chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
@@ -89,6 +93,8 @@ class SqliteStore(Store):
         self._text: sqlite3.Connection | None = None
         self._bm25: dict | None = None  # term -> (positions, weighted tf); "" -> (chunk ids, lengths)
         self._bm25_version: int | None = None
+        self._flag_cache: dict[int, tuple[int, np.ndarray]] = {}  # id(connection) -> (data_version, ids)
+        self._has_flag = True  # False: an older index opened read-only (every chunk reads as unchecked)
         exists = self.path.exists() and self.path.stat().st_size > 0
         if not exists and not create:
             raise SlmError(f"no index at {self.path}: build it with `slm rag index PATH... --index NAME`")
@@ -110,6 +116,7 @@ class SqliteStore(Store):
                     raise SlmError(
                         f"{self.path} has index schema {version}, this slmforge reads {SCHEMA_VERSION}"
                     )
+                self._has_flag = self._add_flag_column()
             else:
                 self.con.executescript(_SCHEMA)
                 self.con.execute(
@@ -118,6 +125,22 @@ class SqliteStore(Store):
                 )
         except sqlite3.DatabaseError as e:
             raise self._error(e) from None
+
+    def _add_flag_column(self) -> bool:
+        """Give an index built before the guard its `flag` column; False when the file is read-only."""
+        columns = {r[1] for r in self.con.execute("PRAGMA table_info(chunks)")}
+        if "flag" in columns:
+            return True
+        try:
+            self.con.execute("ALTER TABLE chunks ADD COLUMN flag TEXT")
+        except sqlite3.OperationalError as e:
+            if "readonly" in str(e) or "read-only" in str(e):
+                return False
+            raise
+        return True
+
+    def _flag_col(self, alias: str = "c") -> str:
+        return f"{alias}.flag" if self._has_flag else "NULL"
 
     # ------------------------------------------------------------ meta and files
 
@@ -149,20 +172,42 @@ class SqliteStore(Store):
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         for c, v in zip(chunks, vectors):
             cid = self.con.execute(
-                "INSERT INTO chunks (file_id, doc, section, start, end, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (file_id, c.doc, c.section, c.start, c.end, c.text),
+                "INSERT INTO chunks (file_id, doc, section, start, end, body, flag) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (file_id, c.doc, c.section, c.start, c.end, c.text, c.flag),
             ).lastrowid
             self.con.execute("INSERT INTO vectors VALUES (?, ?)", (cid, v.tobytes()))
             self.con.execute(
                 "INSERT INTO chunks_fts (rowid, section, body) VALUES (?, ?, ?)", (cid, c.section, c.text)
             )
         self._matrix = None
+        self._flag_cache.clear()
 
     @_guarded
     def delete_file(self, path: str) -> None:
         self._begin()
         self._delete(path)
         self._matrix = None
+        self._flag_cache.clear()
+
+    @_guarded
+    def set_flags(self, flags: list[tuple[int, str | None]]) -> None:
+        if not self._has_flag:
+            raise SlmError(f"{self.path} is read-only: the guard's findings cannot be stored")
+        self._begin()
+        self.con.executemany("UPDATE chunks SET flag = ? WHERE id = ?", [(f, i) for i, f in flags])
+        self._flag_cache.clear()
+
+    def _flagged_ids(self, con: sqlite3.Connection) -> np.ndarray:
+        """Sorted ids of the quarantined chunks, as `con` sees them (re-read when the file changed)."""
+        if not self._has_flag:
+            return np.zeros(0, dtype=np.int64)
+        version = con.execute("PRAGMA data_version").fetchone()[0]
+        cached = self._flag_cache.get(id(con))
+        if cached is None or cached[0] != version or self._in_tx:
+            rows = con.execute("SELECT id FROM chunks WHERE flag <> '' ORDER BY id")
+            cached = (version, np.fromiter((r[0] for r in rows), dtype=np.int64))
+            self._flag_cache[id(con)] = cached
+        return cached[1]
 
     def _delete(self, path: str) -> None:
         row = self.con.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
@@ -208,6 +253,8 @@ class SqliteStore(Store):
             where, fparams = self._filter_sql(filters)
             sql += f" AND rowid IN (SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE {where})"
             params += fparams
+        if not filters.include_flagged and self._has_flag:
+            sql += " AND rowid NOT IN (SELECT id FROM chunks WHERE flag <> '')"
         sql += " ORDER BY s LIMIT ?"
         rows = con.execute(sql, [*params, k]).fetchall()
         return [(int(r[0]), -float(r[1])) for r in rows]
@@ -317,6 +364,10 @@ class SqliteStore(Store):
             scores[pos] += idf * tf * (K1 + 1) / (tf + norm[pos])
         if filters:
             scores[~self._allowed(ids, filters, self._text_con())] = 0
+        if not filters.include_flagged:
+            flagged = self._flagged_ids(self._text_con())
+            if len(flagged):
+                scores[np.isin(ids, flagged)] = 0
         found = np.flatnonzero(scores)
         if len(found) > k:
             found = found[np.argpartition(-scores[found], k - 1)[:k]]
@@ -341,6 +392,11 @@ class SqliteStore(Store):
             return []
         q = np.asarray(vector, dtype=np.float32)
         allowed = self._allowed(ids, filters, self.con) if filters else None
+        if not filters.include_flagged:
+            flagged = self._flagged_ids(self.con)
+            if len(flagged):
+                clean = ~np.isin(ids, flagged)
+                allowed = clean if allowed is None else allowed & clean
         candidates = max(MIN_CANDIDATES, 20 * k)
         if len(ids) <= EXACT_UP_TO or len(ids) <= 2 * candidates:
             rows = np.arange(len(ids))
@@ -403,18 +459,47 @@ class SqliteStore(Store):
             return {}
         marks = ",".join("?" * len(ids))
         rows = self.con.execute(
-            "SELECT c.id, f.path, c.doc, c.section, c.start, c.end, c.body, f.tags "
-            f"FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+            f"{self._select_chunks()} WHERE c.id IN ({marks})",
             list(ids),
         )
-        return {r[0]: StoredChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _untags(r[7])) for r in rows}
+        return {r[0]: _stored(r) for r in rows}
+
+    def _select_chunks(self) -> str:
+        return (
+            f"SELECT c.id, f.path, c.doc, c.section, c.start, c.end, c.body, f.tags, {self._flag_col()} "
+            "FROM chunks c JOIN files f ON f.id = c.file_id"
+        )
+
+    @_guarded
+    def chunks_to_check(self, after_id: int, limit: int, every: bool) -> list[StoredChunk]:
+        which = "" if every else f" AND {self._flag_col()} IS NULL"
+        rows = self.con.execute(
+            f"{self._select_chunks()} WHERE c.id > ?{which} ORDER BY c.id LIMIT ?", (after_id, limit)
+        )
+        return [_stored(r) for r in rows]
+
+    @_guarded
+    def flagged(self, limit: int) -> list[StoredChunk]:
+        if not self._has_flag:
+            return []
+        rows = self.con.execute(f"{self._select_chunks()} WHERE c.flag <> '' ORDER BY c.id LIMIT ?", (limit,))
+        return [_stored(r) for r in rows]
 
     @_guarded
     def counts(self) -> dict[str, int]:
         files = self.con.execute("SELECT count(*) FROM files").fetchone()[0]
-        chunks = self.con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        chunks, flagged, unchecked = self.con.execute(
+            f"SELECT count(*), coalesce(sum({self._flag_col('chunks')} <> ''), 0), "
+            f"coalesce(sum({self._flag_col('chunks')} IS NULL), 0) FROM chunks"
+        ).fetchone()
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        return {"files": files, "chunks": chunks, "size_bytes": size}
+        return {
+            "files": files,
+            "chunks": chunks,
+            "flagged": flagged,
+            "unchecked": unchecked,
+            "size_bytes": size,
+        }
 
     def close(self) -> None:
         try:
@@ -436,6 +521,10 @@ class SqliteStore(Store):
         if any(w in msg for w in ("malformed", "not a database", "corrupt", "no such table")):
             return SlmError(f"{self.path} is corrupted ({msg}): {self._fix()}")
         return SlmError(f"{self.path}: {msg}")
+
+
+def _stored(r) -> StoredChunk:
+    return StoredChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _untags(r[7]), r[8])
 
 
 def _tags(tags: list[str]) -> str:

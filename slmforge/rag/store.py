@@ -2,6 +2,13 @@
 (PostgreSQL + pgvector). Both keep files (path, content hash, tags), chunks (document, section path,
 offsets, text), a full-text index and the chunks' embeddings, plus the embedding model they were built
 with. Writes happen in transactions the indexer commits per batch of files.
+
+Every chunk also carries the injection guard's finding (`flag`): NULL when it was never checked (an index
+built before the guard, or with `guard: none`), '' when it was checked and is clean, else the reasons
+("injection:rule:ignore_instructions,..."). Flagged chunks are quarantined: searches leave them out
+unless `Filters.include_flagged` asks for them (`slm rag search` does, and marks them). The column was
+added without a schema version bump: both stores add it to an older index when they open it (an index
+they cannot write to is read as all unchecked), and older slmforge versions ignore it.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ class Filters:
 
     path: str | None = None
     tags: list[str] = field(default_factory=list)
+    include_flagged: bool = False  # also chunks the injection guard flagged (quarantined by default)
 
     def __bool__(self) -> bool:
+        """Is there a path or tag filter? (The quarantine is applied either way.)"""
         return bool(self.path or self.tags)
 
     def path_regex(self) -> str | None:
@@ -65,17 +74,24 @@ class StoredChunk:
     end: int
     text: str
     tags: list[str]
+    flag: str | None = None  # None: never checked; '': clean; else the guard's reasons (quarantined)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flag)
 
 
 @dataclass
 class NewChunk:
-    """A chunk to store: which document of the file it comes from, where, and what it says."""
+    """A chunk to store: which document of the file it comes from, where, what it says, and what the
+    injection guard found in it (see StoredChunk.flag)."""
 
     doc: str
     section: str
     start: int
     end: int
     text: str
+    flag: str | None = None
 
 
 def embed_text(section: str, text: str) -> str:
@@ -128,7 +144,20 @@ class Store(ABC):
 
     @abstractmethod
     def counts(self) -> dict[str, int]:
-        """files, chunks, and size_bytes where the backend knows it."""
+        """files, chunks, flagged and unchecked chunks, and size_bytes where the backend knows it."""
+
+    @abstractmethod
+    def chunks_to_check(self, after_id: int, limit: int, every: bool) -> list[StoredChunk]:
+        """Up to `limit` chunks with ids above `after_id`, in id order: every one, or (`every` False)
+        those never checked by the guard."""
+
+    @abstractmethod
+    def set_flags(self, flags: list[tuple[int, str | None]]) -> None:
+        """Record the guard's finding for these chunk ids (in the open transaction)."""
+
+    @abstractmethod
+    def flagged(self, limit: int) -> list[StoredChunk]:
+        """Up to `limit` quarantined chunks, in id order."""
 
     @abstractmethod
     def close(self) -> None: ...
