@@ -919,7 +919,7 @@ def build_detector(
     target_fpr: float = 0.01,
     quantize: bool = False,
     threads: int | None = None,
-    max_minutes: float | None = 4,
+    max_minutes: float | None = None,
     progress: bool = True,
     overwrite: bool = True,
 ) -> dict:
@@ -1002,7 +1002,9 @@ def build_detector(
         NgramModel.fit([normalise(t) for t in texts], y, staged / NGRAM_FILE)
         meta = {"threshold": DEFAULT_THRESHOLD, "encoder_weight": 0.5, "target_fpr": target_fpr}
         if val_texts:
-            meta |= choose_operating_point(str(staged), val_texts, val_labels, target_fpr, threads or 1)
+            meta |= choose_operating_point(
+                str(staged), val_texts, val_labels, target_fpr, threads or 1, _languages(val)
+            )
         write_json(staged / GUARD_META, meta)
         with atomic_dir(out_path, overwrite=overwrite) as final:
             for item in staged.iterdir():
@@ -1019,9 +1021,20 @@ def build_detector(
 
 
 def choose_operating_point(
-    detector: str, texts: list[str], labels: list[str], target_fpr: float, threads: int = 1
+    detector: str,
+    texts: list[str],
+    labels: list[str],
+    target_fpr: float,
+    threads: int = 1,
+    languages: list[str] | None = None,
 ) -> dict:
-    """The encoder weight and threshold (see build_detector step 5) on a labelled validation set."""
+    """The encoder weight and threshold (see build_detector step 5) on a labelled validation set.
+
+    With `languages` (one per text), the threshold also keeps each language's benign FPR at or under
+    `target_fpr`: the English-vocabulary encoder scores ordinary non-English requests high, and an
+    overall budget of 1 % on a mostly English set would let all of it fall on one language."""
+    if languages is not None and len(languages) != len(texts):
+        languages = None
     guard = Guard(GuardConfig(detector=detector, threads=threads))
     y = np.array([lab == INJECTION_LABEL for lab in labels])
     parts = guard.component_scores(texts, detector)
@@ -1034,6 +1047,10 @@ def choose_operating_point(
             else parts["encoder"]
         )
         t = lowest_threshold(p, rule, y, target_fpr)
+        for lang in sorted(set(languages or ())):
+            m = np.array([g == lang for g in languages])
+            if (rule & ~y & m).sum() <= np.floor(target_fpr * (~y & m).sum()):  # rules alone keep it
+                t = max(t, lowest_threshold(p[m], rule[m], y[m], target_fpr))
         pred = rule | (p >= t)
         point = {
             "encoder_weight": weight,
@@ -1059,6 +1076,19 @@ def lowest_threshold(p: np.ndarray, rule: np.ndarray, y: np.ndarray, target_fpr:
     if allowed >= len(ranked):
         return float(min(DEFAULT_THRESHOLD, ranked[-1]))
     return float(np.nextafter(ranked[allowed], 1.0))  # just above the first benign score not allowed
+
+
+def _languages(path: str) -> list[str] | None:
+    """The `language` column of a CSV validation file, or None when it has none."""
+    import csv
+
+    if not path.endswith(".csv"):
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "language" not in rows[0]:
+        return None
+    return [r["language"] or "?" for r in rows if r.get("text", "").strip()]
 
 
 def _read_benign(paths: list[str], text_col: str) -> list[str]:
