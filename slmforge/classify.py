@@ -274,6 +274,7 @@ def fine_tune(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         seen, loss_sum = 0, 0.0
+        epoch_started = time.perf_counter()  # the rate is this epoch's examples over this epoch's time
         with bar(f"epoch {epoch}/{cfg.epochs}", total=len(train_ids), enabled=progress) as b:
             for batch in length_bucketed_batches(train_ids, cfg.batch_size, rng):
                 scale = min(1.0, (step + 1) / warmup) * max(0.0, (total - step) / max(1, total - warmup))
@@ -301,8 +302,9 @@ def fine_tune(
                 step += 1
                 seen += len(batch)
                 loss_sum += loss.item() * len(batch)
-                elapsed = time.perf_counter() - started
-                b.update(rate=f"{seen / max(elapsed, 1e-9):.0f} ex/s loss {loss_sum / seen:.3f}")
+                now = time.perf_counter()
+                elapsed = now - started
+                b.update(rate=_rate_text(seen, now - epoch_started, loss_sum))
                 b.advance(len(batch))
                 if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
                     break
@@ -994,6 +996,11 @@ def _few(items: list[str], n: int = 5) -> str:
 def _first_line(e: Exception) -> str:
     s = str(e).strip()
     return s.splitlines()[0][:200] if s else type(e).__name__
+
+
+def _rate_text(seen: int, seconds: float, loss_sum: float) -> str:
+    """The epoch bar's rate field: examples seen this epoch over this epoch's seconds, and the mean loss."""
+    return f"{seen / max(seconds, 1e-9):.0f} ex/s loss {loss_sum / max(seen, 1):.3f}"
 
 
 def _say(progress: bool, text: str) -> None:

@@ -1606,25 +1606,33 @@ def _print_quickstart_finetune(ft: dict) -> None:
 @app.command("ls")
 def ls(
     kind: str | None = typer.Argument(None, help="Only this kind: dataset, tokenizer, run, model."),
+    prune: bool = typer.Option(
+        False, "--prune", help="Drop the registry rows whose path no longer exists (files are never deleted)."
+    ),
 ) -> None:
     """List the workspace: datasets, tokenizers, runs and models with their key metrics."""
     import datetime
+    from pathlib import Path
 
     from rich.table import Table
 
     from slmforge import workspace
 
+    if prune:
+        n = workspace.prune_missing(kind)
+        out.print(f"pruned {n} registry row{'s' if n != 1 else ''} whose path no longer exists")
     arts = workspace.list_artifacts(kind)
     if not arts:
         out.print(f"nothing registered yet in {workspace.home()}" + (f" of kind {kind!r}" if kind else ""))
         return
     table = Table(title=f"workspace {workspace.home()}")
-    for col in ("kind", "name", "created", "key metrics", "path"):
+    for col in ("kind", "name", "created", "status", "key metrics", "path"):
         table.add_column(col, overflow="fold")
     for a in arts:
+        status = "ok" if Path(a.path).exists() else "missing"
         shown = ", ".join(f"{k}={_fmt(k, v)}" for k, v in a.metrics.items() if k in _SHOWN)
         created = datetime.datetime.fromtimestamp(a.created).strftime("%Y-%m-%d %H:%M")
-        table.add_row(a.kind, a.name, created, shown, a.path)
+        table.add_row(a.kind, a.name, created, status, shown, a.path)
     out.print(table)
 
 

@@ -134,6 +134,20 @@ def list_artifacts(kind: str | None = None) -> list[Artifact]:
         return [Artifact(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
 
+def missing_artifacts(kind: str | None = None) -> list[Artifact]:
+    """Registered artifacts whose path no longer exists."""
+    return [a for a in list_artifacts(kind) if not Path(a.path).exists()]
+
+
+def prune_missing(kind: str | None = None) -> int:
+    """Drop the registry rows whose path is gone (never touches files); returns how many were dropped."""
+    gone = missing_artifacts(kind)
+    with connect() as con:
+        for a in gone:
+            con.execute("DELETE FROM artifacts WHERE path = ?", (a.path,))
+    return len(gone)
+
+
 def read_manifest(path: str | Path) -> dict:
     p = Path(path) / MANIFEST
     return json.loads(p.read_text()) if p.exists() else {}
