@@ -421,10 +421,7 @@ def _valid_national(digits: str, groups: list[str], regions: tuple[str, ...]) ->
             continue
         if not nsn or (nsn[0] == "0" and region != "IT"):
             continue
-        num = phonenumbers.PhoneNumber(country_code=cc, national_number=int(nsn))
-        if nsn[0] == "0":
-            num.italian_leading_zero = True
-        if phonenumbers.is_valid_number(num):
+        if _is_valid_number(cc, nsn):
             return True
     return False
 
@@ -445,12 +442,17 @@ def _valid_international(digits: str) -> bool:
     for national in (nsn, nsn[1:]) if nsn.startswith("0") else (nsn,):
         if not national:
             continue
-        num = phonenumbers.PhoneNumber(country_code=cc, national_number=int(national))
-        if national[0] == "0":
-            num.italian_leading_zero = True
-        if phonenumbers.is_valid_number(num):
+        if _is_valid_number(cc, national):
             return True
     return False
+
+
+def _is_valid_number(cc: int, national: str) -> bool:
+    """Whether phonenumbers' metadata holds +cc national (a leading 0 kept, as Italian numbers write it)."""
+    num = phonenumbers.PhoneNumber(country_code=cc, national_number=int(national))
+    if national[0] == "0":
+        num.italian_leading_zero = True
+    return phonenumbers.is_valid_number(num)
 
 
 def _valid_phone(cand: str, before: str, after: str, regions: tuple[str, ...]) -> bool:
