@@ -5,7 +5,7 @@
 
 Rows: TF-IDF word+char n-grams + logistic regression; frozen sentence embeddings (minilm-l6, mean
 pooled, L2-normalised) + logistic regression; and each slmforge classifier given with --models
-(torch, ONNX fp32 or int8), evaluated by `slmforge.classify.evaluate_classifier` on the same test file.
+(torch, ONNX fp32 or int8), evaluated by `slmforge.clf.classify.evaluate_classifier` on the same test file.
 Baselines train on all of train.csv; an slmforge model's train time is the one in its manifest (it
 held out a validation split of train.csv). Latency: one query at a time, featurisation included,
 after a warm-up; `--threads` caps torch / ONNX Runtime / BLAS threads (default 1).
@@ -44,8 +44,8 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
 
-    from slmforge.classify import evaluate_classifier, macro_f1, read_examples
-    from slmforge.runtime import set_threads
+    from slmforge.clf.classify import evaluate_classifier, macro_f1, read_examples
+    from slmforge.core.runtime import set_threads
 
     set_threads(args.threads)
     data = Path(args.data)
@@ -148,7 +148,7 @@ def oos_tradeoff(args) -> None:
     """For a model that never saw some test labels: at thresholds calibrated on its own validation split
     (flagging 1-10 % of in-scope val texts), the share of unseen-label test texts flagged `oos` and the
     in-scope test accuracy lost, for both confidence scores."""
-    from slmforge.classify import load_classifier, oos_score, read_examples, stratified_split
+    from slmforge.clf.classify import load_classifier, oos_score, read_examples, stratified_split
 
     clf = load_classifier(args.oos_model, args.threads)
     tcfg = clf.meta["config"]
@@ -206,13 +206,13 @@ def _fit_lr(x, y, c: float):
 def _encoder():
     from sentence_transformers import SentenceTransformer
 
-    from slmforge.hub import resolve_model
+    from slmforge.core.hub import resolve_model
 
     return SentenceTransformer(str(resolve_model("minilm-l6")), device="cpu")
 
 
 def _manifest(model: str) -> dict:
-    from slmforge import workspace
+    from slmforge.core import workspace
 
     m = workspace.read_manifest(model).get("metrics", {})
     if "train_seconds" not in m:  # an export / quantization: the trained source's time

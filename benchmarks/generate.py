@@ -13,11 +13,11 @@ single generations, and the median keeps one from deciding a repetition. Each OR
 ratio to each llama.cpp GGUF (same threads and batch) is printed with its geometric mean.
 
 - hf: `AutoModelForCausalLM.generate(do_sample=False)`, fp32, torch intra-op threads = --threads.
-- ort-*: slmforge's own decode loop (`slmforge.generate.complete` / `complete_batch`, incremental
+- ort-*: slmforge's own decode loop (`slmforge.infer.generate.complete` / `complete_batch`, incremental
   detokenisation included) on ONNX Runtime GenAI, the model converted once and cached; greedy picks are
   GenAI's own argmax (the loop's fast path), EOS suppressed like `min_new_tokens`.
 - ct2-int8: CTranslate2 `generate_batch`, when `ctranslate2` is installed (converted once to /tmp).
-- llama.cpp: llama-cpp-python on GGUF files (the shipped Q4_1 and, when slmforge.gguf_export exists, our
+- llama.cpp: llama-cpp-python on GGUF files (the shipped Q4_1 and, when slmforge.infer.gguf exists, our
   q8_0 and q4_0 exports), batch 1 only (its Python API decodes one sequence); skipped when not installed.
   Build it once (about 20 minutes on 2 cores) and keep the wheel:
       CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
@@ -72,7 +72,7 @@ def main() -> None:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
 
-    from slmforge import hub
+    from slmforge.core import hub
 
     model_dir = hub.resolve_model(args.model)
     cells = plan(args, model_dir)
@@ -121,8 +121,8 @@ def gguf_files(model_dir: str, wanted: list[str]) -> dict[str, Path]:
         shipped = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if "shipped" in wanted and shipped.exists() and "smollm2" in model_dir.lower():
             files["Q4_1 (shipped)"] = shipped
-    if importlib.util.find_spec("slmforge.gguf_export") is not None:
-        from slmforge.gguf_export import export_gguf
+    if importlib.util.find_spec("slmforge.infer.gguf") is not None:
+        from slmforge.infer.gguf import export_gguf
 
         for quant in [q for q in ("q8_0", "q4_0") if q in wanted]:
             dest = Path("/tmp/slmforge-bench-gguf") / f"{Path(model_dir).name}-{quant}"
@@ -193,8 +193,8 @@ def ort_runner(cell, ids):
 
     import onnxruntime_genai as og
 
-    from slmforge.engines import OrtStep, genai_session_options, open_lm
-    from slmforge.generate import GenerateConfig, complete, complete_batch
+    from slmforge.infer.engines import OrtStep, genai_session_options, open_lm
+    from slmforge.infer.generate import GenerateConfig, complete, complete_batch
 
     precision = cell["backend"].split("-", 1)[1]
     lm = open_lm(cell["model"], "ort", precision, cell["threads"])

@@ -53,7 +53,7 @@ def recall_at_fpr(
 
 
 def evaluate(path: Path, guard, threshold: float) -> dict:
-    from slmforge.guard import rule_hits
+    from slmforge.route.guard import rule_hits
 
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -170,7 +170,9 @@ def markdown(results: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--detector", required=True, help="A built detector dir (python -m slmforge.guard).")
+    ap.add_argument(
+        "--detector", required=True, help="A built detector dir (python -m slmforge.route.guard)."
+    )
     ap.add_argument("--data", nargs="+", default=[str(p) for p in DATA])
     ap.add_argument("--threshold", type=float, help="Default: the detector's own (guard.json).")
     ap.add_argument("--threads", type=int, default=1)
@@ -183,8 +185,8 @@ def main() -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
 
-    from slmforge.guard import load_guard, rule_hits
-    from slmforge.runtime import set_threads
+    from slmforge.core.runtime import set_threads
+    from slmforge.route.guard import load_guard, rule_hits
 
     set_threads(args.threads)
     route = {"default": {"pii": "redact", "injection": "block"}}

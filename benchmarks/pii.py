@@ -14,7 +14,7 @@ texts made by joining consecutive rows (what the guard sees per request; about 1
 (c) ~200-character texts joined from the negatives only. p50 / p95 per text and texts/s, for both
 implementations in the same process, interleaved rep by rep, so the ratio is fair on a shared machine.
 
-The baseline is a verbatim copy (names prefixed `_baseline_`) of slmforge/pii.py at commit 59e60e8,
+The baseline is a verbatim copy (names prefixed `_baseline_`) of slmforge/data/pii.py at commit 59e60e8,
 before this rewrite: regular expressions with Luhn and mod-97, no normalisation, no phone metadata.
 """
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slmforge import pii  # noqa: E402
-from slmforge.pii import PiiSpan  # noqa: E402
+from slmforge.data import pii
+from slmforge.data.pii import PiiSpan  # noqa: E402
 
 HERE = Path(__file__).parent
 INJECTION = HERE / "data" / "injection" / "heldout.csv"
@@ -45,7 +45,7 @@ SETS = {
 KINDS = pii.KINDS
 
 # ---------------------------------------------------------------------------------------------------
-# BASELINE: slmforge/pii.py at 59e60e8 (regex-only), copied verbatim; only the names are prefixed.
+# BASELINE: slmforge/data/pii.py at 59e60e8 (regex-only), copied verbatim; only the names are prefixed.
 
 _baseline_KINDS = ("email", "phone", "card", "iban")
 _baseline_PRIORITY = ("email", "iban", "card", "phone")

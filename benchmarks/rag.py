@@ -44,7 +44,7 @@ def main() -> None:
     os.environ.setdefault("SLMFORGE_HOME", str(work / "home"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from slmforge import runtime
+    from slmforge.core import runtime
 
     runtime.set_threads(args.threads)
     result = {"step": args.step, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **machine()}

@@ -71,7 +71,7 @@ def main() -> None:
         sys.exit("--clients must be 1-256 and --seconds 0-600 (this benchmark is bounded)")
     phases = [p for p in args.phases.split(",") if p]
 
-    from slmforge import hub
+    from slmforge.core import hub
 
     chat_path = str(Path(hub.resolve_model(args.chat_model)).resolve()) if "chat" in phases else None
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
@@ -241,7 +241,7 @@ def build_classifier(out: Path) -> str:
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from slmforge import hub
+    from slmforge.core import hub
 
     src = hub.CATALOG["minilm-l6"].locate()
     labels = ["lost_or_stolen_card", "top_up", "other"]

@@ -36,7 +36,7 @@ def main() -> None:
     import transformers  # noqa: F401
     import uvicorn
 
-    from slmforge.guard import load_guard
+    from slmforge.route.guard import load_guard
     from slmforge.serve import app as app_mod
     from slmforge.serve.auth import create_key
     from slmforge.serve.backends import GenResult
@@ -103,7 +103,7 @@ def main() -> None:
            "healthz_p50_ms": round(polls[len(polls) // 2] * 1000, 1), "healthz_max_ms": round(polls[-1] * 1000, 1)}  # fmt: skip
     print(json.dumps(out))
     if args.json:
-        from slmforge.fsutil import write_json
+        from slmforge.core.fsutil import write_json
 
         write_json(args.json, out)
 

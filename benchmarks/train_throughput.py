@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
-    from slmforge.runtime import set_threads
+    from slmforge.core.runtime import set_threads
 
     threads = set_threads(args.threads)
     data, tok = _inputs(args.data, args.tokenizer)
@@ -75,7 +75,7 @@ def main() -> None:
 
 
 def _inputs(data: str | None, tokenizer: str | None) -> tuple[str, str]:
-    from slmforge import workspace
+    from slmforge.core import workspace
 
     cache = workspace.home() / "bench"
     if data is None:
@@ -87,7 +87,7 @@ def _inputs(data: str | None, tokenizer: str | None) -> tuple[str, str]:
     if tokenizer is None:
         tokenizer = str(cache / "pydocs-tok8k")
         if not Path(tokenizer, "tokenizer.json").exists():
-            from slmforge.tokenizer import TokenizerConfig, train_tokenizer
+            from slmforge.data.tokenizer import TokenizerConfig, train_tokenizer
 
             train_tokenizer(TokenizerConfig(data=data, out=tokenizer, vocab_size=8192, overwrite=True))
     return data, tokenizer
@@ -133,7 +133,7 @@ def _run_trainer(data: str, tok_dir: str, depth: int, args) -> dict:
     from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from slmforge.data.tokens import batch_windows, open_windows, prepare_tokens
-    from slmforge.model import build_config, ladder
+    from slmforge.lm.ladder import build_config, ladder
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     windows = open_windows(prepare_tokens(data, tok, progress=False), "train", args.seq_len)
@@ -160,7 +160,7 @@ def _run_trainer(data: str, tok_dir: str, depth: int, args) -> dict:
 
         def create_scheduler(self, num_training_steps, optimizer=None):
             # slmforge's exact warmup + cosine (HF's own warmup spends step 0 at lr 0, shifting the curve)
-            from slmforge.pretrain import _lr_at
+            from slmforge.lm.pretrain import _lr_at
 
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer or self.optimizer,

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 
 PYDOCS = "/usr/share/doc/python3.11/html/_sources"
 RAG_DOCS = ("json", "csv", "pathlib")
@@ -63,13 +63,13 @@ class QuickstartConfig:
 
 
 def quickstart(cfg: QuickstartConfig) -> dict:
-    from slmforge import workspace
+    from slmforge.core import workspace
+    from slmforge.core.progress import stderr
     from slmforge.data.ingest import IngestConfig, ingest
-    from slmforge.evaluate import EvalConfig, evaluate
-    from slmforge.generate import GenerateConfig, generate
-    from slmforge.pretrain import PretrainConfig, pretrain
-    from slmforge.progress import stderr
-    from slmforge.tokenizer import TokenizerConfig, train_tokenizer
+    from slmforge.data.tokenizer import TokenizerConfig, train_tokenizer
+    from slmforge.infer.generate import GenerateConfig, generate
+    from slmforge.lm.pretrain import PretrainConfig, pretrain
+    from slmforge.ship.evaluate import EvalConfig, evaluate
 
     if cfg.finetune_minutes < 0:
         raise SlmError(f"--finetune-minutes must be ≥ 0 (0 skips the step), not {cfg.finetune_minutes:g}")
@@ -228,7 +228,7 @@ def intent_data(bank_dir: Path, out: Path) -> dict:
     import csv
     import json
 
-    from slmforge.fsutil import atomic_file
+    from slmforge.core.fsutil import atomic_file
 
     parts = {}
     for split, name in (("train", "intents.csv"), ("test", "questions.csv")):
@@ -272,13 +272,13 @@ def intent_finetune(cfg: QuickstartConfig, root: Path, bank_dir: Path | None = N
     Returns the table rows, the files and the run; without the bank data, {"skipped": why} instead."""
     from dataclasses import replace
 
-    from slmforge import workspace
-    from slmforge.evaluate import EvalConfig, evaluate
-    from slmforge.finetune import FinetuneConfig, finetune
-    from slmforge.fsutil import atomic_file
-    from slmforge.gen_eval import write_report
-    from slmforge.pipeline import BANK_DIR
-    from slmforge.progress import stderr
+    from slmforge.core import workspace
+    from slmforge.core.fsutil import atomic_file
+    from slmforge.core.progress import stderr
+    from slmforge.lm.evaluate import write_report
+    from slmforge.lm.finetune import FinetuneConfig, finetune
+    from slmforge.route.pipeline import BANK_DIR
+    from slmforge.ship.evaluate import EvalConfig, evaluate
 
     bank_dir = Path(bank_dir or BANK_DIR)
     if not (bank_dir / "intents.csv").is_file() or not (bank_dir / "questions.csv").is_file():
@@ -372,8 +372,8 @@ def _bank(cfg: QuickstartConfig, root: Path) -> dict:
     """Build the bank example, answer the stolen-card question with it, write serve.yaml, create a key."""
     import yaml
 
-    from slmforge.fsutil import atomic_file
-    from slmforge.pipeline import build_bank_example, load_pipelines
+    from slmforge.core.fsutil import atomic_file
+    from slmforge.route.pipeline import build_bank_example, load_pipelines
     from slmforge.serve.auth import create_key
 
     pipelines = build_bank_example(

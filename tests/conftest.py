@@ -75,7 +75,7 @@ def tiny_corpus_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_corpus_dir, tmp_path_factory):
     """A 512-token byte-level BPE tokenizer trained on the tiny corpus with slmforge's own trainer."""
-    from slmforge.tokenizer import TokenizerConfig, train_tokenizer
+    from slmforge.data.tokenizer import TokenizerConfig, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_tokenizer") / "tok"
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the per-test workspace exists

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from slmforge import checkpoint
-from slmforge.errors import SlmError
-from slmforge.fsutil import sha256_file, write_json
+from slmforge.core.errors import SlmError
+from slmforge.core.fsutil import sha256_file, write_json
+from slmforge.train import checkpoint
 
 
 class _WritesMarker:
@@ -64,7 +64,7 @@ def test_a_forged_checkpoint_is_refused_and_runs_nothing(tmp_path, fmt):
 
 
 def test_resume_through_pretrain_refuses_a_forged_checkpoint(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
-    from slmforge.pretrain import PretrainConfig, pretrain
+    from slmforge.lm.pretrain import PretrainConfig, pretrain
 
     run, marker = tmp_path / "run", tmp_path / "pwned"
     cfg = PretrainConfig(

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmforge import workspace
-from slmforge.classify import (
+from slmforge.clf.classify import (
     ClassifyTrainConfig,
     evaluate_classifier,
     fit_linear_head,
@@ -21,7 +20,8 @@ from slmforge.classify import (
     stratified_split,
     train_classifier,
 )
-from slmforge.errors import SlmError
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classify"
 TRAIN, TEST, UNSEEN = FIXTURES / "train.csv", FIXTURES / "test.csv", FIXTURES / "unseen.csv"

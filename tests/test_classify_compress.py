@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import workspace
-from slmforge.classify import ClassifyTrainConfig, predict, train_classifier
-from slmforge.compress import CompressConfig, distill, prune, trim_vocab
-from slmforge.errors import SlmError
-from slmforge.rightsize import RightsizeConfig, parse_target, rightsize
+from slmforge.clf.classify import ClassifyTrainConfig, predict, train_classifier
+from slmforge.clf.compress import CompressConfig, distill, prune, trim_vocab
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.ship.rightsize.classification import RightsizeConfig, parse_target, rightsize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classify"
 TRAIN, TEST = FIXTURES / "train.csv", FIXTURES / "test.csv"
@@ -66,9 +66,9 @@ def test_distill_into_a_one_layer_student(teacher, tmp_path, slm_cli):
 def test_trimmed_vocabulary_tokenizes_training_texts_identically():
     from transformers import AutoModel, AutoTokenizer
 
-    from slmforge.classify import read_examples
-    from slmforge.encoder_classifier import MeanPoolBertForSequenceClassification
-    from slmforge.hub import resolve_model
+    from slmforge.clf.classify import read_examples
+    from slmforge.clf.model import MeanPoolBertForSequenceClassification
+    from slmforge.core.hub import resolve_model
 
     path = resolve_model("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slmforge.distill_lm import (
+from slmforge.core.errors import SlmError
+from slmforge.lm.distill import (
     DistillLMConfig,
     build_student,
     distill_lm,
@@ -19,7 +20,6 @@ from slmforge.distill_lm import (
     layer_indices,
     teacher_kl,
 )
-from slmforge.errors import SlmError
 
 FAST = dict(seq_len=128, batch_size=4, threads=1, checkpoint_every=1000)
 
@@ -67,7 +67,7 @@ def other_tok_student(tiny_corpus_dir, tmp_path_factory) -> Path:
     """A tiny Llama on its own, smaller BPE tokenizer (300 tokens): a different token → id map."""
     from transformers import AutoTokenizer
 
-    from slmforge.tokenizer import TokenizerConfig, train_tokenizer
+    from slmforge.data.tokenizer import TokenizerConfig, train_tokenizer
 
     tok_dir = tmp_path_factory.mktemp("other_tok") / "tok"
     with pytest.MonkeyPatch.context() as mp:
@@ -105,7 +105,7 @@ def test_logit_distillation_lowers_the_kl_to_the_teacher(
 
 
 def test_alpha_zero_is_plain_cross_entropy():
-    from slmforge.distill_lm import kd_loss_sum
+    from slmforge.lm.distill import kd_loss_sum
 
     s, t, y = torch.randn(5, 11), torch.randn(5, 11), torch.randint(0, 11, (5,))
     ce = torch.nn.functional.cross_entropy(s, y, reduction="sum")
@@ -136,8 +136,8 @@ def test_kd_on_all_takes_the_kl_over_every_real_token(tiny_model_dir, same_tok_s
     the completion, as a sum scaled to the labelled count; completion-only KL ignores the prompt."""
     from transformers import AutoModelForCausalLM
 
-    from slmforge.distill_lm import TeacherLoss
-    from slmforge.sft_data import IGNORE, Example, collate
+    from slmforge.data.sft_data import IGNORE, Example, collate
+    from slmforge.lm.distill import TeacherLoss
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).float()
     student = AutoModelForCausalLM.from_pretrained(same_tok_student).float()
@@ -182,8 +182,8 @@ def test_kd_hidden_adds_one_minus_cosine_of_the_mapped_layers(tiny_model_dir, tm
     that is the teacher's exact copy adds nothing."""
     from transformers import AutoModelForCausalLM
 
-    from slmforge.distill_lm import TeacherLoss
-    from slmforge.sft_data import IGNORE, Example, collate
+    from slmforge.data.sft_data import IGNORE, Example, collate
+    from slmforge.lm.distill import TeacherLoss
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).float()
     build_student(str(tiny_model_dir), 2, tmp_path / "copy")  # both teacher layers: an exact copy
@@ -227,8 +227,8 @@ def test_kd_hidden_trains_the_students_layers_towards_the_teachers(tiny_tokenize
     are one-line errors that write nothing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.distill_lm import _all_logits, hidden_cos_sum
-    from slmforge.sft_data import collate, load_sft
+    from slmforge.data.sft_data import collate, load_sft
+    from slmforge.lm.distill import _all_logits, hidden_cos_sum
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     teacher = _llama(tok, tmp_path / "teacher", seed=5, hidden=32, layers=3)
@@ -296,8 +296,8 @@ def test_mismatched_tokenizers_name_sequence_level_distillation(tiny_model_dir, 
 def test_sequence_level_trains_on_the_teachers_completions(
     tiny_model_dir, other_tok_student, sft_file, tmp_path
 ):
-    from slmforge.engines import open_lm
-    from slmforge.generate import GenerateConfig, complete, prompt_ids
+    from slmforge.infer.engines import open_lm
+    from slmforge.infer.generate import GenerateConfig, complete, prompt_ids
 
     out = tmp_path / "seq"
     r = distill_lm(
@@ -378,7 +378,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, other_tok_
 
 
 def test_cli_sends_classifier_teachers_to_the_encoder_path(tmp_path, slm_cli, monkeypatch):
-    import slmforge.compress
+    import slmforge.clf.compress
 
     seen = {}
 
@@ -388,7 +388,7 @@ def test_cli_sends_classifier_teachers_to_the_encoder_path(tmp_path, slm_cli, mo
                 "val_accuracy": 1.0, "teacher_val_accuracy": 1.0, "best_epoch": 1, "epochs_run": 1,
                 "train_seconds": 0}  # fmt: skip
 
-    monkeypatch.setattr(slmforge.compress, "distill", fake_distill)
+    monkeypatch.setattr(slmforge.clf.compress, "distill", fake_distill)
     clf = tmp_path / "clf"
     clf.mkdir()
     (clf / "classifier.json").write_text("{}")
@@ -406,7 +406,7 @@ def test_cli_sends_classifier_teachers_to_the_encoder_path(tmp_path, slm_cli, mo
 def test_an_interrupted_distillation_resumes_with_the_same_losses(
     tiny_model_dir, sft_file, tmp_path, monkeypatch
 ):
-    from slmforge import telemetry
+    from slmforge.train import telemetry
 
     def losses(run):
         return {json.loads(ln)["step"]: json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").open()}
@@ -436,7 +436,7 @@ def test_an_interrupted_distillation_resumes_with_the_same_losses(
 
 
 def test_run_dirs_stand_for_their_models(tmp_path):
-    from slmforge.distill_lm import DistillLMConfig, _run_dirs_to_models
+    from slmforge.lm.distill import DistillLMConfig, _run_dirs_to_models
 
     (tmp_path / "full" / "model").mkdir(parents=True)
     (tmp_path / "full" / "model" / "config.json").write_text("{}")

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from slmforge import engines
-from slmforge.errors import SlmError
-from slmforge.generate import GenerateConfig, complete, complete_batch, generate_completion, prompt_ids
+from slmforge.core.errors import SlmError
+from slmforge.infer import engines
+from slmforge.infer.generate import GenerateConfig, complete, complete_batch, generate_completion, prompt_ids
 
 PROMPTS = ["The cat sees", "Every student reads a long book", "the old man walks to the sea", "hi"]
 
@@ -117,7 +117,7 @@ def test_a_corrupt_converted_model_is_named(tiny_model_dir, tmp_path):
 
 
 def test_quantize_causal_lm_measures_perplexity_and_size(tiny_model_dir, tmp_path):
-    from slmforge.quantize import QuantizeConfig, quantize
+    from slmforge.ship.quantize import QuantizeConfig, quantize
 
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
@@ -141,7 +141,7 @@ def test_int8_embedding_shares_the_output_head(tiny_model_dir, tmp_path):
 
 
 def test_export_causal_lm_to_onnx(tiny_model_dir, tmp_path):
-    from slmforge.export import ExportConfig, export
+    from slmforge.ship.export import ExportConfig, export
 
     m = export(ExportConfig(model=str(tiny_model_dir), out=str(tmp_path / "onnx"), format="onnx"))
     assert m["precision"] == "fp32" and m["verify_cosine_min"] >= 0.999
@@ -241,7 +241,7 @@ def test_adapters_decode_on_torch(tiny_model_dir, tmp_path):
     """A LoRA run decodes as its merged model; a prompt-tuning run prepends its virtual tokens."""
     import torch
 
-    from slmforge.finetune import FinetuneConfig, finetune, load_finetuned
+    from slmforge.lm.finetune import FinetuneConfig, finetune, load_finetuned
 
     data = tmp_path / "d.jsonl"
     data.write_text(

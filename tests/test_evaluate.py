@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from slmforge.errors import SlmError
-from slmforge.evaluate import EvalConfig, evaluate
+from slmforge.core.errors import SlmError
+from slmforge.ship.evaluate import EvalConfig, evaluate
 
 
 def test_perplexity_matches_a_direct_computation(tiny_model_dir, tiny_corpus_dir):

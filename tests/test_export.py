@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmforge import workspace
-from slmforge.classify import ClassifyTrainConfig, load_classifier, predict, train_classifier
+from slmforge.clf.classify import ClassifyTrainConfig, load_classifier, predict, train_classifier
+from slmforge.core import workspace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classify"
 TEXTS = [
@@ -23,8 +23,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny classifier, its fp32 ONNX export and its int8 quantization (via the CLI's functions)."""
-    from slmforge.export import ExportConfig, export
-    from slmforge.quantize import QuantizeConfig, quantize
+    from slmforge.ship.export import ExportConfig, export
+    from slmforge.ship.quantize import QuantizeConfig, quantize
 
     root = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as mp:

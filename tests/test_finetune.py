@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.finetune import FinetuneConfig, finetune, load_finetuned
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.lm.finetune import FinetuneConfig, finetune, load_finetuned
 
 SUBJECTS = ["the cat", "a small dog", "my friend", "the teacher", "our team", "the old man", "a young girl"]
 VERBS = ["sees", "likes", "builds", "finds", "reads", "carries", "follows", "paints", "remembers"]
@@ -83,9 +83,9 @@ def test_full_sft_learns_and_the_saved_model_stops_at_eos_in_plain_transformers(
 
 
 def test_prompt_tuning_with_20_virtual_tokens_trains_saves_and_loads(tiny_model_dir, verb_data, tmp_path):
-    from slmforge.finetune import masked_loss
-    from slmforge.generate import load
-    from slmforge.sft_data import load_sft
+    from slmforge.data.sft_data import load_sft
+    from slmforge.infer.generate import load
+    from slmforge.lm.finetune import masked_loss
 
     run = tmp_path / "pt"
     result = finetune(
@@ -114,7 +114,7 @@ def test_an_interrupted_run_resumes_with_the_uninterrupted_losses_and_weights(
 ):
     from safetensors.torch import load_file
 
-    from slmforge import telemetry
+    from slmforge.train import telemetry
 
     kw = dict(
         method="lora", lr=1e-2, max_steps=12, checkpoint_every=3, batch_size=4
@@ -195,7 +195,7 @@ def test_cli_finetune_and_its_one_line_errors(tiny_model_dir, verb_data, tmp_pat
     import typer
     from typer.testing import CliRunner
 
-    from slmforge import cli_finetune
+    from slmforge.cli import finetune as cli_finetune
 
     app = typer.Typer()
     cli_finetune.register(app)
@@ -217,8 +217,8 @@ def test_cli_finetune_and_its_one_line_errors(tiny_model_dir, verb_data, tmp_pat
 def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_dir, verb_data):
     from transformers import AutoTokenizer
 
-    from slmforge.finetune import _load_base, _selected_logits_match, _sum_nats, _wrap
-    from slmforge.sft_data import collate, load_sft, pack
+    from slmforge.data.sft_data import collate, load_sft, pack
+    from slmforge.lm.finetune import _load_base, _selected_logits_match, _sum_nats, _wrap
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = pack(load_sft(verb_data, tok, 128)[0], 128)
@@ -239,9 +239,9 @@ def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_
 
 
 def test_mfu_counts_the_output_head_on_the_labelled_positions_only(tiny_model_dir, verb_data, tmp_path):
-    from slmforge.finetune import _base_config, _load_base
-    from slmforge.model import head_flops_per_token
-    from slmforge.pretrain import _flops_per_token
+    from slmforge.lm.finetune import _base_config, _load_base
+    from slmforge.lm.ladder import head_flops_per_token
+    from slmforge.lm.pretrain import _flops_per_token
 
     run = tmp_path / "run"
     finetune(_cfg(tiny_model_dir, verb_data, run, method="full", max_steps=2), progress=False)

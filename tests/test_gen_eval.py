@@ -9,9 +9,8 @@ import time
 import pytest
 import torch
 
-from slmforge.errors import SlmError
-from slmforge.evaluate import EvalConfig, evaluate
-from slmforge.gen_eval import (
+from slmforge.core.errors import SlmError
+from slmforge.lm.evaluate import (
     Item,
     answer_ids,
     build_messages,
@@ -22,6 +21,7 @@ from slmforge.gen_eval import (
     rouge_l,
     token_f1,
 )
+from slmforge.ship.evaluate import EvalConfig, evaluate
 
 PROMPTS = ["The cat sees", "My friend reads", "A young girl walks to the sea", "héllo 🙂"]
 
@@ -98,7 +98,7 @@ def test_shots_build_the_expected_conversation(tmp_path):
 
 
 def test_per_model_shots_suffix_puts_a_few_shot_baseline_in_the_same_table(tiny_model_dir, tmp_path):
-    from slmforge.gen_eval import split_shots
+    from slmforge.lm.evaluate import split_shots
 
     assert split_shots("qwen@5shot", 0) == ("qwen", 5) and split_shots("m@0-shots", 3) == ("m", 0)
     assert split_shots("plain", 2) == ("plain", 2) and split_shots("a@b", 1) == ("a@b", 1)
@@ -134,7 +134,7 @@ def _direct_logprob(model, prompt: list[int], answer: list[int]) -> float:
 
 
 def test_label_log_likelihood_picks_the_label_the_model_prefers(tiny_model_dir, tmp_path):
-    from slmforge.generate import load, prompt_ids
+    from slmforge.infer.generate import load, prompt_ids
 
     model, tok = load(str(tiny_model_dir))
     eos = [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -168,7 +168,7 @@ def test_label_log_likelihood_picks_the_label_the_model_prefers(tiny_model_dir, 
 
 
 def test_reports_hold_the_table_and_slm_generate_s_greedy_output(slm_cli, tiny_model_dir, tmp_path):
-    from slmforge.generate import GenerateConfig, generate_completion
+    from slmforge.infer.generate import GenerateConfig, generate_completion
 
     data = _jsonl(tmp_path / "d.jsonl", [{"prompt": p, "completion": "the blue sky"} for p in PROMPTS])
     out = tmp_path / "report"
@@ -205,7 +205,7 @@ def _torch_model(path):
 
 
 def test_torch_backend_and_csv_columns(tiny_model_dir, tmp_path):
-    from slmforge.generate import GenerateConfig, generate_completion
+    from slmforge.infer.generate import GenerateConfig, generate_completion
 
     data = tmp_path / "d.csv"
     data.write_text("text,category\n" + "".join(f"{p},card_arrival\n" for p in PROMPTS[:3]))
@@ -259,7 +259,7 @@ def test_cli_errors_are_one_line(slm_cli, tiny_model_dir, tmp_path):
 
 
 def test_run_dirs_and_adapters_count_as_causal_lms(tmp_path, tiny_model_dir):
-    from slmforge.gen_eval import is_causal_lm
+    from slmforge.lm.evaluate import is_causal_lm
 
     (tmp_path / "full" / "model").mkdir(parents=True)
     (tmp_path / "full" / "model" / "config.json").write_text(
@@ -283,7 +283,7 @@ def test_the_isolated_evaluation_child_exits_when_its_parent_is_killed(tmp_path)
 
     script = (
         "import multiprocessing, threading, time\n"
-        "from slmforge.gen_eval import _in_fresh_process\n"
+        "from slmforge.lm.evaluate import _in_fresh_process\n"
         "def report():\n"
         "    while not multiprocessing.active_children(): time.sleep(0.1)\n"
         "    print(multiprocessing.active_children()[0].pid, flush=True)\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmforge.errors import SlmError
-from slmforge.generate import (
+from slmforge.core.errors import SlmError
+from slmforge.infer.generate import (
     GenerateConfig,
     TextStream,
     TorchStep,
@@ -161,7 +161,7 @@ def test_cli_generate_streams_to_stdout(slm_cli, tiny_model_dir):
 def test_repetition_penalty_only_touches_generated_tokens():
     import torch
 
-    from slmforge.generate import penalise_repeats
+    from slmforge.infer.generate import penalise_repeats
 
     logits = torch.tensor([2.0, -1.0, 3.0, 0.5])
     out = penalise_repeats(logits, [2, 1, 2], 2.0)
@@ -171,8 +171,8 @@ def test_repetition_penalty_only_touches_generated_tokens():
 
 
 def test_bad_repetition_penalty_is_one_line(slm_cli, tiny_model_dir):
-    from slmforge.errors import SlmError
-    from slmforge.generate import GenerateConfig, generate
+    from slmforge.core.errors import SlmError
+    from slmforge.infer.generate import GenerateConfig, generate
 
     with pytest.raises(SlmError, match="--repetition-penalty must be above 0"):
         generate(GenerateConfig(model=str(tiny_model_dir), prompt="hi", repetition_penalty=0))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.export import ExportConfig, export
-from slmforge.gguf_export import GGUF_NAME, check_gguf, export_gguf, load_gguf_hf, tensor_type
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.infer.gguf import GGUF_NAME, check_gguf, export_gguf, load_gguf_hf, tensor_type
+from slmforge.ship.export import ExportConfig, export
 
 REPLY = "The cat sees the red house."
 
@@ -161,7 +161,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_failed_verification_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    from slmforge import gguf_export
+    from slmforge.infer import gguf as gguf_export
 
     monkeypatch.setitem(gguf_export.MIN_COSINE, "q8_0", 1.01)  # unreachable: verification must fail
     with pytest.raises(SlmError, match="disagrees.*nothing was written"):
@@ -217,7 +217,7 @@ def test_a_broken_llama_cpp_fails_the_check_in_one_line_without_taking_the_proce
     """The llama.cpp check runs in a child process: a crash or import failure there is a one-line SlmError."""
     import importlib.util
 
-    from slmforge.gguf_export import _llama_cpp_check
+    from slmforge.infer.gguf import _llama_cpp_check
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

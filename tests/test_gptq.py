@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from slmforge import gptq
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
+from slmforge.infer import gptq
 
 
 def _output_error(w, q, h):
@@ -56,8 +56,8 @@ def test_int4_quantize_runs_gptq_and_the_onnx_weights_are_its_weights(tiny_model
     from onnx import helper, numpy_helper
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.engines import ort_logits, ort_session
-    from slmforge.quantize import QuantizeConfig, quantize
+    from slmforge.infer.engines import ort_logits, ort_session
+    from slmforge.ship.quantize import QuantizeConfig, quantize
 
     calib, heldout = tmp_path / "calib.txt", tmp_path / "heldout.txt"
     calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
@@ -173,9 +173,9 @@ def test_split_head_keeps_frequent_rows_finer_and_the_model_exact(tiny_model_dir
     from onnx import helper, numpy_helper
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge import engines
-    from slmforge.engines import ort_logits, ort_session
-    from slmforge.quantize import QuantizeConfig, quantize
+    from slmforge.infer import engines
+    from slmforge.infer.engines import ort_logits, ort_session
+    from slmforge.ship.quantize import QuantizeConfig, quantize
 
     monkeypatch.setattr(engines, "INT4_HEAD_SPLIT", (64, 16))
     calib = tmp_path / "calib.txt"

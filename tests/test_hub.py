@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import hub, workspace
-from slmforge.errors import SlmError
+from slmforge.core import hub, workspace
+from slmforge.core.errors import SlmError
 
 
 def test_resolve_model_paths_names_and_hub_ids(tiny_model_dir, tmp_path):
@@ -74,7 +74,7 @@ def test_pull_minilm_links_the_package_files(slm_cli):
     assert hub.resolve_model("minilm-l6") == str(path)
     code, stdout, _ = slm_cli("pull", "minilm-l6")
     assert code == 0 and stdout.strip() == str(path)
-    from slmforge.generate import load
+    from slmforge.infer.generate import load
 
     with pytest.raises(SlmError, match="encoder"):
         load("minilm-l6")
@@ -91,7 +91,7 @@ def test_pull_smollm2_and_generate_equals_transformers():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slmforge.generate import GenerateConfig, generate_completion, load
+    from slmforge.infer.generate import GenerateConfig, generate_completion, load
 
     path = hub.pull("smollm2-135m-instruct")
     assert (path / "model.safetensors").exists() and (path / "config.json").exists()
@@ -281,7 +281,7 @@ def test_pull_assembled_model_and_generate_equals_transformers(name, module, arc
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slmforge.generate import GenerateConfig, generate_completion, load
+    from slmforge.infer.generate import GenerateConfig, generate_completion, load
 
     path = hub.pull(name)
     config = json.loads((path / "config.json").read_text())

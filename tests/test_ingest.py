@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import workspace
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 from slmforge.data.dedup import Deduper
 from slmforge.data.ingest import IngestConfig, ingest, is_val
-from slmforge.errors import SlmError
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ri", "so", "tu", "va", "ze") for b in range(40)]
 

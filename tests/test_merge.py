@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from slmforge.errors import SlmError
-from slmforge.merge import MergeConfig, merge
+from slmforge.core.errors import SlmError
+from slmforge.lm.merge import MergeConfig, merge
 
 IDS = torch.tensor([[0, 1, 40, 41, 120, 200, 2, 300, 17, 99], [0, 1, 77, 78, 79, 80, 81, 82, 83, 2]])
 
@@ -17,7 +17,7 @@ IDS = torch.tensor([[0, 1, 40, 41, 120, 200, 2, 300, 17, 99], [0, 1, 77, 78, 79,
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter after a few steps at a high lr, so its B matrices are far from zero."""
-    from slmforge.finetune import FinetuneConfig, finetune
+    from slmforge.lm.finetune import FinetuneConfig, finetune
 
     root = tmp_path_factory.mktemp("lora")
     data = root / "d.jsonl"
@@ -114,7 +114,7 @@ def test_cli_merge(lora_run, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from slmforge import cli_finetune
+    from slmforge.cli import finetune as cli_finetune
 
     app = typer.Typer()
     cli_finetune.register(app)

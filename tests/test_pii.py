@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.pii import KINDS, find_pii, iban_valid, luhn_valid, normalise, redact
+from slmforge.data.pii import KINDS, find_pii, iban_valid, luhn_valid, normalise, redact
 
 KINDS_ZERO = dict.fromkeys(KINDS, 0)
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from slmforge.errors import SlmError
-from slmforge.pipeline import build_bank_example, load_pipelines
+from slmforge.core.errors import SlmError
+from slmforge.route.pipeline import build_bank_example, load_pipelines
 
 
 @pytest.fixture(scope="module")

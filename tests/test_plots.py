@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from slmforge import rightsize, rightsize_gen
+from slmforge.ship.rightsize import classification as rightsize
+from slmforge.ship.rightsize import generation as rightsize_gen
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.pretrain import PretrainConfig, pretrain
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.lm.pretrain import PretrainConfig, pretrain
 
 TINY = dict(depth="2", seq_len=32, batch_size=4, eval_every=4, eval_windows=8, precision="fp32", log_every=1)
 
@@ -51,7 +51,7 @@ def test_pretrain_writes_a_plain_hf_model_that_learns(tiny_corpus_dir, tiny_toke
 def test_trained_model_greedy_equals_transformers(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.generate import GenerateConfig, generate
+    from slmforge.infer.generate import GenerateConfig, generate
 
     result = pretrain(
         _cfg(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path / "run", max_steps=20), progress=False
@@ -68,7 +68,7 @@ def test_trained_model_greedy_equals_transformers(tiny_corpus_dir, tiny_tokenize
 def test_ladder_parameter_count_matches_the_built_model():
     from transformers import LlamaForCausalLM
 
-    from slmforge.model import build_config, ladder
+    from slmforge.lm.ladder import build_config, ladder
 
     for depth in (2, 4, 6):
         spec = ladder(depth, vocab_size=1000)
@@ -107,7 +107,7 @@ def test_continued_pretraining_from_an_hf_model(tiny_corpus_dir, tiny_model_dir,
 _KILL_AT_STEP_8 = textwrap.dedent(
     """
     import os, signal, sys
-    from slmforge import telemetry as t
+    from slmforge.train import telemetry as t
     original = t.StepLogger.step
     def step(self, step, *a, **kw):
         original(self, step, *a, **kw)
@@ -262,7 +262,7 @@ def test_corrupted_checkpoint_is_detected(tiny_corpus_dir, tiny_tokenizer_dir, t
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
-    from slmforge import checkpoint
+    from slmforge.train import checkpoint
 
     with pytest.warns(UserWarning, match="corrupted"):
         assert checkpoint.load_latest(run)["step"] == 3
@@ -276,7 +276,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(
 ):
     import errno
 
-    from slmforge import checkpoint
+    from slmforge.train import checkpoint
 
     run = tmp_path / "run"
     pretrain(_cfg(tiny_corpus_dir, tiny_tokenizer_dir, run, max_steps=3, checkpoint_every=3), progress=False)
@@ -310,7 +310,7 @@ def test_resume_rejects_a_different_config(tiny_corpus_dir, tiny_tokenizer_dir, 
 def test_depth_that_does_not_fit_is_refused_before_training(
     tiny_corpus_dir, tiny_tokenizer_dir, tmp_path, monkeypatch
 ):
-    from slmforge import pretrain as p
+    from slmforge.lm import pretrain as p
 
     monkeypatch.setattr(p, "_available_ram", lambda: 64 * 2**20)
     with pytest.raises(SlmError, match=r"needs about .* GiB to train but only 0.1 GiB is free"):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.pipeline import BANK_DIR
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 from slmforge.quickstart import QuickstartConfig, intent_data, intent_finetune, quickstart
+from slmforge.route.pipeline import BANK_DIR
 
 
 def _corpus(tmp_path, docs):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.rag.chunking import ChunkConfig, chunk_document
 from slmforge.rag.index import RagIndexConfig, build_index
 from slmforge.rag.search import Retriever, SearchConfig, convex, query_terms, rrf, search

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from slmforge.core.errors import SlmError
 from slmforge.data.readers import ReadStats, html_to_text, iter_documents, style_hides
-from slmforge.errors import SlmError
 from slmforge.rag.chunking import ChunkConfig, chunk_document
 from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text
 from slmforge.rag.index import build_index
@@ -265,7 +265,7 @@ def test_guard_setting_is_validated(tmp_path):
 @pytest.fixture
 def prompts(monkeypatch):
     """Every message list `rag ask` turns into prompt ids."""
-    import slmforge.generate as generate
+    import slmforge.infer.generate as generate
 
     seen: list[list[dict]] = []
     real = generate.prompt_ids

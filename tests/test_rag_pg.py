@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.rag.index import build_index
 from slmforge.rag.search import Retriever
 from slmforge.rag.store import Filters

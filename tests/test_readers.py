@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from slmforge.core.errors import SlmError
 from slmforge.data import readers
 from slmforge.data.clean import normalize
 from slmforge.data.readers import ReadStats, file_format, html_to_text, iter_documents
-from slmforge.errors import SlmError
 
 HTML = """<!doctype html><html><head><title>T</title><style>p {color: red}</style>
 <script>var secret = "do not keep";</script></head>

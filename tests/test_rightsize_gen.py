@@ -10,10 +10,11 @@ import shutil
 
 import pytest
 
-from slmforge import gen_eval, workspace
-from slmforge.errors import SlmError
-from slmforge.rightsize import TASK_METRICS, parse_target
-from slmforge.rightsize_gen import RightsizeGenConfig, rightsize_generation
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.lm import evaluate as gen_eval
+from slmforge.ship.rightsize.classification import TASK_METRICS, parse_target
+from slmforge.ship.rightsize.generation import RightsizeGenConfig, rightsize_generation
 
 SUBJECTS = ["the cat", "a small dog", "my friend", "the teacher", "our team", "the old man", "a young girl"]
 VERBS = ["sees", "likes", "builds", "finds", "reads", "carries", "follows", "paints", "remembers"]
@@ -42,7 +43,7 @@ def ladder(tiny_model_dir, tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from slmforge.finetune import FinetuneConfig, finetune
+    from slmforge.lm.finetune import FinetuneConfig, finetune
 
     root = tmp_path_factory.mktemp("rightsize_gen")
     tune = _jsonl(root / "tune.jsonl", _rows(200, seed=0))
@@ -141,7 +142,7 @@ def test_the_pick_is_the_smallest_rung_meeting_the_target_and_reruns_resume(ladd
 
 
 def test_base_models_are_tuned_then_evaluated_zero_shot_once(ladder, tmp_path, monkeypatch):
-    import slmforge.finetune as ft
+    import slmforge.lm.finetune as ft
 
     calls = _count_evaluations(monkeypatch)
     out = tmp_path / "ladder"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from slmforge.errors import SlmError
-from slmforge.sft_data import (
+from slmforge.core.errors import SlmError
+from slmforge.data.sft_data import (
     IGNORE,
     Example,
     collate,

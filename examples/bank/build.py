@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from slmforge.pipeline import build_bank_example, load_pipelines
+from slmforge.route.pipeline import build_bank_example, load_pipelines
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--quick"]

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from slmforge.pipeline import load_pipelines
+from slmforge.route.pipeline import load_pipelines
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

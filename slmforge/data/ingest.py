@@ -3,7 +3,7 @@
 Read top to bottom, one streaming pass:
 
     read (readers) -> normalise (clean) -> drop too short -> drop exact / near duplicates (dedup)
-    -> optionally redact PII (slmforge.pii) -> assign train/val by content hash -> append to file
+    -> optionally redact PII (slmforge.data.pii) -> assign train/val by content hash -> append to file
 
 Nothing but counters is kept per document (duplicate state lives in a scratch SQLite file inside the
 output's temp dir), so memory stays flat however large the corpus. The output directory is written
@@ -23,13 +23,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slmforge import workspace
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.core.fsutil import atomic_dir, write_json
 from slmforge.data.clean import normalize
 from slmforge.data.dedup import Deduper
+from slmforge.data.pii import KINDS, redact
 from slmforge.data.readers import ReadStats, file_format, iter_documents, iter_files
-from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir, write_json
-from slmforge.pii import KINDS, redact
 
 TRAIN, VAL, STATS = "train.jsonl", "val.jsonl", "stats.json"
 

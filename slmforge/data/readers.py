@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 
 MAX_DOC_CHARS = 1 << 20  # text files above this are split into ~1 MiB documents at paragraph breaks
 _CHUNK = 1 << 20

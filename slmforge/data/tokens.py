@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge import workspace
-from slmforge.errors import SlmError
-from slmforge.fsutil import atomic_dir
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
+from slmforge.core.fsutil import atomic_dir
 
 SHARD_TOKENS = 1 << 25  # 32M tokens per shard file
 
@@ -62,7 +62,7 @@ def prepare_tokens(data: str | Path, tokenizer, progress: bool = True) -> Path:
 
 
 def _tokenize_split(path: Path, tokenizer, out: Path, split: str, dtype, eos: int, progress: bool) -> dict:
-    from slmforge.progress import bar
+    from slmforge.core.progress import bar
 
     shards, buf, n_buf, total_tokens, total_bytes, docs = [], [], 0, 0, 0, 0
 

@@ -23,8 +23,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from slmforge import runtime
-from slmforge.errors import SlmError
+from slmforge.core import runtime
+from slmforge.core.errors import SlmError
 from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text, open_guard, source_title
 from slmforge.rag.search import Hit, Retriever, query_terms
 from slmforge.rag.store import Filters
@@ -88,7 +88,7 @@ class Asker:
         self, index: str, model: str, store: str | None = None, threads: int | None = None,
         guard: str | None = None,
     ):  # fmt: skip
-        from slmforge.engines import open_lm
+        from slmforge.infer.engines import open_lm
 
         runtime.set_threads(threads)
         self.retriever = Retriever(index, store)
@@ -109,7 +109,7 @@ class Asker:
         self.retriever.close()
 
     def ask(self, cfg: AskConfig) -> Answer:
-        from slmforge.generate import GenerateConfig, complete, prompt_ids
+        from slmforge.infer.generate import GenerateConfig, complete, prompt_ids
 
         if cfg.repetition_penalty <= 0:
             raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 
 
 @dataclass

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge import hub, runtime, workspace
-from slmforge.errors import SlmError
+from slmforge.core import hub, runtime, workspace
+from slmforge.core.errors import SlmError
 
 RUNTIMES = ("onnx", "onnx-int8", "torch")
 
@@ -173,7 +173,7 @@ def _export(path: str, out: Path) -> None:
     """Export transformer + pooling + normalisation as one graph with dynamic batch and length."""
     import torch
 
-    from slmforge.fsutil import atomic_file
+    from slmforge.core.fsutil import atomic_file
 
     st = _sentence_transformer(path)
     names = [

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge.errors import SlmError
-from slmforge.progress import bar
+from slmforge.core.errors import SlmError
+from slmforge.core.progress import bar
 from slmforge.rag.search import Hit, Retriever
 
 EVAL_MODES = ("bm25", "vector", "hybrid", "hybrid-rrf")  # hybrid = the default convex fusion

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge import runtime, workspace
+from slmforge.core import runtime, workspace
+from slmforge.core.errors import SlmError
+from slmforge.core.progress import bar
 from slmforge.data.readers import ReadStats, file_format, iter_documents, iter_files
-from slmforge.errors import SlmError
-from slmforge.progress import bar
 from slmforge.rag.chunking import ChunkConfig, chunk_document
 from slmforge.rag.embed import Embedder
 from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text, open_guard

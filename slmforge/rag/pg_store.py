@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.rag.store import SCHEMA_VERSION, Filters, NewChunk, Store, StoredChunk
 
 EF_SEARCH = 100

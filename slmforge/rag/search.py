@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.rag.store import Filters, Store, StoredChunk, open_store
 
 MODES = ("hybrid", "bm25", "vector")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.rag.store import SCHEMA_VERSION, Filters, NewChunk, Store, StoredChunk
 
 K1, B = 1.2, 0.75

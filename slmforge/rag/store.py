@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge import workspace
-from slmforge.errors import SlmError
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 
 SCHEMA_VERSION = "1"
 

@@ -31,7 +31,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.serve import audit as audit_mod
 from slmforge.serve.auth import ApiKey, KeyStore
 from slmforge.serve.backends import (

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from slmforge import workspace
+from slmforge.core import workspace
 
 try:  # POSIX: the spill file is shared by every server process on the workspace
     import fcntl
@@ -125,7 +125,7 @@ def connect() -> sqlite3.Connection:
 
 
 def redact_prompt(text: str, limit: int = 4000) -> str:
-    from slmforge.pii import redact
+    from slmforge.data.pii import redact
 
     return redact(text[:limit])[0]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slmforge import workspace
-from slmforge.errors import SlmError
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 from slmforge.serve.config import ENDPOINTS
 
 PREFIX = "slm-"

@@ -1,9 +1,9 @@
 """The loaded models behind the endpoints, and thin adapters for the input guard and the pipelines.
 
-chat: a causal LM decoded by `slmforge.generate.complete` in a pool of worker threads, each request with
+chat: a causal LM decoded by `slmforge.infer.generate.complete` in a pool of worker threads, each request with
 its own KV cache, so one long generation never blocks the others. classify and embeddings: one
 `MicroBatcher` each. rag: an `Asker` on its own thread (its SQLite index belongs to the thread that opened
-it). The guard and pipelines are whatever `slmforge.guard` / `slmforge.pipeline` provide, reached only
+it). The guard and pipelines are whatever `slmforge.route.guard` / `slmforge.route.pipeline` provide, reached only
 through `Guarded` / `load_pipelines` here, so tests can stand in fakes with the same duck type.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.serve.batching import MicroBatcher
 from slmforge.serve.config import ModelConfig, ServeConfig
 
@@ -51,14 +51,14 @@ class ChatBackend:
     kind = "chat"
 
     def __init__(self, cfg: ModelConfig, threads: int | None = None):
-        from slmforge.engines import open_lm
+        from slmforge.infer.engines import open_lm
 
         self.cfg = cfg
         self.lm = open_lm(cfg.path, cfg.backend, cfg.precision, threads)
         self.tokenizer, self.eos = self.lm.tokenizer, self.lm.eos
 
     def encode(self, messages: list[dict] | None, prompt: str | None = None) -> list[int]:
-        from slmforge.generate import prompt_ids
+        from slmforge.infer.generate import prompt_ids
 
         try:
             if messages is not None:
@@ -74,7 +74,7 @@ class ChatBackend:
         self, ids: list[int], p: GenParams, on_text: Callable[[str], None] | None, cancel: threading.Event
     ) -> GenResult:
         """Decode (in a worker thread); `cancel` stops it at the next piece of text."""
-        from slmforge.generate import GenerateConfig, complete
+        from slmforge.infer.generate import GenerateConfig, complete
 
         pieces: list[str] = []
         stopped = False
@@ -222,7 +222,7 @@ class ClassifyBackend:
     kind = "classify"
 
     def __init__(self, cfg: ModelConfig, threads: int | None = None, on_batch=None):
-        from slmforge.classify import load_classifier
+        from slmforge.clf.classify import load_classifier
 
         self.cfg = cfg
         self.clf = load_classifier(cfg.path, threads)
@@ -272,8 +272,8 @@ class RagBackend:
     def ask(self, question: str, k: int, max_new_tokens: int, mode: str) -> tuple[Any, list[dict]]:
         """The answer and its sources as the API shows them (paths relative to the indexed folder, never
         the server's absolute paths). On the executor's thread: the index's connection belongs to it."""
-        from slmforge.pipeline import SourcePaths
         from slmforge.rag.ask import AskConfig
+        from slmforge.route.pipeline import SourcePaths
 
         cfg = AskConfig(self.cfg.index, question, self.cfg.generator, self.cfg.store, mode, k,
                         max_new_tokens=max_new_tokens)  # fmt: skip
@@ -387,20 +387,24 @@ def load_guard(spec: dict | None) -> Guarded:
     if spec is None:
         return Guarded(None)
     try:
-        from slmforge import guard as guard_module
+        from slmforge.route import guard as guard_module
     except ImportError:
-        raise SlmError("the config has a guard section but this slmforge has no slmforge.guard") from None
+        raise SlmError(
+            "the config has a guard section but this slmforge has no slmforge.route.guard"
+        ) from None
     return Guarded(guard_module.load_guard(spec))
 
 
 def load_pipelines(spec: str | dict | None, threads: int | None = None) -> dict[str, Any]:
-    """{name: pipeline} from slmforge.pipeline, warmed up (models loaded) when it can be."""
+    """{name: pipeline} from slmforge.route.pipeline, warmed up (models loaded) when it can be."""
     if spec is None:
         return {}
     try:
-        from slmforge import pipeline as pipeline_module
+        from slmforge.route import pipeline as pipeline_module
     except ImportError:
-        raise SlmError("the config names pipelines but this slmforge has no slmforge.pipeline") from None
+        raise SlmError(
+            "the config names pipelines but this slmforge has no slmforge.route.pipeline"
+        ) from None
     import inspect
 
     takes_threads = "threads" in inspect.signature(pipeline_module.load_pipelines).parameters

@@ -30,8 +30,8 @@ audit:                          # one record per request in the workspace DB (sl
   # to audit-spill.jsonl next to the DB and replayed exactly once when it works again (or at the next
   # start); /readyz answers 503 while the writer's DB writes fail; slm_audit_dropped_total counts the
   # records neither the DB nor the spill file took.
-guard: null                     # a slmforge.guard config (block / redact / flag per route)
-pipelines: null                 # a pipelines YAML file (slmforge.pipeline)
+guard: null                     # a slmforge.route.guard config (block / redact / flag per route)
+pipelines: null                 # a pipelines YAML file (slmforge.route.pipeline)
 models:
   - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}
   - {name: intents, kind: classify, path: models/intents, batch: {max_size: 32, max_wait_ms: 5}}
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 
 KINDS = ("chat", "classify", "embeddings", "rag")
 # what a scope names: one per endpoint family (chat covers /v1/chat/completions, completions /v1/completions)
@@ -105,7 +105,7 @@ class ModelConfig:
     path: str = ""
     max_new_tokens: int = 128
     runtime: str = "onnx"  # embeddings: onnx | onnx-int8 | torch
-    backend: str = "auto"  # chat: auto | ort | torch | llama.cpp (slmforge.engines)
+    backend: str = "auto"  # chat: auto | ort | torch | llama.cpp (slmforge.infer.engines)
     precision: str = "int8"  # chat on the ort backend: int8 | int4 | fp32
     index: str = ""
     generator: str = ""
@@ -199,7 +199,7 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             raise SlmError(f"{w}: needs a path (or, for chat, an upstream)")
         if m.max_new_tokens < 1:
             raise SlmError(f"{w}: max_new_tokens must be at least 1")
-        from slmforge.engines import BACKENDS, PRECISIONS
+        from slmforge.infer.engines import BACKENDS, PRECISIONS
 
         if m.backend not in BACKENDS or m.precision not in PRECISIONS:
             raise SlmError(

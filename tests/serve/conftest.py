@@ -20,7 +20,7 @@ def tiny_classifier_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from slmforge import hub
+    from slmforge.core import hub
 
     tok = AutoTokenizer.from_pretrained(hub.CATALOG["minilm-l6"].locate())
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -37,7 +37,7 @@ def tiny_classifier_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def backends(tiny_model_dir, tiny_classifier_dir, tmp_path_factory):
     """Loaded once: chat `tiny`, classify `intents` (batched) and `intents-1` (unbatched), embeddings `minilm`."""
-    from slmforge import hub
+    from slmforge.core import hub
     from slmforge.serve.backends import ChatBackend, ClassifyBackend, EmbeddingsBackend
     from slmforge.serve.config import BatchConfig
 

@@ -14,8 +14,8 @@ from dataclasses import asdict
 import pytest
 from fastapi.testclient import TestClient
 
-from slmforge import workspace
-from slmforge.errors import SlmError
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 from slmforge.serve import audit
 from slmforge.serve.config import from_dict
 from slmforge.serve.metrics import Metrics

@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 
-from slmforge import workspace
-from slmforge.errors import SlmError
+from slmforge.core import workspace
+from slmforge.core.errors import SlmError
 from slmforge.serve import audit
 from slmforge.serve.auth import create_key, list_keys, parse_expiry
 from slmforge.serve.config import from_dict, load_config

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from slmforge.errors import SlmError
+from slmforge.core.errors import SlmError
 from slmforge.serve import audit
 from slmforge.serve.app import freeze_heap
 from slmforge.serve.config import from_dict
@@ -39,7 +39,7 @@ class SpyChat(SlowChat):
 
 
 def rules_guard():
-    from slmforge.guard import load_guard
+    from slmforge.route.guard import load_guard
 
     return load_guard({"detector": None})
 
@@ -355,7 +355,7 @@ def test_readyz_survives_a_broken_guard_description(make_app, new_key):
 
 
 def test_uvicorn_believes_forwarded_for_only_from_configured_proxies():
-    from slmforge.cli_serve import uvicorn_options
+    from slmforge.cli.serve import uvicorn_options
 
     assert uvicorn_options(from_dict({}))["proxy_headers"] is False
     opts = uvicorn_options(from_dict({"auth": {"trusted_proxies": ["10.0.0.0/8", "127.0.0.1"]}}))
@@ -367,7 +367,7 @@ def test_uvicorn_believes_forwarded_for_only_from_configured_proxies():
 
 
 def test_rotating_x_forwarded_for_does_not_reset_the_failed_key_limit(make_app):
-    from slmforge.cli_serve import uvicorn_options
+    from slmforge.cli.serve import uvicorn_options
 
     def codes(trusted: list[str]) -> list[int]:
         cfg = serve_config(limits={"rate_per_minute": 60, "burst": 3}, auth={"trusted_proxies": trusted})
@@ -411,7 +411,7 @@ class FakeStore:
 
 
 def test_source_paths_are_relative_to_the_indexed_folder():
-    from slmforge.pipeline import SourcePaths
+    from slmforge.route.pipeline import SourcePaths
 
     store = FakeStore(["/srv/bank/kb/cards/lost.md", "/srv/bank/kb/fx/rates.md", "/srv/bank/kb/faq.jsonl"])
     paths = SourcePaths(store)

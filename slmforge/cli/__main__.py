@@ -1,0 +1,3 @@
+from slmforge.cli import main
+
+main()

@@ -1,0 +1,809 @@
+"""Offline evaluation of causal LMs on your own data: quality next to latency, memory and cost.
+
+Tasks (called through `slmforge.ship.evaluate.evaluate`, one row per model and data file):
+
+- `generation`: each prompt is answered greedily (up to `max_new_tokens`) through
+  `slmforge.infer.engines.open_lm` and `slmforge.infer.generate.complete_batch`, the engine and decode loop of
+  `slm generate` and the server, so the scored outputs are the ones users get. Each answer is scored
+  against its reference by exact match, token F1, ROUGE-L and chrF (definitions at each function), and
+  the row holds their means.
+- `classification` / `multiple-choice`: nothing is generated; every candidate answer is scored by its
+  total log-probability given the prompt, and the most likely one is the prediction (accuracy). The
+  candidate is scored as the assistant's reply *including its end-of-turn token*, so a label that is a
+  prefix of another ("card" vs "card_arrival") does not win by being short. Classification candidates are
+  `labels_from` (else every label in the data); multiple-choice rows carry their own `choices`. These
+  need full-sequence logits, so they run on the torch model (fp32) whatever `backend` says.
+
+Data: JSONL rows `{"prompt": ..., "completion": ...}` (optionally `system`; `text`/`label`/`answer`
+are accepted too, multiple-choice rows add `choices` and an `answer` that is a choice or its index),
+or `{"messages": [...]}` whose final assistant turn is the reference; or CSV with a header
+(`text_col` / `label_col`, defaults guessed from the header). `shots` examples drawn (seeded) from
+`shots_from` become earlier user/assistant turns of every prompt (a model named `MODEL@5shot` gets 5
+whatever `shots` says, so one table can hold a 5-shot baseline next to tuned zero-shot models); `instruction` and `labels_from`
+(the allowed labels) become its system prompt.
+
+Speed and cost, per model:
+- p50 / p95 latency: seconds per item with one request at a time (`complete`, no batching), on the first
+  `latency_items` items; on backends that do not batch, every item already ran alone and all are used.
+  A batch's wall time divided by its rows is throughput, not latency, and is never reported as such.
+  Label scoring runs items one at a time, each timed; the prompt prefix every item shares (system
+  prompt, shots) runs once and its KV cache is reused, as a server with prefix caching would.
+- items/s and generated tokens/s: from the (batched) run over all items.
+- cost per 1,000 requests: (batched seconds per item / 3600) x `price_per_hour` x 1000: the machine time
+  a request costs when the machine is kept busy.
+- peak memory: `ru_maxrss` of a fresh process that loads and runs only this model (`isolate`, the
+  default), so it includes Python, torch and the runtime: what serving it with this stack takes. Without
+  `isolate` it is the current process's high-water mark, an upper bound.
+- params: counted from the model's weights (safetensors headers); disk: the bytes of the artifact that
+  ran (the converted int8 ONNX model on `ort`, the GGUF file on llama.cpp, the model dir on torch).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from slmforge.core.errors import SlmError
+
+TEXT_KEYS = ("prompt", "text", "question", "input")
+LABEL_KEYS = ("completion", "label", "answer", "category", "intent", "output")
+QUALITY = {"generation": "exact_match", "classification": "accuracy", "multiple-choice": "accuracy"}
+
+
+@dataclass
+class Item:
+    """One example: the conversation up to the answer, the reference answer and (multiple choice) choices."""
+
+    messages: list[dict]
+    reference: str
+    choices: list[str] | None = None
+    line: int = 0
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def normalize(text: str) -> str:
+    """Strip, lowercase and collapse runs of whitespace to one space."""
+    return " ".join(text.lower().split())
+
+
+def exact_match(pred: str, ref: str) -> float:
+    """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
+    return float(normalize(pred) == normalize(ref))
+
+
+def token_f1(pred: str, ref: str) -> float:
+    """SQuAD-style token F1 on normalised whitespace tokens (punctuation and articles are kept).
+
+    common = size of the multiset intersection; P = common / |pred|, R = common / |ref|, F1 = 2PR/(P+R).
+    Two empty strings score 1, one empty string 0.
+    """
+    p, r = normalize(pred).split(), normalize(ref).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F1 (Lin, 2004) on normalised whitespace tokens.
+
+    L = length of the longest common subsequence; P = L / |pred|, R = L / |ref|, F = 2PR/(P+R) (beta 1,
+    as the rouge-score package reports). Two empty strings score 1, one empty string 0.
+    """
+    p, r = normalize(pred).split(), normalize(ref).split()
+    if not p or not r:
+        return float(p == r)
+    prev = [0] * (len(r) + 1)
+    for a in p:
+        cur = [0]
+        for j, b in enumerate(r):
+            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def chrf(pred: str, ref: str, order: int = 6, beta: float = 2.0) -> float:
+    """Sentence chrF (Popović, 2015) in [0, 1], sacrebleu's default flavour (chrF, not chrF++).
+
+    Whitespace is removed (case kept); for each character n-gram order n = 1..6 that both strings are
+    long enough for, P_n and R_n are the clipped n-gram matches over the prediction's and the reference's
+    n-gram counts, F_n = (1 + b^2) P_n R_n / (b^2 P_n + R_n) with b = 2 (recall weighs more), and chrF
+    is the mean of F_n over those orders. Two empty strings score 1, one empty string 0. The row's chrF
+    is the mean of sentence scores (sacrebleu's corpus chrF pools the counts instead).
+    """
+    p, r = "".join(pred.split()), "".join(ref.split())
+    if not p or not r:
+        return float(p == r)
+    scores = []
+    for n in range(1, order + 1):
+        if len(p) < n or len(r) < n:
+            break
+        hyp = Counter(p[i : i + n] for i in range(len(p) - n + 1))
+        rf = Counter(r[i : i + n] for i in range(len(r) - n + 1))
+        match = sum((hyp & rf).values())
+        prec, rec = match / sum(hyp.values()), match / sum(rf.values())
+        denom = beta**2 * prec + rec
+        scores.append((1 + beta**2) * prec * rec / denom if denom > 0 else 0.0)
+    return sum(scores) / len(scores)
+
+
+def score_generation(pred: str, ref: str) -> dict:
+    """All four generation metrics for one prediction."""
+    return {
+        "exact_match": exact_match(pred, ref),
+        "token_f1": token_f1(pred, ref),
+        "rouge_l": rouge_l(pred, ref),
+        "chrf": chrf(pred, ref),
+    }
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_items(path: str, text_col: str | None = None, label_col: str | None = None) -> list[Item]:
+    """Examples from a .jsonl (prompt/completion or messages) or .csv file; one-line errors for bad input."""
+    p = Path(path)
+    if not p.is_file():
+        raise SlmError(f"data {path} does not exist")
+    try:
+        if p.suffix == ".csv":
+            items = _read_csv(p, text_col, label_col)
+        elif p.suffix == ".jsonl":
+            items = _read_jsonl(p, text_col, label_col)
+        else:
+            raise SlmError(f"{path}: give a .jsonl (prompt/completion or messages) or a .csv file")
+    except UnicodeDecodeError as e:
+        raise SlmError(f"{path} is not UTF-8 text") from e
+    if not items:
+        raise SlmError(f"{path} holds no examples")
+    return items
+
+
+def _read_csv(p: Path, text_col: str | None, label_col: str | None) -> list[Item]:
+    with open(p, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        text_col = text_col or next((k for k in TEXT_KEYS if k in header), None)
+        label_col = label_col or next((k for k in LABEL_KEYS if k in header), None)
+        for flag, col in (("--text-col", text_col), ("--label-col", label_col)):
+            if col is None or col not in header:
+                name = f"no column {col!r}" if col else "no column to use"
+                raise SlmError(f"{p.name} has {name} (columns: {', '.join(header) or 'none'}); pass {flag}")
+        items = []
+        for i, row in enumerate(reader, 2):
+            text, label = (row.get(text_col) or "").strip(), (row.get(label_col) or "").strip()
+            if not text or not label:
+                raise SlmError(f"{p}:{i}: empty {text_col if not text else label_col!r}")
+            items.append(Item([{"role": "user", "content": text}], label, line=i))
+    return items
+
+
+def _read_jsonl(p: Path, text_col: str | None, label_col: str | None) -> list[Item]:
+    items = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SlmError(f"{p}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SlmError(f"{p}:{i}: expected a JSON object")
+        items.append(_item(row, p, i, text_col, label_col))
+    return items
+
+
+def _item(row: dict, p: Path, i: int, text_col: str | None, label_col: str | None) -> Item:
+    if "messages" in row:
+        msgs = row["messages"]
+        ok = isinstance(msgs, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in msgs
+        )
+        if not ok:
+            raise SlmError(f"{p}:{i}: 'messages' must be a list of {{role, content}} objects")
+        if not msgs or msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise SlmError(f"{p}:{i}: the conversation has no final assistant turn to score against")
+        return Item([dict(m) for m in msgs[:-1]], msgs[-1]["content"], line=i)
+    tk = text_col or next((k for k in TEXT_KEYS if k in row), None)
+    lk = label_col or next((k for k in LABEL_KEYS if k in row), None)
+    if tk not in row or lk not in row:
+        raise SlmError(f"{p}:{i}: needs 'prompt' and 'completion' (or 'messages'); has {', '.join(row)}")
+    text, ref, choices = row[tk], row[lk], row.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            raise SlmError(f"{p}:{i}: 'choices' must be a non-empty list of strings")
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            if not 0 <= ref < len(choices):
+                raise SlmError(f"{p}:{i}: answer index {ref} is out of range for {len(choices)} choices")
+            ref = choices[ref]
+    if not isinstance(text, str) or not isinstance(ref, str):
+        raise SlmError(f"{p}:{i}: {tk!r} and {lk!r} must be strings")
+    system = row.get("system")
+    head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+    return Item(head + [{"role": "user", "content": text}], ref, choices, i)
+
+
+def read_labels(path: str, label_col: str | None = None) -> list[str]:
+    """Allowed labels: a .json list, a .txt file (one a line), or the distinct labels of a .csv/.jsonl."""
+    p = Path(path)
+    if not p.is_file():
+        raise SlmError(f"--labels-from {path} does not exist")
+    if p.suffix == ".json":
+        labels = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise SlmError(f"{path} must hold a JSON list of label strings")
+    elif p.suffix in (".csv", ".jsonl"):
+        labels = [it.reference for it in read_items(path, None, label_col)]
+    else:
+        labels = p.read_text(encoding="utf-8").splitlines()
+    labels = list(dict.fromkeys(x.strip() for x in labels if x.strip()))
+    if not labels:
+        raise SlmError(f"{path} lists no labels")
+    return labels
+
+
+def sample(items: list[Item], limit: int | None, seed: int) -> list[Item]:
+    """A seeded sample of `limit` items, kept in file order (all items when `limit` is None or larger)."""
+    if not limit or limit >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def pick_shots(pool: list[Item], k: int, seed: int, exclude: set[int] = frozenset()) -> list[Item]:
+    """`k` examples drawn (seeded) from `pool`, leaving out the lines in `exclude` (items under evaluation)."""
+    pool = [it for it in pool if it.line not in exclude]
+    if k > len(pool):
+        raise SlmError(f"--shots {k} asks for more examples than --shots-from holds ({len(pool)})")
+    return random.Random(seed).sample(pool, k)
+
+
+def system_prompt(instruction: str | None, labels: list[str] | None) -> str | None:
+    """The system prompt from an instruction and the allowed labels."""
+    parts = [instruction.strip()] if instruction and instruction.strip() else []
+    if labels:
+        parts.append("Answer with exactly one of these labels: " + ", ".join(labels))
+    return "\n".join(parts) or None
+
+
+def build_messages(item: Item, shots: list[Item], system: str | None) -> list[dict]:
+    """The conversation sent to the model: system prompt, the shots as earlier user/assistant turns, the item."""
+    own = item.messages
+    sys_parts = [system] if system else []
+    if own and own[0]["role"] == "system":
+        sys_parts.append(own[0]["content"])
+        own = own[1:]
+    out = [{"role": "system", "content": "\n\n".join(sys_parts)}] if sys_parts else []
+    for s in shots:
+        out += [m for m in s.messages if m["role"] != "system"]
+        out.append({"role": "assistant", "content": s.reference})
+    return out + [dict(m) for m in own]
+
+
+# ---------------------------------------------------------------- one model
+
+
+def evaluate_model(model: str, task: str, jobs: list[dict], opts: dict, progress: bool = True) -> list[dict]:
+    """Evaluate one model on prepared jobs (`data`, `messages`, `references`, `choices`); one row per job.
+
+    Runs in a fresh process when isolated, so peak memory is this model's alone (see the module doc).
+    """
+    import resource
+
+    from slmforge.infer.engines import open_lm
+
+    t0 = time.perf_counter()
+    backend = "torch" if task != "generation" else opts["backend"]
+    lm = open_lm(model, backend, opts["precision"], opts["threads"], opts["device"])
+    load_seconds = time.perf_counter() - t0
+    size = {"params": _param_count(lm), "disk_mb": _disk_mb(lm)}
+    rows = []
+    for job in jobs:
+        if task == "generation":
+            row = _generate_job(lm, model, job, opts, progress)
+        else:
+            row = _choice_job(lm, model, job, opts, progress)
+        seconds_per_item = row["seconds"] / max(row["items"], 1)
+        row |= {
+            "load_seconds": load_seconds,
+            **size,
+            "cost_per_1k": seconds_per_item / 3600 * opts["price_per_hour"] * 1000,
+            "price_per_hour": opts["price_per_hour"],
+        }
+        rows.append(row)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    for row in rows:
+        row["peak_rss_mb"] = peak
+    return rows
+
+
+def _generate_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
+    from slmforge.core.progress import bar
+    from slmforge.infer.generate import GenerateConfig, complete, complete_batch, prompt_ids
+
+    cfg = GenerateConfig(model=model, max_new_tokens=opts["max_new_tokens"], chat=opts["chat"])
+    prompts = [prompt_ids(lm.tokenizer, m, chat=opts["chat"]) for m in job["messages"]]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # equal lengths batch together
+    done = [None] * len(prompts)
+    step = opts["batch_size"]
+    started = time.perf_counter()
+    with bar(f"{_short(model)} generate", total=len(prompts), enabled=progress) as b:
+        for s in range(0, len(order), step):
+            chunk = order[s : s + step]
+            for i, c in zip(chunk, complete_batch(lm, [prompts[i] for i in chunk], cfg, max_batch=step)):
+                done[i] = c
+            b.advance(len(chunk))
+            elapsed = time.perf_counter() - started
+            b.update(rate=f"{sum(len(done[i].token_ids) for i in order[: s + step]) / elapsed:.1f} tok/s")
+    seconds = time.perf_counter() - started
+    if lm.backend == "ort":  # rows may have shared a batch: time single requests apart
+        n = min(opts["latency_items"], len(prompts))
+        with bar(f"{_short(model)} latency", total=n, enabled=progress) as b:
+            latency = []
+            for p in prompts[:n]:
+                latency.append(complete(lm.step(), lm.tokenizer, p, cfg, lm.eos).seconds)
+                b.advance()
+    else:
+        latency = [c.seconds for c in done]
+    refs = job["references"]
+    scores = [score_generation(c.text, r) for c, r in zip(done, refs)]
+    tokens = sum(len(c.token_ids) for c in done)
+    row = _row(model, job, "generation", lm, seconds, latency)
+    row |= {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    row |= {
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "generated_tokens_mean": tokens / len(done),
+        "eos_rate": float(np.mean([c.stopped_at_eos for c in done])),
+        "max_new_tokens": opts["max_new_tokens"],
+    }
+    row["predictions"] = [
+        {"line": ln, "prompt": q, "reference": r, "prediction": c.text, **s}
+        for ln, q, r, c, s in zip(job["lines"], job["prompts"], refs, done, scores)
+    ]
+    return row
+
+
+def _choice_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
+    import copy
+
+    import torch
+
+    from slmforge.core.progress import bar
+    from slmforge.infer.generate import prompt_ids
+
+    tok, chat, net = lm.tokenizer, opts["chat"], lm.torch_model
+    known: dict[str, list[int]] = {}
+    prompts = [prompt_ids(tok, m, chat=chat) for m in job["messages"]]
+    shared = _shared_prefix(prompts)  # system prompt and shots: run once, reused by every item
+    started = time.perf_counter()
+    prefix = None
+    if shared:
+        with torch.inference_mode():
+            x = torch.tensor([prompts[0][:shared]], device=next(net.parameters()).device)
+            prefix = net(input_ids=x, use_cache=True).past_key_values
+    preds, latency = [], []
+    with bar(f"{_short(model)} score labels", total=len(prompts), enabled=progress) as b:
+        for ids, choices in zip(prompts, job["choices"]):
+            t = time.perf_counter()
+            for c in choices:
+                if c not in known:
+                    known[c] = answer_ids(tok, c, chat, lm.eos)
+            cached = (copy.deepcopy(prefix), shared) if prefix is not None else None
+            scores = label_logprobs(net, ids, [known[c] for c in choices], cached)
+            preds.append(choices[int(np.argmax(scores))])
+            latency.append(time.perf_counter() - t)
+            b.advance()
+    seconds = time.perf_counter() - started
+    refs = job["references"]
+    correct = [float(p == r) for p, r in zip(preds, refs)]
+    row = _row(model, job, job["task"], lm, seconds, latency)
+    row["accuracy"] = float(np.mean(correct))
+    row["predictions"] = [
+        {"line": ln, "prompt": q, "reference": r, "prediction": p, "correct": c}
+        for ln, q, r, p, c in zip(job["lines"], job["prompts"], refs, preds, correct)
+    ]
+    return row
+
+
+def _row(model: str, job: dict, task: str, lm, seconds: float, latency: list[float]) -> dict:
+    n = len(job["messages"])
+    return {
+        "model": model,
+        "data": job["data"],
+        "task": task,
+        "backend": lm.backend,
+        "precision": lm.precision,
+        "items": n,
+        "shots": job["shots"],
+        "seconds": seconds,
+        "items_per_s": n / seconds if seconds > 0 else 0.0,
+        "p50_s": float(np.percentile(latency, 50)),
+        "p95_s": float(np.percentile(latency, 95)),
+        "latency_items": len(latency),
+    }
+
+
+def answer_ids(tokenizer, answer: str, chat: bool, eos: list[int]) -> list[int]:
+    """Token ids of `answer` as the assistant's reply, through its end-of-turn token.
+
+    With a chat template: the tokens the template puts after the generation prompt for this reply, up to
+    and including the first end-of-turn/EOS id. Without: " answer" followed by EOS.
+    """
+    from slmforge.infer.generate import prompt_ids
+
+    if chat and getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "?"}]
+        head = prompt_ids(tokenizer, probe, chat=True)
+        text = tokenizer.apply_chat_template(
+            probe + [{"role": "assistant", "content": answer}], tokenize=False
+        )
+        full = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if full[: len(head)] == head and len(full) > len(head):
+            cont = full[len(head) :]
+            ends = [j for j, t in enumerate(cont) if t in eos]
+            return cont[: ends[0] + 1] if ends else cont
+    return list(tokenizer(" " + answer, add_special_tokens=False)["input_ids"]) + eos[:1]
+
+
+def label_logprobs(
+    model, prompt: list[int], answers: list[list[int]], prefix=None, pack: int = 1024
+) -> list[float]:
+    """Total log-probability (natural log) of each answer's tokens given `prompt`.
+
+    The prompt runs once (only past `prefix`, a `(cache, length)` of its first tokens, when given; the
+    cache is extended, so pass a copy). The answers then run packed into one sequence on top of the
+    prompt's KV cache, each seeing the prompt and its own earlier tokens only (a 4D mask and explicit
+    positions), so nothing is copied per answer; the cache is cropped back after each pack.
+    """
+    import torch
+
+    dev = next(model.parameters()).device
+    cache, start = prefix if prefix is not None else (None, 0)
+    n = len(prompt)
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([prompt[start:]], device=dev), past_key_values=cache, use_cache=True
+        )
+        cache = out.past_key_values
+        first = torch.log_softmax(out.logits[0, -1].float(), -1)
+        totals = [float(first[a[0]]) for a in answers]
+        packs, cur = [], []
+        for k, a in enumerate(answers):
+            if len(a) > 1:
+                if cur and sum(len(answers[i]) - 1 for i in cur) + len(a) - 1 > pack:
+                    packs.append(cur)
+                    cur = []
+                cur.append(k)
+        packs += [cur] if cur else []
+        for group in packs:
+            ids = [t for k in group for t in answers[k][:-1]]
+            targets = [t for k in group for t in answers[k][1:]]
+            owner = torch.tensor([k for k in group for _ in answers[k][1:]], device=dev)
+            pos = torch.tensor([n + j for k in group for j in range(len(answers[k]) - 1)], device=dev)
+            q = len(ids)
+            sees = (owner[:, None] == owner[None, :]) & torch.ones(q, q, dtype=torch.bool, device=dev).tril()
+            sees = torch.cat([torch.ones(q, n, dtype=torch.bool, device=dev), sees], dim=1)
+            mask = torch.zeros(1, 1, q, n + q, device=dev).masked_fill(~sees, torch.finfo(torch.float32).min)
+            logits = model(
+                input_ids=torch.tensor([ids], device=dev),
+                position_ids=pos[None],
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[0]
+            cache.crop(-q)  # drop the pack again: the next one sees the prompt only
+            picked = torch.log_softmax(logits.float(), -1)[torch.arange(q), torch.tensor(targets, device=dev)]
+            for k, v in zip(
+                group, torch.zeros(max(group) + 1, device=dev).index_add(0, owner, picked)[group]
+            ):
+                totals[k] += float(v)
+    return totals
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares (system prompt and shots), minus one token, so every
+    prompt still has a token of its own to run."""
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts)
+    common = next((i for i in range(n) if any(p[i] != first[i] for p in prompts)), n)
+    return max(common - 1, 0)
+
+
+def _param_count(lm) -> int | None:
+    if lm.torch_model is not None:
+        return sum(p.numel() for p in lm.torch_model.parameters())
+    path = Path(lm.source)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
+    return total
+
+
+def _disk_mb(lm) -> float | None:
+    target = lm.info.get("model_dir") or lm.info.get("gguf") or lm.source
+    path = Path(target) if target else None
+    if path is None or not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size / 1e6
+    skip = {".hf-cache"}
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not skip & set(f.parts)) / 1e6
+
+
+def _short(model: str) -> str:
+    return Path(model).name or model
+
+
+# ---------------------------------------------------------------- all models
+
+
+def evaluate_generative(cfg, progress: bool = True) -> list[dict]:
+    """`slm eval --task generation|classification|multiple-choice` for causal LMs: see the module doc.
+
+    `cfg` is a `slmforge.ship.evaluate.EvalConfig`. Prompts are built once and shared by every model.
+    """
+    jobs = prepare_jobs(cfg)
+    opts = {
+        "backend": cfg.backend,
+        "precision": cfg.precision,
+        "threads": cfg.threads,
+        "device": cfg.device,
+        "chat": cfg.chat,
+        "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.gen_batch_size,
+        "latency_items": cfg.latency_items,
+        "price_per_hour": cfg.price_per_hour,
+    }
+    specs = [split_shots(m, cfg.shots) for m in cfg.models]
+    jobs_for = {cfg.shots: jobs}
+    for _, k in specs:
+        if k not in jobs_for:
+            jobs_for[k] = prepare_jobs(replace(cfg, shots=k))
+    rows = []
+    for model, k in specs:
+        if cfg.isolate:
+            rows += _in_fresh_process(evaluate_model, model, cfg.task, jobs_for[k], opts, progress)
+        else:
+            rows += evaluate_model(model, cfg.task, jobs_for[k], opts, progress)
+    return rows
+
+
+_SHOTS_SUFFIX = re.compile(r"^(?P<model>.+)@(?P<k>\d+)-?shots?$")
+
+
+def split_shots(model: str, default: int) -> tuple[str, int]:
+    """`MODEL@5shot` (or `@0shot`, `@5-shots`): this model gets 5 shots whatever `--shots` says."""
+    m = _SHOTS_SUFFIX.match(model)
+    if m is None or Path(model).exists():
+        return model, default
+    return m["model"], int(m["k"])
+
+
+def prepare_jobs(cfg) -> list[dict]:
+    """Read and sample every data file and build its conversations (shared by all models)."""
+    if cfg.shots and not cfg.shots_from:
+        raise SlmError("--shots needs --shots-from FILE (the examples to show)")
+    if cfg.shots < 0 or (cfg.limit is not None and cfg.limit < 1):
+        raise SlmError("need --shots ≥ 0 and --limit ≥ 1")
+    if cfg.max_new_tokens < 1 or cfg.latency_items < 1 or cfg.price_per_hour < 0:
+        raise SlmError("need --max-new-tokens ≥ 1, --latency-items ≥ 1 and --price-per-hour ≥ 0")
+    labels = read_labels(cfg.labels_from, cfg.label_col) if cfg.labels_from else None
+    system = system_prompt(cfg.instruction, labels)
+    pool = read_items(cfg.shots_from, cfg.text_col, cfg.label_col) if cfg.shots else []
+    jobs = []
+    for data in cfg.data:
+        items = sample(read_items(data, cfg.text_col, cfg.label_col), cfg.limit, cfg.seed)
+        same = bool(pool) and Path(cfg.shots_from).resolve() == Path(data).resolve()
+        shots = pick_shots(pool, cfg.shots, cfg.seed, {it.line for it in items} if same else set())
+        if cfg.task == "multiple-choice":
+            missing = next((it for it in items if not it.choices), None)
+            if missing is not None:
+                raise SlmError(f"{data}:{missing.line}: multiple-choice rows need 'choices'")
+            choices = [it.choices for it in items]
+        elif cfg.task == "classification":
+            allowed = labels or list(dict.fromkeys(it.reference for it in items))
+            choices = [allowed] * len(items)
+        else:
+            choices = [None] * len(items)
+        jobs.append(
+            {
+                "data": data,
+                "task": cfg.task,
+                "shots": cfg.shots,
+                "messages": [build_messages(it, shots, system) for it in items],
+                "references": [it.reference for it in items],
+                "choices": choices,
+                "lines": [it.line for it in items],
+                "prompts": [it.messages[-1]["content"] for it in items],
+            }
+        )
+    return jobs
+
+
+def _in_fresh_process(fn, *args):
+    """Run `fn(*args)` in a new interpreter (spawn), so its `ru_maxrss` is its own."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(1, ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise SlmError(f"evaluating {args[0]} crashed its process (out of memory?)") from None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In an evaluation child: exit when the parent dies (a plain `kill` of `slm eval` reaches only it),
+    also if it died while this child was still starting."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def is_causal_lm(model: str) -> bool:
+    """Whether `model` names a text-generation model (catalog kind, GGUF file, or *ForCausalLM config)."""
+    from slmforge.core import hub
+
+    model = split_shots(model, 0)[0]
+    entry = hub.CATALOG.get(model)
+    if entry is not None:
+        return entry.kind == "causal-lm"
+    from slmforge.lm.finetune import output_dir
+
+    path = output_dir(Path(model).expanduser())  # a finetune/distill run dir → its model/ or adapter/
+    if path.is_file():
+        return path.suffix == ".gguf"
+    if (path / "adapter_config.json").exists():
+        return True  # a PEFT adapter of a causal LM (slm finetune --method lora|prompt-tuning)
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return not path.exists()  # a hub id: assume a causal LM
+    archs = json.loads(cfg.read_text()).get("architectures") or []
+    return any(a.endswith("ForCausalLM") for a in archs)
+
+
+# ---------------------------------------------------------------- report
+
+# (header, row key, format) per task; the same columns in the terminal and in eval.md
+_SPEED = [
+    ("p50 s", "p50_s", "{:.3f}"),
+    ("p95 s", "p95_s", "{:.3f}"),
+    ("items/s", "items_per_s", "{:.2f}"),
+    ("peak MB", "peak_rss_mb", "{:.0f}"),
+    ("params", "params", "M"),
+    ("disk MB", "disk_mb", "{:.1f}"),
+    ("$/1k req", "cost_per_1k", "{:.4f}"),
+]
+COLUMNS = {
+    "generation": [("EM", "exact_match", "{:.3f}"), ("F1", "token_f1", "{:.3f}"),
+                   ("ROUGE-L", "rouge_l", "{:.3f}"), ("chrF", "chrf", "{:.3f}"),
+                   ("gen tok/s", "tokens_per_s", "{:.1f}")] + _SPEED,
+    "classification": [("accuracy", "accuracy", "{:.3f}")] + _SPEED,
+    "perplexity": [("tokens", "tokens", "{:,}"), ("loss", "loss", "{:.4f}"), ("perplexity", "perplexity", "{:.3f}"),
+                   ("bits/byte", "bpb", "{:.4f}"), ("change", "perplexity_change", "{:+.1%}"),
+                   ("time s", "seconds", "{:.0f}")],
+}  # fmt: skip
+COLUMNS["multiple-choice"] = COLUMNS["classification"]
+
+
+def table_rows(rows: list[dict], task: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of the one table: model, backend, data, items, quality, speed, cost."""
+    cols = COLUMNS[task]
+    lead = ["model", "data"] if task == "perplexity" else ["model", "backend", "data", "shots", "items"]
+    body = []
+    for r in rows:
+        cells = [_short(r["model"]), Path(r["data"]).name]
+        if task != "perplexity":
+            cells = [_short(r["model"]), f"{r['backend']} {r['precision']}", Path(r["data"]).name,
+                     str(r["shots"]), str(r["items"])]  # fmt: skip
+        for _, key, fmt in cols:
+            v = r.get(key)
+            cells.append("" if v is None else f"{v / 1e6:.1f}M" if fmt == "M" else fmt.format(v))
+        body.append(cells)
+    return lead + [h for h, _, _ in cols], body
+
+
+def markdown(rows: list[dict], task: str) -> str:
+    head, body = table_rows(rows, task)
+    lines = [f"# slm eval: {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    if task != "perplexity" and rows:
+        lines += [
+            "",
+            f"Latency: seconds per item, one request at a time (p50/p95 over {rows[0]['latency_items']} "
+            "items). items/s and tokens/s: the batched run over all items. Cost per 1,000 requests: batched "
+            f"seconds per item at {rows[0]['price_per_hour']} USD/hour. Peak MB: ru_maxrss of the process "
+            "that ran the model. EM/F1/ROUGE-L/chrF: see `slmforge/lm/evaluate.py`.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(rows: list[dict], task: str) -> bytes:
+    """Quality vs p50 latency, one labelled point per row (perplexity: bits per byte per model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    labels = [_short(r["model"]) + (f" ({r['shots']}-shot)" if r.get("shots") else "") for r in rows]
+    if task == "perplexity":
+        ax.bar(range(len(rows)), [r["bpb"] for r in rows])
+        ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
+        ax.set_ylabel("bits per byte (lower is better)")
+    else:
+        key = QUALITY[task]
+        xs, ys = [r["p50_s"] for r in rows], [r[key] for r in rows]
+        ax.scatter(xs, ys)
+        for x, y, name in zip(xs, ys, labels):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel("p50 latency per item (s)")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    ax.set_title(f"slm eval: {task}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(rows: list[dict], task: str, out_dir: str) -> list[Path]:
+    """eval.json, eval.md, eval.png (and predictions.jsonl) in `out_dir`; all rendered before any is written."""
+    from slmforge.core.fsutil import atomic_file
+
+    out = Path(out_dir)
+    summary = [{k: v for k, v in r.items() if k != "predictions"} for r in rows]
+    files = {
+        "eval.json": json.dumps({"task": task, "rows": summary}, indent=2, default=str) + "\n",
+        "eval.md": markdown(summary, task),
+        "eval.png": plot_png(summary, task),
+    }
+    if any("predictions" in r for r in rows):
+        files["predictions.jsonl"] = "".join(
+            json.dumps({"model": r["model"], "data": r["data"], **p}, ensure_ascii=False) + "\n"
+            for r in rows
+            for p in r.get("predictions", [])
+        )
+    for name, body in files.items():
+        with atomic_file(out / name, "wb" if isinstance(body, bytes) else "w") as f:
+            f.write(body)
+    return [out / n for n in files]
