@@ -35,59 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from slmforge.clf.configs import ClassifyTrainConfig
 from slmforge.core.errors import SlmError
 
 OOS = "oos"
 META = "classifier.json"
 SCORES = ("maxprob", "energy")
-
-
-@dataclass
-class ClassifyTrainConfig:
-    data: str
-    """Training file: .csv (header row) or .jsonl (one object per line)."""
-    out: str
-    """Model directory to write."""
-    text_col: str = "text"
-    label_col: str = "label"
-    base: str = "minilm-l6"
-    """Encoder to start from: a catalog name, a local BERT-family directory or a hub id."""
-    val: str | None = None
-    """Validation file; without it a stratified `val_fraction` of `data` is held out."""
-    val_fraction: float = 0.1
-    epochs: int = 5
-    lr: float = 1e-4
-    """Peak learning rate of the top encoder layer; each layer below gets `layer_decay` times the one above."""
-    head_lr: float = 5e-4
-    layer_decay: float = 0.9
-    batch_size: int = 32
-    max_len: int = 64
-    """Tokens per text (longer texts are truncated; batches are padded only to their longest text)."""
-    label_smoothing: float = 0.1
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.06
-    head_init: str = "lr"
-    """`lr`: start from a logistic regression fitted on frozen embeddings; `random`: a fresh head."""
-    few_shot: bool = False
-    """Contrastive pair training of the encoder, then a logistic-regression head (for ~5-20 examples/class)."""
-    few_shot_steps: int = 150
-    few_shot_lr: float = 2e-5
-    oos: bool = False
-    """Calibrate a confidence threshold on the validation split; `predict` answers `oos` below it."""
-    oos_score: str = "maxprob"
-    """`maxprob` (highest softmax probability) or `energy` (logsumexp of the logits)."""
-    oos_val_flag_rate: float = 0.03
-    """Share of in-scope validation texts the threshold may flag as `oos` (sets the threshold)."""
-    min_per_class: int = 2
-    """Refuse labels with fewer training examples than this."""
-    patience: int = 2
-    """Stop after this many epochs without a better validation accuracy."""
-    max_minutes: float | None = None
-    """Stop fine-tuning after this long (the best epoch so far is kept)."""
-    encoding: str = "utf-8"
-    seed: int = 0
-    threads: int | None = None
-    overwrite: bool = False
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import string
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,36 +37,8 @@ from slmforge.clf.classify import (
     save_model,
     stratified_split,
 )
+from slmforge.clf.configs import CompressConfig
 from slmforge.core.errors import SlmError
-
-
-@dataclass
-class CompressConfig:
-    teacher: str
-    """A classifier directory from `slm classify train`."""
-    data: str
-    """The labelled training file (the teacher's, normally)."""
-    out: str
-    student: str | None = None
-    """Distill: the student encoder (catalog name or dir); None = a copy of the teacher (prune)."""
-    layers: int | None = None
-    """Keep this many encoder layers (evenly spaced, first and last kept); None = all."""
-    trim_vocab: bool = True
-    unlabeled: str | None = None
-    """Extra texts, one per line (.txt) or in the text column (.csv/.jsonl), taught by the teacher only."""
-    epochs: int = 3
-    lr: float = 1e-4
-    head_lr: float = 5e-4
-    batch_size: int = 32
-    temperature: float = 2.0
-    alpha: float = 0.5
-    """Weight of the distillation loss; 1 - alpha goes to the labels."""
-    text_col: str | None = None
-    label_col: str | None = None
-    patience: int = 2
-    seed: int = 0
-    threads: int | None = None
-    overwrite: bool = False
 
 
 def prune(cfg: CompressConfig, progress: bool = True) -> dict:

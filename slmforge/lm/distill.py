@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
 from slmforge.data import sft_data
+from slmforge.lm.configs import DistillLMConfig
 
 METHODS = ("logit", "sequence")
 KD_ON = ("completion", "all")
@@ -62,66 +63,6 @@ RESULT_FILE = "distill.json"
 STUDENT_DIR = "student-init"
 TEACHER_DATA = "teacher.jsonl"
 BACKENDS = ("auto", "ort", "torch", "llama.cpp")
-
-
-@dataclass
-class DistillLMConfig:
-    teacher: str
-    """Teacher causal LM: catalog name, local directory or hub id (logit: full precision)."""
-    data: str
-    """JSONL of {"messages": [...]} or {"prompt": ..., "completion": ...} rows (sequence: the prompts)."""
-    out: str
-    """Run directory (see the module docstring)."""
-    student: str | None = None
-    """Student causal LM (catalog name, directory or hub id); or use student_depth."""
-    student_depth: int | None = None
-    """Build the student: a Llama with the teacher's tokenizer and shape, this many layers."""
-    student_from: str | None = None
-    """With student_depth: cut the student's weights from this model instead of the teacher, e.g. the
-    teacher's base before fine-tuning, so that SFT alone on the same student does not start from the
-    teacher's task training. Same tokenizer and width as the teacher."""
-    method: str = "logit"
-    """logit (KL to the teacher's logits + CE; same tokenizer) or sequence (train on teacher completions)."""
-    temperature: float = 2.0
-    """Softmax temperature of the KL term (logit)."""
-    alpha: float = 0.5
-    """Weight of the KL term; 1 - alpha weighs the cross-entropy on the data's own tokens (logit)."""
-    kd_on: str = "completion"
-    """Logit: where the KL term is taken: completion (the assistant tokens) or all (every real token)."""
-    kd_top_k: int = 0
-    """Logit: match only the teacher's k most likely tokens per position (their softmax at T, renormalised;
-    the student keeps its full softmax, so mass it puts elsewhere is penalised); 0 = the whole vocabulary.
-    At T > 1 a large vocabulary otherwise spreads the teacher's mass over a long tail of unlikely tokens."""
-    kd_hidden: float = 0.0
-    """Logit: weight of the intermediate-state term (1 − cosine between each student layer's output and its
-    source teacher layer's, every real token); 0 = logits only. Needs the teacher's hidden size."""
-    val_data: str | None = None
-    """Held-out JSONL: finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
-    max_new_tokens: int = 256
-    """Sequence: the longest teacher completion, in tokens."""
-    teacher_backend: str = "auto"
-    """Sequence: the backend the teacher generates on (auto: the fastest measured; see slmforge.infer.engines)."""
-    teacher_precision: str = "int8"
-    """Sequence: the teacher's weights on the ort backend (int8, int4 or fp32)."""
-    seq_len: int = 512
-    epochs: float = 1.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    """Training time budget (the teacher's generation in --method sequence is not counted)."""
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    kl_examples: int = 32
-    """Examples (of val_data, else data) on which the KL to the teacher is measured before and after."""
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    log_every: int = 1
-    precision: str = "auto"
-    threads: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
 
 
 # Fields that may differ between a run and its resumption; every other field must match exactly.

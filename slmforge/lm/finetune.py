@@ -34,6 +34,7 @@ from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir, check_replaceable, sha256_file, write_json
 from slmforge.data import sft_data
+from slmforge.lm.configs import FinetuneConfig
 from slmforge.train import checkpoint
 
 METHODS = ("full", "lora", "prompt-tuning")
@@ -48,61 +49,6 @@ SHAPE_KEYS = (
     "num_attention_heads",
     "num_key_value_heads",
 )
-
-
-@dataclass
-class FinetuneConfig:
-    model: str
-    """Base causal LM: catalog name (`slm pull`), local directory or hub id; full precision."""
-    data: str
-    """JSONL of {"messages": [...]} or {"prompt": ..., "completion": ...} rows."""
-    out: str
-    """Run directory: config.json, metrics.jsonl, loss.png, ckpt/ and model/ (full) or adapter/."""
-    method: str = "lora"
-    """full, lora or prompt-tuning."""
-    val_data: str | None = None
-    """Optional held-out JSONL of the same shape: masked val loss on a schedule."""
-    chat_template: str | None = None
-    """A Jinja chat template file, for tokenizers without one (or to replace theirs)."""
-    seq_len: int = 512
-    """Tokens per training sequence (capped at the model's context)."""
-    pack: bool = True
-    """Concatenate whole examples into seq_len windows (not for prompt tuning, whose prompt leads each row)."""
-    on_bad_line: str = "stop"
-    """stop (one error naming the first bad line and the count) or skip (skip and count them)."""
-    on_long: str = "truncate"
-    """truncate sequences longer than seq_len (counted) or error."""
-    epochs: float = 1.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    """Stop after this much training time; the lr schedule then follows time as well as steps."""
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float | None = None
-    """Peak learning rate (default: 5e-5 full, 2e-4 LoRA, 3e-2 prompt tuning)."""
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None
-    """Linear warmup steps (default: 5% of the steps, at most 100)."""
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    """Comma-separated module names (e.g. q_proj,v_proj) or all-linear (every projection but the LM head)."""
-    virtual_tokens: int = 20
-    """Prompt tuning: learned embeddings put before every input."""
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    log_every: int = 1
-    precision: str = "auto"
-    """auto (bf16 autocast where the hardware has fast bf16), bf16 or fp32."""
-    threads: int | None = None
-    """Torch threads (default: the free cores, never more)."""
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
 
 
 # Fields that may differ between a run and its resumption; every other field must match exactly.

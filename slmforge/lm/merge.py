@@ -14,6 +14,7 @@ from pathlib import Path
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir
+from slmforge.lm.configs import MergeConfig
 from slmforge.lm.finetune import (
     _abs,
     _generation_config,
@@ -25,17 +26,6 @@ from slmforge.lm.finetune import (
     locate_base,
     output_dir,
 )
-
-
-@dataclass
-class MergeConfig:
-    adapter: str
-    """A LoRA adapter dir (`slm finetune --method lora` writes RUN/adapter; the run dir works too)."""
-    out: str
-    """Where the merged plain transformers model goes."""
-    base: str | None = None
-    """The full-precision base (default: the one the adapter records)."""
-    overwrite: bool = False
 
 
 @dataclass

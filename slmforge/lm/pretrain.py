@@ -27,53 +27,9 @@ from slmforge.core import workspace
 from slmforge.core.distributed import Dist
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
+from slmforge.lm.configs import PretrainConfig
 from slmforge.train import checkpoint
 from slmforge.train.telemetry import StepLogger
-
-
-@dataclass
-class PretrainConfig:
-    data: str
-    """Dataset directory written by `slm data ingest` (train.jsonl, val.jsonl)."""
-    out: str
-    """Run directory: config, metrics.jsonl, loss.png, ckpt/ and the final model/."""
-    tokenizer: str | None = None
-    """Tokenizer directory (`slm tokenizer train`); not used with --init, which brings its own."""
-    depth: str = "4"
-    """Ladder depth (2-32) or a named size (nano=4, micro=6, mini=8, small=12, base=16)."""
-    init: str | None = None
-    """Continue pretraining this HF causal LM (catalog name, local dir or hub id) instead of a fresh model."""
-    seq_len: int = 256
-    batch_size: int | None = None
-    """Sequences per micro-batch per process (default: the ladder's, 16)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; global batch = batch_size × grad_accum × processes."""
-    lr: float | None = None
-    """Peak learning rate (default: the ladder's for fresh models, 3e-5 for --init)."""
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None
-    """Linear warmup steps (default: 5% of the steps, at most 200)."""
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    tokens: int | None = None
-    """Training tokens (default: 20 per parameter for fresh models, one epoch for --init)."""
-    max_minutes: float | None = None
-    """Stop after this much training time; the lr schedule then follows time as well as steps."""
-    eval_every: int = 100
-    eval_windows: int = 64
-    checkpoint_every: int = 100
-    precision: str = "auto"
-    """auto (bf16 autocast where the hardware has fast bf16), bf16 or fp32."""
-    compile: bool = False
-    """torch.compile the model (faster steps after a one-off compile)."""
-    threads: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    log_every: int = 1
-
 
 # Fields that may differ between a run and its resumption; every other field must match exactly.
 RESUMABLE_CHANGES = {
