@@ -434,7 +434,8 @@ def classify_train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Fine-tune an encoder into a text classifier (intent, sentiment, topic) on CPU."""
-    from slmforge.clf.classify import ClassifyTrainConfig, train_classifier
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.train import train_classifier
 
     r = train_classifier(
         ClassifyTrainConfig(
@@ -497,7 +498,7 @@ def classify_predict(
 
     from rich.table import Table
 
-    from slmforge.clf.classify import predict
+    from slmforge.clf.predict import predict
 
     items = list(texts or [])
     if file:

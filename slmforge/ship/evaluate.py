@@ -2,7 +2,7 @@
 
 Tasks: `perplexity` (below); `generation`, and `classification` / `multiple-choice` by label
 log-likelihood, for causal LMs with latency, memory and cost next to quality (`slmforge.lm.evaluate`);
-`classification` of a trained classifier (`slmforge.clf.classify.evaluate_classifier`) when the models are
+`classification` of a trained classifier (`slmforge.clf.evaluate.evaluate_classifier`) when the models are
 classifiers rather than causal LMs.
 
 Task `perplexity`: held-out loss, perplexity and bits per byte on text.
@@ -155,8 +155,8 @@ def perplexity(
 
 
 def _evaluate_classification(cfg: EvalConfig, progress: bool) -> list[dict]:
-    """One row per (classifier, labelled file): see `slmforge.clf.classify.evaluate_classifier`."""
-    from slmforge.clf.classify import evaluate_classifier
+    """One row per (classifier, labelled file): see `slmforge.clf.evaluate.evaluate_classifier`."""
+    from slmforge.clf.evaluate import evaluate_classifier
 
     rows = []
     for name in cfg.models:

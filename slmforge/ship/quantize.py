@@ -87,7 +87,7 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoTokenizer
 
-    from slmforge.clf.classify import dir_size
+    from slmforge.clf.io import dir_size
     from slmforge.core import workspace
     from slmforge.core.fsutil import atomic_dir
 
