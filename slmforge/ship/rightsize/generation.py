@@ -295,7 +295,7 @@ def _shots_from(cfg: RightsizeGenConfig) -> str:
 
 
 def _check_eval_settings(cfg: RightsizeGenConfig, ladder: list[Rung]) -> None:
-    from slmforge.lm.evaluate import prepare_jobs
+    from slmforge.lm.eval_data import prepare_jobs
 
     for k in sorted({r.shots for r in ladder}):
         prepare_jobs(_eval_config(cfg, "-", k))
