@@ -385,10 +385,14 @@ def _disk_mb(lm) -> float | None:
     path = Path(target) if target else None
     if path is None or not path.exists():
         return None
+    return disk_mb(path)
+
+
+def disk_mb(path: Path) -> float:
+    """Megabytes of a file, or of the files under a directory (a `.hf-cache` inside left out)."""
     if path.is_file():
         return path.stat().st_size / 1e6
-    skip = {".hf-cache"}
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not skip & set(f.parts)) / 1e6
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and ".hf-cache" not in f.parts) / 1e6
 
 
 # ---------------------------------------------------------------- all models

@@ -411,17 +411,11 @@ def _evaluate(cfg: RightsizeGenConfig, rung: Rung, out: Path, progress: bool) ->
     if adapter and kept["disk_mb"] is not None:  # serving it takes the base too
         base = Path(locate_base(inner))
         kept["adapter_mb"] = kept["disk_mb"]
-        kept["disk_mb"] += _dir_mb(base)
+        kept["disk_mb"] += gen_eval.disk_mb(base)
     with atomic_file(out / "predictions" / f"{rung.name}.jsonl") as f:
         for p in row.get("predictions", []):
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
     return kept
-
-
-def _dir_mb(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_size / 1e6
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and ".hf-cache" not in f.parts) / 1e6
 
 
 # ---------------------------------------------------------------- picking, report, registration
