@@ -5,7 +5,7 @@
 
 Rows: TF-IDF word+char n-grams + logistic regression; frozen sentence embeddings (minilm-l6, mean
 pooled, L2-normalised) + logistic regression; and each slmforge classifier given with --models
-(torch, ONNX fp32 or int8), evaluated by `slmforge.clf.classify.evaluate_classifier` on the same test file.
+(torch, ONNX fp32 or int8), evaluated by `slmforge.clf.evaluate.evaluate_classifier` on the same test file.
 Baselines train on all of train.csv; an slmforge model's train time is the one in its manifest (it
 held out a validation split of train.csv). Latency: one query at a time, featurisation included,
 after a warm-up; `--threads` caps torch / ONNX Runtime / BLAS threads (default 1).
@@ -44,7 +44,8 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
 
-    from slmforge.clf.classify import evaluate_classifier, macro_f1, read_examples
+    from slmforge.clf.evaluate import evaluate_classifier, macro_f1
+    from slmforge.clf.examples import read_examples
     from slmforge.core.runtime import set_threads
 
     set_threads(args.threads)
@@ -148,7 +149,8 @@ def oos_tradeoff(args) -> None:
     """For a model that never saw some test labels: at thresholds calibrated on its own validation split
     (flagging 1-10 % of in-scope val texts), the share of unseen-label test texts flagged `oos` and the
     in-scope test accuracy lost, for both confidence scores."""
-    from slmforge.clf.classify import load_classifier, oos_score, read_examples, stratified_split
+    from slmforge.clf.examples import read_examples, stratified_split
+    from slmforge.clf.predict import load_classifier, oos_score
 
     clf = load_classifier(args.oos_model, args.threads)
     tcfg = clf.meta["config"]

@@ -275,7 +275,7 @@ def intent_finetune(cfg: QuickstartConfig, root: Path, bank_dir: Path | None = N
     from slmforge.core import workspace
     from slmforge.core.fsutil import atomic_file
     from slmforge.core.progress import stderr
-    from slmforge.lm.evaluate import write_report
+    from slmforge.lm.eval_report import write_report
     from slmforge.lm.finetune import FinetuneConfig, finetune
     from slmforge.route.pipeline import BANK_DIR
     from slmforge.ship.evaluate import EvalConfig, evaluate

@@ -11,15 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmforge.clf.classify import (
-    ClassifyTrainConfig,
-    evaluate_classifier,
-    fit_linear_head,
-    predict,
-    read_examples,
-    stratified_split,
-    train_classifier,
-)
+from slmforge.clf.configs import ClassifyTrainConfig
+from slmforge.clf.evaluate import evaluate_classifier
+from slmforge.clf.examples import read_examples, stratified_split
+from slmforge.clf.predict import predict
+from slmforge.clf.train import fit_linear_head, train_classifier
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 

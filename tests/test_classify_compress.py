@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.clf.classify import ClassifyTrainConfig, predict, train_classifier
 from slmforge.clf.compress import CompressConfig, distill, prune, trim_vocab
+from slmforge.clf.configs import ClassifyTrainConfig
+from slmforge.clf.predict import predict
+from slmforge.clf.train import train_classifier
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.ship.rightsize.classification import RightsizeConfig, parse_target, rightsize
@@ -66,7 +68,7 @@ def test_distill_into_a_one_layer_student(teacher, tmp_path, slm_cli):
 def test_trimmed_vocabulary_tokenizes_training_texts_identically():
     from transformers import AutoModel, AutoTokenizer
 
-    from slmforge.clf.classify import read_examples
+    from slmforge.clf.examples import read_examples
     from slmforge.clf.model import MeanPoolBertForSequenceClassification
     from slmforge.core.hub import resolve_model
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmforge.clf.classify import ClassifyTrainConfig, load_classifier, predict, train_classifier
+from slmforge.clf.configs import ClassifyTrainConfig
+from slmforge.clf.predict import load_classifier, predict
+from slmforge.clf.train import train_classifier
 from slmforge.core import workspace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classify"

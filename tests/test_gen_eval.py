@@ -10,17 +10,8 @@ import pytest
 import torch
 
 from slmforge.core.errors import SlmError
-from slmforge.lm.evaluate import (
-    Item,
-    answer_ids,
-    build_messages,
-    chrf,
-    exact_match,
-    label_logprobs,
-    prepare_jobs,
-    rouge_l,
-    token_f1,
-)
+from slmforge.lm.eval_data import Item, build_messages, prepare_jobs
+from slmforge.lm.evaluate import answer_ids, chrf, exact_match, label_logprobs, rouge_l, token_f1
 from slmforge.ship.evaluate import EvalConfig, evaluate
 
 PROMPTS = ["The cat sees", "My friend reads", "A young girl walks to the sea", "héllo 🙂"]
@@ -98,7 +89,7 @@ def test_shots_build_the_expected_conversation(tmp_path):
 
 
 def test_per_model_shots_suffix_puts_a_few_shot_baseline_in_the_same_table(tiny_model_dir, tmp_path):
-    from slmforge.lm.evaluate import split_shots
+    from slmforge.lm.eval_data import split_shots
 
     assert split_shots("qwen@5shot", 0) == ("qwen", 5) and split_shots("m@0-shots", 3) == ("m", 0)
     assert split_shots("plain", 2) == ("plain", 2) and split_shots("a@b", 1) == ("a@b", 1)

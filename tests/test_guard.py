@@ -161,7 +161,8 @@ def test_no_config_is_rules_and_pii_redaction_with_a_warning(caplog):
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     """A tiny injection classifier (torch) and its ONNX export."""
-    from slmforge.clf.classify import ClassifyTrainConfig, train_classifier
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.train import train_classifier
     from slmforge.ship.export import ExportConfig, export
 
     root = tmp_path_factory.mktemp("guard")
@@ -209,7 +210,8 @@ def test_onnx_and_torch_detectors_agree_and_route_threshold_applies(detector):
 
 
 def test_detector_without_injection_label_is_refused(tmp_path):
-    from slmforge.clf.classify import ClassifyTrainConfig, train_classifier
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.train import train_classifier
 
     data = Path(__file__).parent / "fixtures" / "classify" / "train.csv"
     out = tmp_path / "intents"

@@ -23,22 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge.clf.classify import (
-    META,
-    ClassifyTrainConfig,
-    _seed_everything,
-    _tokenize,
-    embed,
-    fine_tune,
-    fit_linear_head,
-    logits_of,
-    macro_f1,
-    read_examples,
-    save_model,
-    stratified_split,
-)
-from slmforge.clf.configs import CompressConfig
+from slmforge.clf.configs import ClassifyTrainConfig, CompressConfig
+from slmforge.clf.evaluate import macro_f1
+from slmforge.clf.examples import read_examples, stratified_split
+from slmforge.clf.io import META, build_classifier, save_model
+from slmforge.clf.predict import oos_score
+from slmforge.clf.train import embed, fine_tune, fit_linear_head, logits_of, seed_everything, tokenize
 from slmforge.core.errors import SlmError
+from slmforge.core.progress import say
 
 
 def prune(cfg: CompressConfig, progress: bool = True) -> dict:
@@ -58,7 +50,6 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     from transformers.utils import logging as hf_logging
 
     import slmforge.clf.model  # noqa: F401  (registers the model type)
-    from slmforge.clf.classify import _build, _say
     from slmforge.core import workspace
     from slmforge.core.fsutil import atomic_dir, write_json
     from slmforge.core.runtime import set_threads
@@ -96,7 +87,7 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     y_train = np.array([label_id[labels[i]] for i in train_idx])
     y_val = np.array([label_id[y] for y in val_labels])
     extra = read_unlabeled(cfg.unlabeled, text_col) if cfg.unlabeled else []
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     # the teacher's logits, once
     from transformers import AutoModelForSequenceClassification
@@ -105,21 +96,21 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
     max_len = meta["max_len"]
     all_texts = train_texts + extra
-    teacher_logits = logits_of(teacher, _tokenize(teacher_tok, all_texts, max_len))
-    teacher_val = logits_of(teacher, _tokenize(teacher_tok, val_texts, max_len)) if val_texts else None
+    teacher_logits = logits_of(teacher, tokenize(teacher_tok, all_texts, max_len))
+    teacher_val = logits_of(teacher, tokenize(teacher_tok, val_texts, max_len)) if val_texts else None
     teacher_params = sum(p.numel() for p in teacher.parameters())
 
     # the student
     if cfg.student is None:
         student, tokenizer = teacher, teacher_tok
     else:
-        student, tokenizer, _ = _build(cfg.student, label_names)
+        student, tokenizer, _ = build_classifier(cfg.student, label_names)
     if cfg.layers is not None:
         drop_layers(student, cfg.layers)
     if cfg.trim_vocab:
         student, tokenizer = trim_vocab(student, tokenizer, all_texts + val_texts)
-    train_ids = _tokenize(tokenizer, all_texts, max_len)
-    val_ids = _tokenize(tokenizer, val_texts, max_len)
+    train_ids = tokenize(tokenizer, all_texts, max_len)
+    val_ids = tokenize(tokenizer, val_texts, max_len)
     if cfg.student is not None:  # a fresh head: start from a logistic regression on its frozen features
         fit_linear_head(
             embed(student, train_ids[: len(train_texts)]), y_train, len(label_names), cfg.seed
@@ -141,7 +132,7 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     if len(val_ids):
         before = logits_of(student.eval(), val_ids).argmax(1)
         log.append({"stage": "before_healing", "val_accuracy": float((before == y_val).mean())})
-        _say(progress, f"student before healing: val accuracy {log[-1]['val_accuracy']:.4f}")
+        say(progress, f"student before healing: val accuracy {log[-1]['val_accuracy']:.4f}")
     best_epoch, epochs_run = fine_tune(
         student,
         train_ids,
@@ -167,8 +158,6 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
         "compress_config": asdict(cfg),
     }
     if meta.get("oos") and meta["oos"].get("threshold") is not None and len(val_ids):
-        from slmforge.clf.classify import oos_score
-
         scores = oos_score(logits_of(student, val_ids), meta["oos"]["score"])
         new_meta["oos"] = {
             **meta["oos"],

@@ -434,7 +434,8 @@ def classify_train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Fine-tune an encoder into a text classifier (intent, sentiment, topic) on CPU."""
-    from slmforge.clf.classify import ClassifyTrainConfig, train_classifier
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.train import train_classifier
 
     r = train_classifier(
         ClassifyTrainConfig(
@@ -497,7 +498,7 @@ def classify_predict(
 
     from rich.table import Table
 
-    from slmforge.clf.classify import predict
+    from slmforge.clf.predict import predict
 
     items = list(texts or [])
     if file:
@@ -1420,7 +1421,7 @@ def eval_(
         _eval_table(rows, task)
     summary = [{k: v for k, v in r.items() if k != "predictions"} for r in rows]
     if out_dir:
-        from slmforge.lm.evaluate import write_report
+        from slmforge.lm.eval_report import write_report
 
         if rows and "runtime" in rows[0]:
             write_json(Path(out_dir) / "eval.json", {"task": task, "rows": summary})
@@ -1434,7 +1435,7 @@ def eval_(
 def _eval_table(rows: list[dict], task: str) -> None:
     from rich.table import Table
 
-    from slmforge.lm.evaluate import table_rows
+    from slmforge.lm.eval_report import table_rows
 
     head, body = table_rows(rows, task)
     table = Table(title=f"eval: {task}")

@@ -58,3 +58,9 @@ def bar(description: str, total: float | None, unit: str = "it", enabled: bool =
     ) as p:
         task = p.add_task(description, total=total, rate="")
         yield _Bar(p, task)
+
+
+def say(enabled: bool, text: str) -> None:
+    """One line of progress news on stderr (rich markup allowed), only when `enabled`."""
+    if enabled:
+        stderr.print(text, highlight=False)

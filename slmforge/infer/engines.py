@@ -563,7 +563,7 @@ def ort_logits(session, ids: list[int]) -> np.ndarray:
 
 class OrtLogits:
     """Full-sequence logits from a converted decoder, shaped like a transformers model call
-    (`model(input_ids=...).logits`), so `slmforge.ship.evaluate.perplexity` scores it unchanged."""
+    (`model(input_ids=...).logits`), so `slmforge.lm.perplexity.perplexity` scores it unchanged."""
 
     def __init__(self, ort_dir: Path, threads: int = 1):
         self.session = ort_session(ort_dir, threads)

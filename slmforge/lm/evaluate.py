@@ -14,13 +14,8 @@ Tasks (called through `slmforge.ship.evaluate.evaluate`, one row per model and d
   `labels_from` (else every label in the data); multiple-choice rows carry their own `choices`. These
   need full-sequence logits, so they run on the torch model (fp32) whatever `backend` says.
 
-Data: JSONL rows `{"prompt": ..., "completion": ...}` (optionally `system`; `text`/`label`/`answer`
-are accepted too, multiple-choice rows add `choices` and an `answer` that is a choice or its index),
-or `{"messages": [...]}` whose final assistant turn is the reference; or CSV with a header
-(`text_col` / `label_col`, defaults guessed from the header). `shots` examples drawn (seeded) from
-`shots_from` become earlier user/assistant turns of every prompt (a model named `MODEL@5shot` gets 5
-whatever `shots` says, so one table can hold a 5-shot baseline next to tuned zero-shot models); `instruction` and `labels_from`
-(the allowed labels) become its system prompt.
+Data formats, shots and prompts: `slmforge.lm.eval_data`; the table, eval.md, eval.json and eval.png:
+`slmforge.lm.eval_report`.
 
 Speed and cost, per model:
 - p50 / p95 latency: seconds per item with one request at a time (`complete`, no batching), on the first
@@ -40,35 +35,18 @@ Speed and cost, per model:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import random
-import re
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from slmforge.core.errors import SlmError
-
-TEXT_KEYS = ("prompt", "text", "question", "input")
-LABEL_KEYS = ("completion", "label", "answer", "category", "intent", "output")
-QUALITY = {"generation": "exact_match", "classification": "accuracy", "multiple-choice": "accuracy"}
-
-
-@dataclass
-class Item:
-    """One example: the conversation up to the answer, the reference answer and (multiple choice) choices."""
-
-    messages: list[dict]
-    reference: str
-    choices: list[str] | None = None
-    line: int = 0
-
+from slmforge.lm.eval_data import prepare_jobs, split_shots
+from slmforge.lm.eval_report import short_name
 
 # ---------------------------------------------------------------- metrics
 
@@ -156,150 +134,6 @@ def score_generation(pred: str, ref: str) -> dict:
     }
 
 
-# ---------------------------------------------------------------- data
-
-
-def read_items(path: str, text_col: str | None = None, label_col: str | None = None) -> list[Item]:
-    """Examples from a .jsonl (prompt/completion or messages) or .csv file; one-line errors for bad input."""
-    p = Path(path)
-    if not p.is_file():
-        raise SlmError(f"data {path} does not exist")
-    try:
-        if p.suffix == ".csv":
-            items = _read_csv(p, text_col, label_col)
-        elif p.suffix == ".jsonl":
-            items = _read_jsonl(p, text_col, label_col)
-        else:
-            raise SlmError(f"{path}: give a .jsonl (prompt/completion or messages) or a .csv file")
-    except UnicodeDecodeError as e:
-        raise SlmError(f"{path} is not UTF-8 text") from e
-    if not items:
-        raise SlmError(f"{path} holds no examples")
-    return items
-
-
-def _read_csv(p: Path, text_col: str | None, label_col: str | None) -> list[Item]:
-    with open(p, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        text_col = text_col or next((k for k in TEXT_KEYS if k in header), None)
-        label_col = label_col or next((k for k in LABEL_KEYS if k in header), None)
-        for flag, col in (("--text-col", text_col), ("--label-col", label_col)):
-            if col is None or col not in header:
-                name = f"no column {col!r}" if col else "no column to use"
-                raise SlmError(f"{p.name} has {name} (columns: {', '.join(header) or 'none'}); pass {flag}")
-        items = []
-        for i, row in enumerate(reader, 2):
-            text, label = (row.get(text_col) or "").strip(), (row.get(label_col) or "").strip()
-            if not text or not label:
-                raise SlmError(f"{p}:{i}: empty {text_col if not text else label_col!r}")
-            items.append(Item([{"role": "user", "content": text}], label, line=i))
-    return items
-
-
-def _read_jsonl(p: Path, text_col: str | None, label_col: str | None) -> list[Item]:
-    items = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SlmError(f"{p}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise SlmError(f"{p}:{i}: expected a JSON object")
-        items.append(_item(row, p, i, text_col, label_col))
-    return items
-
-
-def _item(row: dict, p: Path, i: int, text_col: str | None, label_col: str | None) -> Item:
-    if "messages" in row:
-        msgs = row["messages"]
-        ok = isinstance(msgs, list) and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in msgs
-        )
-        if not ok:
-            raise SlmError(f"{p}:{i}: 'messages' must be a list of {{role, content}} objects")
-        if not msgs or msgs[-1]["role"] != "assistant" or len(msgs) < 2:
-            raise SlmError(f"{p}:{i}: the conversation has no final assistant turn to score against")
-        return Item([dict(m) for m in msgs[:-1]], msgs[-1]["content"], line=i)
-    tk = text_col or next((k for k in TEXT_KEYS if k in row), None)
-    lk = label_col or next((k for k in LABEL_KEYS if k in row), None)
-    if tk not in row or lk not in row:
-        raise SlmError(f"{p}:{i}: needs 'prompt' and 'completion' (or 'messages'); has {', '.join(row)}")
-    text, ref, choices = row[tk], row[lk], row.get("choices")
-    if choices is not None:
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-            raise SlmError(f"{p}:{i}: 'choices' must be a non-empty list of strings")
-        if isinstance(ref, int) and not isinstance(ref, bool):
-            if not 0 <= ref < len(choices):
-                raise SlmError(f"{p}:{i}: answer index {ref} is out of range for {len(choices)} choices")
-            ref = choices[ref]
-    if not isinstance(text, str) or not isinstance(ref, str):
-        raise SlmError(f"{p}:{i}: {tk!r} and {lk!r} must be strings")
-    system = row.get("system")
-    head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
-    return Item(head + [{"role": "user", "content": text}], ref, choices, i)
-
-
-def read_labels(path: str, label_col: str | None = None) -> list[str]:
-    """Allowed labels: a .json list, a .txt file (one a line), or the distinct labels of a .csv/.jsonl."""
-    p = Path(path)
-    if not p.is_file():
-        raise SlmError(f"--labels-from {path} does not exist")
-    if p.suffix == ".json":
-        labels = json.loads(p.read_text(encoding="utf-8"))
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise SlmError(f"{path} must hold a JSON list of label strings")
-    elif p.suffix in (".csv", ".jsonl"):
-        labels = [it.reference for it in read_items(path, None, label_col)]
-    else:
-        labels = p.read_text(encoding="utf-8").splitlines()
-    labels = list(dict.fromkeys(x.strip() for x in labels if x.strip()))
-    if not labels:
-        raise SlmError(f"{path} lists no labels")
-    return labels
-
-
-def sample(items: list[Item], limit: int | None, seed: int) -> list[Item]:
-    """A seeded sample of `limit` items, kept in file order (all items when `limit` is None or larger)."""
-    if not limit or limit >= len(items):
-        return list(items)
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]
-
-
-def pick_shots(pool: list[Item], k: int, seed: int, exclude: set[int] = frozenset()) -> list[Item]:
-    """`k` examples drawn (seeded) from `pool`, leaving out the lines in `exclude` (items under evaluation)."""
-    pool = [it for it in pool if it.line not in exclude]
-    if k > len(pool):
-        raise SlmError(f"--shots {k} asks for more examples than --shots-from holds ({len(pool)})")
-    return random.Random(seed).sample(pool, k)
-
-
-def system_prompt(instruction: str | None, labels: list[str] | None) -> str | None:
-    """The system prompt from an instruction and the allowed labels."""
-    parts = [instruction.strip()] if instruction and instruction.strip() else []
-    if labels:
-        parts.append("Answer with exactly one of these labels: " + ", ".join(labels))
-    return "\n".join(parts) or None
-
-
-def build_messages(item: Item, shots: list[Item], system: str | None) -> list[dict]:
-    """The conversation sent to the model: system prompt, the shots as earlier user/assistant turns, the item."""
-    own = item.messages
-    sys_parts = [system] if system else []
-    if own and own[0]["role"] == "system":
-        sys_parts.append(own[0]["content"])
-        own = own[1:]
-    out = [{"role": "system", "content": "\n\n".join(sys_parts)}] if sys_parts else []
-    for s in shots:
-        out += [m for m in s.messages if m["role"] != "system"]
-        out.append({"role": "assistant", "content": s.reference})
-    return out + [dict(m) for m in own]
-
-
 # ---------------------------------------------------------------- one model
 
 
@@ -347,7 +181,7 @@ def _generate_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict
     done = [None] * len(prompts)
     step = opts["batch_size"]
     started = time.perf_counter()
-    with bar(f"{_short(model)} generate", total=len(prompts), enabled=progress) as b:
+    with bar(f"{short_name(model)} generate", total=len(prompts), enabled=progress) as b:
         for s in range(0, len(order), step):
             chunk = order[s : s + step]
             for i, c in zip(chunk, complete_batch(lm, [prompts[i] for i in chunk], cfg, max_batch=step)):
@@ -358,7 +192,7 @@ def _generate_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict
     seconds = time.perf_counter() - started
     if lm.backend == "ort":  # rows may have shared a batch: time single requests apart
         n = min(opts["latency_items"], len(prompts))
-        with bar(f"{_short(model)} latency", total=n, enabled=progress) as b:
+        with bar(f"{short_name(model)} latency", total=n, enabled=progress) as b:
             latency = []
             for p in prompts[:n]:
                 latency.append(complete(lm.step(), lm.tokenizer, p, cfg, lm.eos).seconds)
@@ -402,7 +236,7 @@ def _choice_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
             x = torch.tensor([prompts[0][:shared]], device=next(net.parameters()).device)
             prefix = net(input_ids=x, use_cache=True).past_key_values
     preds, latency = [], []
-    with bar(f"{_short(model)} score labels", total=len(prompts), enabled=progress) as b:
+    with bar(f"{short_name(model)} score labels", total=len(prompts), enabled=progress) as b:
         for ids, choices in zip(prompts, job["choices"]):
             t = time.perf_counter()
             for c in choices:
@@ -551,14 +385,14 @@ def _disk_mb(lm) -> float | None:
     path = Path(target) if target else None
     if path is None or not path.exists():
         return None
+    return disk_mb(path)
+
+
+def disk_mb(path: Path) -> float:
+    """Megabytes of a file, or of the files under a directory (a `.hf-cache` inside left out)."""
     if path.is_file():
         return path.stat().st_size / 1e6
-    skip = {".hf-cache"}
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not skip & set(f.parts)) / 1e6
-
-
-def _short(model: str) -> str:
-    return Path(model).name or model
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and ".hf-cache" not in f.parts) / 1e6
 
 
 # ---------------------------------------------------------------- all models
@@ -593,58 +427,6 @@ def evaluate_generative(cfg, progress: bool = True) -> list[dict]:
         else:
             rows += evaluate_model(model, cfg.task, jobs_for[k], opts, progress)
     return rows
-
-
-_SHOTS_SUFFIX = re.compile(r"^(?P<model>.+)@(?P<k>\d+)-?shots?$")
-
-
-def split_shots(model: str, default: int) -> tuple[str, int]:
-    """`MODEL@5shot` (or `@0shot`, `@5-shots`): this model gets 5 shots whatever `--shots` says."""
-    m = _SHOTS_SUFFIX.match(model)
-    if m is None or Path(model).exists():
-        return model, default
-    return m["model"], int(m["k"])
-
-
-def prepare_jobs(cfg) -> list[dict]:
-    """Read and sample every data file and build its conversations (shared by all models)."""
-    if cfg.shots and not cfg.shots_from:
-        raise SlmError("--shots needs --shots-from FILE (the examples to show)")
-    if cfg.shots < 0 or (cfg.limit is not None and cfg.limit < 1):
-        raise SlmError("need --shots ≥ 0 and --limit ≥ 1")
-    if cfg.max_new_tokens < 1 or cfg.latency_items < 1 or cfg.price_per_hour < 0:
-        raise SlmError("need --max-new-tokens ≥ 1, --latency-items ≥ 1 and --price-per-hour ≥ 0")
-    labels = read_labels(cfg.labels_from, cfg.label_col) if cfg.labels_from else None
-    system = system_prompt(cfg.instruction, labels)
-    pool = read_items(cfg.shots_from, cfg.text_col, cfg.label_col) if cfg.shots else []
-    jobs = []
-    for data in cfg.data:
-        items = sample(read_items(data, cfg.text_col, cfg.label_col), cfg.limit, cfg.seed)
-        same = bool(pool) and Path(cfg.shots_from).resolve() == Path(data).resolve()
-        shots = pick_shots(pool, cfg.shots, cfg.seed, {it.line for it in items} if same else set())
-        if cfg.task == "multiple-choice":
-            missing = next((it for it in items if not it.choices), None)
-            if missing is not None:
-                raise SlmError(f"{data}:{missing.line}: multiple-choice rows need 'choices'")
-            choices = [it.choices for it in items]
-        elif cfg.task == "classification":
-            allowed = labels or list(dict.fromkeys(it.reference for it in items))
-            choices = [allowed] * len(items)
-        else:
-            choices = [None] * len(items)
-        jobs.append(
-            {
-                "data": data,
-                "task": cfg.task,
-                "shots": cfg.shots,
-                "messages": [build_messages(it, shots, system) for it in items],
-                "references": [it.reference for it in items],
-                "choices": choices,
-                "lines": [it.line for it in items],
-                "prompts": [it.messages[-1]["content"] for it in items],
-            }
-        )
-    return jobs
 
 
 def _in_fresh_process(fn, *args):
@@ -696,114 +478,3 @@ def is_causal_lm(model: str) -> bool:
         return not path.exists()  # a hub id: assume a causal LM
     archs = json.loads(cfg.read_text()).get("architectures") or []
     return any(a.endswith("ForCausalLM") for a in archs)
-
-
-# ---------------------------------------------------------------- report
-
-# (header, row key, format) per task; the same columns in the terminal and in eval.md
-_SPEED = [
-    ("p50 s", "p50_s", "{:.3f}"),
-    ("p95 s", "p95_s", "{:.3f}"),
-    ("items/s", "items_per_s", "{:.2f}"),
-    ("peak MB", "peak_rss_mb", "{:.0f}"),
-    ("params", "params", "M"),
-    ("disk MB", "disk_mb", "{:.1f}"),
-    ("$/1k req", "cost_per_1k", "{:.4f}"),
-]
-COLUMNS = {
-    "generation": [("EM", "exact_match", "{:.3f}"), ("F1", "token_f1", "{:.3f}"),
-                   ("ROUGE-L", "rouge_l", "{:.3f}"), ("chrF", "chrf", "{:.3f}"),
-                   ("gen tok/s", "tokens_per_s", "{:.1f}")] + _SPEED,
-    "classification": [("accuracy", "accuracy", "{:.3f}")] + _SPEED,
-    "perplexity": [("tokens", "tokens", "{:,}"), ("loss", "loss", "{:.4f}"), ("perplexity", "perplexity", "{:.3f}"),
-                   ("bits/byte", "bpb", "{:.4f}"), ("change", "perplexity_change", "{:+.1%}"),
-                   ("time s", "seconds", "{:.0f}")],
-}  # fmt: skip
-COLUMNS["multiple-choice"] = COLUMNS["classification"]
-
-
-def table_rows(rows: list[dict], task: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of the one table: model, backend, data, items, quality, speed, cost."""
-    cols = COLUMNS[task]
-    lead = ["model", "data"] if task == "perplexity" else ["model", "backend", "data", "shots", "items"]
-    body = []
-    for r in rows:
-        cells = [_short(r["model"]), Path(r["data"]).name]
-        if task != "perplexity":
-            cells = [_short(r["model"]), f"{r['backend']} {r['precision']}", Path(r["data"]).name,
-                     str(r["shots"]), str(r["items"])]  # fmt: skip
-        for _, key, fmt in cols:
-            v = r.get(key)
-            cells.append("" if v is None else f"{v / 1e6:.1f}M" if fmt == "M" else fmt.format(v))
-        body.append(cells)
-    return lead + [h for h, _, _ in cols], body
-
-
-def markdown(rows: list[dict], task: str) -> str:
-    head, body = table_rows(rows, task)
-    lines = [f"# slm eval: {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
-    if task != "perplexity" and rows:
-        lines += [
-            "",
-            f"Latency: seconds per item, one request at a time (p50/p95 over {rows[0]['latency_items']} "
-            "items). items/s and tokens/s: the batched run over all items. Cost per 1,000 requests: batched "
-            f"seconds per item at {rows[0]['price_per_hour']} USD/hour. Peak MB: ru_maxrss of the process "
-            "that ran the model. EM/F1/ROUGE-L/chrF: see `slmforge/lm/evaluate.py`.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def plot_png(rows: list[dict], task: str) -> bytes:
-    """Quality vs p50 latency, one labelled point per row (perplexity: bits per byte per model)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    labels = [_short(r["model"]) + (f" ({r['shots']}-shot)" if r.get("shots") else "") for r in rows]
-    if task == "perplexity":
-        ax.bar(range(len(rows)), [r["bpb"] for r in rows])
-        ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
-        ax.set_ylabel("bits per byte (lower is better)")
-    else:
-        key = QUALITY[task]
-        xs, ys = [r["p50_s"] for r in rows], [r[key] for r in rows]
-        ax.scatter(xs, ys)
-        for x, y, name in zip(xs, ys, labels):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax.set_xlabel("p50 latency per item (s)")
-        ax.set_ylabel(key.replace("_", " "))
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3)
-    ax.set_title(f"slm eval: {task}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_report(rows: list[dict], task: str, out_dir: str) -> list[Path]:
-    """eval.json, eval.md, eval.png (and predictions.jsonl) in `out_dir`; all rendered before any is written."""
-    from slmforge.core.fsutil import atomic_file
-
-    out = Path(out_dir)
-    summary = [{k: v for k, v in r.items() if k != "predictions"} for r in rows]
-    files = {
-        "eval.json": json.dumps({"task": task, "rows": summary}, indent=2, default=str) + "\n",
-        "eval.md": markdown(summary, task),
-        "eval.png": plot_png(summary, task),
-    }
-    if any("predictions" in r for r in rows):
-        files["predictions.jsonl"] = "".join(
-            json.dumps({"model": r["model"], "data": r["data"], **p}, ensure_ascii=False) + "\n"
-            for r in rows
-            for p in r.get("predictions", [])
-        )
-    for name, body in files.items():
-        with atomic_file(out / name, "wb" if isinstance(body, bytes) else "w") as f:
-            f.write(body)
-    return [out / n for n in files]

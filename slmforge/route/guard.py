@@ -29,7 +29,7 @@ text. The rules also see accent-folded, leetspeak-mapped and ROT13 copies; the c
 the ROT13 copy when it reads more like English than the text does (the higher score counts).
 
 The classifier (`build_detector()`, `python -m slmforge.route.guard`, about 3 minutes on 2 cores) is two
-models whose probabilities are averaged: MiniLM fine-tuned by `slmforge.clf.classify` on the hand-written set
+models whose probabilities are averaged: MiniLM fine-tuned by `slmforge.clf.train` on the hand-written set
 in benchmarks/data/injection, pruned to 3 layers (healed by distillation) and exported to ONNX, and a
 character n-gram TF-IDF logistic regression (which reads any script; MiniLM's vocabulary is English).
 Every window of a text is scored, batched, and the highest score counts; a text over `max_chars` is
@@ -668,7 +668,7 @@ class Detector:
     """A built detector directory: the MiniLM classifier, and the n-gram model and guard.json when present."""
 
     def __init__(self, path: str, threads: int):
-        from slmforge.clf.classify import load_classifier
+        from slmforge.clf.predict import load_classifier
 
         self.path = path
         self.clf = load_classifier(path, threads=threads)
@@ -943,8 +943,10 @@ def build_detector(
     import shutil
     import tempfile
 
-    from slmforge.clf.classify import ClassifyTrainConfig, read_examples, train_classifier
     from slmforge.clf.compress import CompressConfig, prune
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.examples import read_examples
+    from slmforge.clf.train import train_classifier
     from slmforge.core.fsutil import atomic_dir, write_json
     from slmforge.ship.export import ExportConfig, export
     from slmforge.ship.quantize import QuantizeConfig

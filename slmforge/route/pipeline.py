@@ -216,7 +216,7 @@ class _Resources:
         return self.get(("lock", *key), threading.Lock)
 
     def classifier(self, path: str):
-        from slmforge.clf.classify import load_classifier
+        from slmforge.clf.predict import load_classifier
 
         return self.get(("classifier", path), lambda: load_classifier(path, self.threads))
 
@@ -487,7 +487,8 @@ def build_bank_example(
     import csv
     import shutil
 
-    from slmforge.clf.classify import ClassifyTrainConfig, train_classifier
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.train import train_classifier
     from slmforge.rag.index import RagIndexConfig, build_index
 
     if not (BANK_DIR / "intents.csv").exists():

@@ -222,7 +222,7 @@ class ClassifyBackend:
     kind = "classify"
 
     def __init__(self, cfg: ModelConfig, threads: int | None = None, on_batch=None):
-        from slmforge.clf.classify import load_classifier
+        from slmforge.clf.predict import load_classifier
 
         self.cfg = cfg
         self.clf = load_classifier(cfg.path, threads)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
+from slmforge.lm.perplexity import perplexity, read_texts
 from slmforge.ship.export import VERIFY_TEXTS, ExportConfig, agreement, export, model_kind, onnx_outputs
 
 SCHEMES = ("int8", "int4")
@@ -87,7 +88,7 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoTokenizer
 
-    from slmforge.clf.classify import dir_size
+    from slmforge.clf.io import dir_size
     from slmforge.core import workspace
     from slmforge.core.fsutil import atomic_dir
 
@@ -164,11 +165,10 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     if reason:
         raise SlmError(f"cannot quantize {source}: {reason}")
     texts = _heldout_texts(cfg.heldout)
-    calib = _read_texts(cfg.calib) if cfg.calib and cfg.scheme == "int4" else None
+    calib = read_texts(cfg.calib) if cfg.calib and cfg.scheme == "int4" else None
 
     def measure(tmp: Path) -> dict:
         from slmforge.infer.generate import load
-        from slmforge.ship.evaluate import perplexity
 
         model, tokenizer = load(str(source), "cpu")
         window = min(256, getattr(model.config, "max_position_embeddings", 256) - 1)
@@ -194,15 +194,9 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     return {"out": str(out), **metrics}
 
 
-def _read_texts(path: str) -> list[str]:
-    from slmforge.ship.evaluate import _read_texts as read
-
-    return read(path)
-
-
 def _heldout_texts(heldout: str | None) -> list[str]:
     if heldout:
-        return _read_texts(heldout)
+        return read_texts(heldout)
     docs = Path("/usr/share/doc/python3.11/html/_sources/library")
     files = sorted(docs.glob("*.rst.txt"))[::10][:40] if docs.is_dir() else []
     if not files:

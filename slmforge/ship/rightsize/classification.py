@@ -115,10 +115,13 @@ class RightsizeConfig:
 
 
 def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
-    from slmforge.clf.classify import ClassifyTrainConfig, _say, evaluate_classifier, train_classifier
     from slmforge.clf.compress import CompressConfig, prune
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.evaluate import evaluate_classifier
+    from slmforge.clf.train import train_classifier
     from slmforge.core import workspace
     from slmforge.core.fsutil import write_json
+    from slmforge.core.progress import say
     from slmforge.ship.quantize import QuantizeConfig, quantize
 
     if cfg.task != "classification":
@@ -142,15 +145,15 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
         """The rung's directory, built unless it already is; None when building it failed verification."""
         path = out / name
         if state["rungs"].get(name, {}).get("skipped"):
-            _say(progress, f"rung {name}: skipped in an earlier run ({state['rungs'][name]['skipped']})")
+            say(progress, f"rung {name}: skipped in an earlier run ({state['rungs'][name]['skipped']})")
             return None
         if not (path / workspace.MANIFEST).exists():
-            _say(progress, f"[bold]rung {name}[/bold]: building")
+            say(progress, f"[bold]rung {name}[/bold]: building")
             t0 = time.perf_counter()
             try:
                 make(path)
             except SlmError as e:  # e.g. an int8 model that drifts from fp32: the ladder goes on without it
-                _say(progress, f"[yellow]rung {name} skipped:[/yellow] {e}")
+                say(progress, f"[yellow]rung {name} skipped:[/yellow] {e}")
                 state["rungs"][name] = {"skipped": str(e)}
                 write_json(state_path, state)
                 return None
@@ -162,7 +165,7 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
     def score(name: str, path: Path, base_name: str | None) -> dict:
         row = state["rungs"].setdefault(name, {})
         if "eval" not in row:
-            _say(progress, f"[bold]rung {name}[/bold]: evaluating on {cfg.eval_data}")
+            say(progress, f"[bold]rung {name}[/bold]: evaluating on {cfg.eval_data}")
             r = evaluate_classifier(
                 str(path),
                 cfg.eval_data,
@@ -178,7 +181,7 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
             row["from"] = base_name
             write_json(state_path, state)
         else:
-            _say(progress, f"rung {name}: already built and evaluated (resumed)")
+            say(progress, f"rung {name}: already built and evaluated (resumed)")
         return row["eval"]
 
     # the base rung

@@ -105,8 +105,8 @@ class Rung:
 
 
 def rightsize_generation(cfg: RightsizeGenConfig, progress: bool = True) -> dict:
-    from slmforge.clf.classify import _say
     from slmforge.core.fsutil import write_json
+    from slmforge.core.progress import say
 
     clauses = parse_target(cfg.target, METRICS)
     if cfg.max_latency_ms is not None:
@@ -130,22 +130,22 @@ def rightsize_generation(cfg: RightsizeGenConfig, progress: bool = True) -> dict
             try:
                 _tune(cfg, rung, rec, progress)
             except SlmError as e:  # the ladder goes on without it
-                _say(progress, f"[yellow]rung {rung.name} skipped:[/yellow] could not fine-tune: {e}")
+                say(progress, f"[yellow]rung {rung.name} skipped:[/yellow] could not fine-tune: {e}")
                 rec.pop("eval", None)
                 rec["error"] = f"fine-tuning failed: {e}"
                 write_json(state_path, state)
                 continue
         settings = _eval_settings(cfg, rung)
         if "eval" in rec and rec.get("settings") == settings:
-            _say(progress, f"rung {rung.name}: already evaluated (resumed)")
+            say(progress, f"rung {rung.name}: already evaluated (resumed)")
             continue
-        _say(progress, f"[bold]rung {rung.name}[/bold]: evaluating {rung.model} on {cfg.eval_data}"
+        say(progress, f"[bold]rung {rung.name}[/bold]: evaluating {rung.model} on {cfg.eval_data}"
                        + (f" ({rung.shots}-shot)" if rung.shots else ""))  # fmt: skip
         try:
             rec["eval"] = _evaluate(cfg, rung, out, progress)
             rec.pop("error", None)
         except SlmError as e:
-            _say(progress, f"[yellow]rung {rung.name} failed:[/yellow] {e}")
+            say(progress, f"[yellow]rung {rung.name} failed:[/yellow] {e}")
             rec.pop("eval", None)
             rec["error"] = str(e)
         rec["settings"] = settings
@@ -295,7 +295,7 @@ def _shots_from(cfg: RightsizeGenConfig) -> str:
 
 
 def _check_eval_settings(cfg: RightsizeGenConfig, ladder: list[Rung]) -> None:
-    from slmforge.lm.evaluate import prepare_jobs
+    from slmforge.lm.eval_data import prepare_jobs
 
     for k in sorted({r.shots for r in ladder}):
         prepare_jobs(_eval_config(cfg, "-", k))
@@ -362,7 +362,7 @@ def _tune_settings(cfg: RightsizeGenConfig) -> dict:
 
 def _tune(cfg: RightsizeGenConfig, rung: Rung, rec: dict, progress: bool) -> None:
     """Fine-tune the rung's base into `rung.model` unless an earlier run already did with these settings."""
-    from slmforge.clf.classify import _say
+    from slmforge.core.progress import say
     from slmforge.lm.finetune import FinetuneConfig, finetune, output_dir
 
     run = Path(rung.model)
@@ -370,10 +370,10 @@ def _tune(cfg: RightsizeGenConfig, rung: Rung, rec: dict, progress: bool) -> Non
     done = output_dir(run) != run
     same = rec.get("tune") == settings
     if done and same:
-        _say(progress, f"rung {rung.name}: already fine-tuned (resumed)")
+        say(progress, f"rung {rung.name}: already fine-tuned (resumed)")
         return
     resume = same and (run / "config.json").exists() and not done  # an interrupted run continues
-    _say(progress, f"[bold]rung {rung.name}[/bold]: fine-tuning {rung.tuned_from} ({cfg.tune_method})"
+    say(progress, f"[bold]rung {rung.name}[/bold]: fine-tuning {rung.tuned_from} ({cfg.tune_method})"
                    + (", resuming the interrupted run" if resume else ""))  # fmt: skip
     rec.pop("eval", None)
     rec["tune"] = settings
@@ -411,17 +411,11 @@ def _evaluate(cfg: RightsizeGenConfig, rung: Rung, out: Path, progress: bool) ->
     if adapter and kept["disk_mb"] is not None:  # serving it takes the base too
         base = Path(locate_base(inner))
         kept["adapter_mb"] = kept["disk_mb"]
-        kept["disk_mb"] += _dir_mb(base)
+        kept["disk_mb"] += gen_eval.disk_mb(base)
     with atomic_file(out / "predictions" / f"{rung.name}.jsonl") as f:
         for p in row.get("predictions", []):
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
     return kept
-
-
-def _dir_mb(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_size / 1e6
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and ".hf-cache" not in f.parts) / 1e6
 
 
 # ---------------------------------------------------------------- picking, report, registration

@@ -1,0 +1,151 @@
+"""Run a trained classifier: `slm classify predict`, and the one interface evaluation and serving use.
+
+`load_classifier` opens a directory from `slm classify train`, `slm export` or `slm quantize` (ONNX
+Runtime when it holds `model.onnx`, else torch); `Classifier.decide` applies the calibrated
+out-of-scope threshold, below which the label is `oos`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from slmforge.clf.examples import OOS
+from slmforge.clf.io import META
+from slmforge.core.errors import SlmError
+
+SCORES = ("maxprob", "energy")
+"""The out-of-scope scores `--oos-score` chooses from (see `oos_score`)."""
+
+
+def predict(model: str, texts: list[str], threads: int | None = None, batch_size: int = 64) -> list[dict]:
+    """Label each text: [{"text", "label", "score"}]; `score` is the softmax probability of the label.
+
+    `model` is a directory from `slm classify train`, `slm export` or `slm quantize` (ONNX is used when the
+    directory holds `model.onnx`). With a calibrated OOS threshold, low-confidence texts get label `oos`.
+    """
+    clf = load_classifier(model, threads)
+    if not texts:
+        return []
+    for i, t in enumerate(texts):
+        if not t or not t.strip():
+            raise SlmError(f"text {i + 1} is empty")
+    logits = clf.logits(texts, batch_size)
+    labels = clf.decide(logits)
+    probs = _softmax(logits)
+    return [{"text": t, "label": lab, "score": float(p.max())} for t, lab, p in zip(texts, labels, probs)]
+
+
+class Classifier:
+    """A trained classifier behind one interface: torch (HF directory) or ONNX Runtime (`model.onnx`)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from transformers import AutoTokenizer
+
+        import slmforge.clf.model  # noqa: F401  (registers the model type: no remote-code prompt)
+
+        self.path = path
+        meta_path = path / META
+        if not meta_path.exists():
+            raise SlmError(f"{path} is not a classifier from `slm classify train` (no {META})")
+        self.meta = json.loads(meta_path.read_text())
+        self.labels: list[str] = self.meta["labels"]
+        self.max_len: int = self.meta["max_len"]
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.onnx = (path / "model.onnx").exists()
+        if self.onnx:
+            import onnxruntime as ort
+
+            from slmforge.core.runtime import free_cores
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = min(threads or free_cores(), free_cores())
+            opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(
+                str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
+            self.input_names = {i.name for i in self.session.get_inputs()}
+            self.runtime = "onnxruntime"
+        else:
+            import torch
+
+            from slmforge.core.runtime import set_threads
+
+            set_threads(threads)
+            from transformers import AutoModelForSequenceClassification
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+            self._torch = torch
+            self.runtime = "torch"
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=self.max_len,
+                padding=True,
+                return_tensors="np",
+            )
+            out.append(self._run(enc))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), "float32")
+
+    def _run(self, enc) -> np.ndarray:
+        if self.onnx:
+            feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in self.input_names}
+            if "token_type_ids" in self.input_names and "token_type_ids" not in feed:
+                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+            return self.session.run(["logits"], feed)[0]
+        torch = self._torch
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()}
+            return self.model(**inputs).logits.float().numpy()
+
+    def decide(self, logits: np.ndarray) -> list[str]:
+        labels = [self.labels[i] for i in logits.argmax(1)] if len(logits) else []
+        oos = self.meta.get("oos")
+        if oos and oos.get("threshold") is not None:
+            flagged = oos_score(logits, oos["score"]) < oos["threshold"]
+            labels = [OOS if f else lab for lab, f in zip(labels, flagged)]
+        return labels
+
+    def params(self) -> int:
+        """Parameters of the model (an int8 export counts its fp32 source's, not its scale tensors)."""
+        from slmforge.core import workspace
+
+        known = workspace.read_manifest(self.path).get("metrics", {}).get("params") or self.meta.get("params")
+        if self.onnx and known:
+            return int(known)
+        if self.onnx:
+            import onnx
+
+            graph = onnx.load(str(self.path / "model.onnx"), load_external_data=False).graph
+            return int(sum(np.prod(t.dims) for t in graph.initializer))
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_classifier(model: str, threads: int | None = None) -> Classifier:
+    path = Path(model)
+    if path.is_file() and path.suffix == ".onnx":
+        path = path.parent
+    if not path.is_dir():
+        raise SlmError(f"no classifier at {model}")
+    return Classifier(path, threads)
+
+
+def oos_score(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Higher = more in-scope."""
+    if kind == "energy":
+        m = logits.max(1, keepdims=True)
+        return (m + np.log(np.exp(logits - m).sum(1, keepdims=True)))[:, 0]
+    return _softmax(logits).max(1)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
