@@ -14,10 +14,10 @@ import concurrent.futures
 import logging
 import random
 import time
+from typing import Any
 
 from slmforge.serve import audit as audit_mod
 from slmforge.serve.auth import ApiKey, KeyStore
-from slmforge.serve.backends import Guarded
 from slmforge.serve.config import ServeConfig, is_loopback
 from slmforge.serve.errors import ApiError, error_response
 from slmforge.serve.limits import Admission, RateLimiter, retry_after
@@ -57,9 +57,10 @@ def endpoint_of(path: str) -> str | None:
 
 
 class Door:
-    """What the middleware and the handlers share."""
+    """What the middleware and the handlers share. `backends` are the loaded models by name, `guard` a
+    backends.Guarded (not imported here: the door needs none of the models' code)."""
 
-    def __init__(self, cfg: ServeConfig, backends: dict, guard: Guarded, pipelines: dict, keys: KeyStore,
+    def __init__(self, cfg: ServeConfig, backends: dict, guard: Any, pipelines: dict, keys: KeyStore,
                  metrics: Metrics, pipeline_executor: concurrent.futures.ThreadPoolExecutor):  # fmt: skip
         self.cfg = cfg
         self.backends = backends
