@@ -1218,7 +1218,7 @@ def rag_quarantine(
     from rich.table import Table
     from rich.text import Text
 
-    from slmforge.rag.store import open_store
+    from slmforge.rag.stores import open_store
 
     s = open_store(index, store)
     try:

@@ -1,11 +1,14 @@
-"""Data-parallel plumbing for the training loop: torchrun's environment, gloo on CPU, nccl on GPU."""
+"""Data-parallel plumbing for the training loop: torchrun's environment, gloo on CPU, nccl on GPU.
+Torch is imported where it is used, not by this module."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class Dist:
@@ -20,6 +23,7 @@ class Dist:
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         device = pick_device(device_flag)
         if self.world > 1:
+            import torch
             import torch.distributed as tdist
 
             backend = "nccl" if device.type == "cuda" else "gloo"

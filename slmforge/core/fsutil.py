@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from slmforge.core import paths
 from slmforge.core.errors import SlmError
 
 
@@ -75,7 +76,6 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-_MANIFEST = "slmforge.json"  # workspace.MANIFEST (workspace imports this module)
 _RUN_FILES = ("metrics.jsonl", "distill_config.json", "ckpt")  # beside config.json: a training run
 
 
@@ -86,14 +86,12 @@ def check_replaceable(path: str | Path) -> None:
     any of those. Otherwise an empty directory, or one slmforge made: it has the `slmforge.json` manifest,
     it is a run directory (config.json and metrics.jsonl, distill_config.json or ckpt/), its parent is one
     of those (a run's model/ or adapter/), or it lies inside the workspace ($SLMFORGE_HOME)."""
-    from slmforge.core import workspace
-
     target = Path(path).resolve()
     shown = Path(path)
     guarded = {
         Path("/").resolve(): "the filesystem root",
         Path.home().resolve(): "your home directory",
-        workspace.home().resolve(): "the slmforge workspace",
+        paths.home().resolve(): "the slmforge workspace",
         Path.cwd().resolve(): "the current directory",
     }
     for place, what in guarded.items():
@@ -104,14 +102,14 @@ def check_replaceable(path: str | Path) -> None:
         return
     if target.is_dir() and (_made_by_slmforge(target) or _made_by_slmforge(target.parent)):
         return
-    home = workspace.home().resolve()
+    home = paths.home().resolve()
     if target.is_relative_to(home) and not any(home == p for p in guarded if p != home):
         return
     raise SlmError(f"--out {shown} exists and is not an slmforge artifact; remove it yourself")
 
 
 def _made_by_slmforge(d: Path) -> bool:
-    if (d / _MANIFEST).is_file():
+    if (d / paths.MANIFEST).is_file():
         return True
     return (d / "config.json").is_file() and any((d / name).exists() for name in _RUN_FILES)
 

@@ -1,15 +1,18 @@
 """Device, dtype and thread choices shared by every workflow.
 
 Torch with more intra-op threads than free cores can run 45x slower (see BENCHMARKS.md), so every
-entry point calls `set_threads` with the free cores by default, and never more.
+entry point calls `set_threads` with the free cores by default, and never more. Torch is imported by the
+functions that use it, not by this module (`free_cores` is asked by workflows that never load torch).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def free_cores() -> int:
@@ -29,11 +32,15 @@ def set_threads(threads: int | None = None) -> int:
             f"{threads} threads asked for but only {cores} cores are free; using {cores}", stacklevel=2
         )
         threads = cores
+    import torch
+
     torch.set_num_threads(threads)
     return threads
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -41,6 +48,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """bf16 autocast where it pays (CUDA with bf16, CPUs with AVX-512 BF16/AMX), else None (fp32)."""
+    import torch
+
     if precision == "fp32":
         return None
     if precision == "bf16":

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.core.fsutil import write_json
-
-MANIFEST = "slmforge.json"
+from slmforge.core.paths import MANIFEST, home  # here for every caller of workspace.home()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -30,10 +29,6 @@ CREATE TABLE IF NOT EXISTS artifacts (
     metrics TEXT NOT NULL DEFAULT '{}'
 );
 """
-
-
-def home() -> Path:
-    return Path(os.environ.get("SLMFORGE_HOME", Path.home() / ".slmforge")).expanduser()
 
 
 def connect() -> sqlite3.Connection:

@@ -27,7 +27,8 @@ from slmforge.data.readers import ReadStats, file_format, iter_documents, iter_f
 from slmforge.rag.chunking import ChunkConfig, chunk_document
 from slmforge.rag.embed import Embedder
 from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text, open_guard
-from slmforge.rag.store import NewChunk, Store, embed_text, is_postgres, open_store
+from slmforge.rag.store import NewChunk, Store, embed_text, is_postgres
+from slmforge.rag.stores import open_store
 
 RECHECK_BATCH = 2000  # stored chunks re-checked (and committed) per step
 

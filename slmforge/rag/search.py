@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from slmforge.core.errors import SlmError
-from slmforge.rag.store import Filters, Store, StoredChunk, open_store
+from slmforge.rag.store import Filters, Store, StoredChunk
+from slmforge.rag.stores import open_store
 
 MODES = ("hybrid", "bm25", "vector")
 FUSIONS = ("convex", "rrf")

@@ -9,6 +9,8 @@ built before the guard, or with `guard: none`), '' when it was checked and is cl
 unless `Filters.include_flagged` asks for them (`slm rag search` does, and marks them). The column was
 added without a schema version bump: both stores add it to an older index when they open it (an index
 they cannot write to is read as all unchecked), and older slmforge versions ignore it.
+
+The two backends subclass `Store` (sqlite_store.py, pg_store.py); `open_store` (stores.py) picks one.
 """
 
 from __future__ import annotations
@@ -188,16 +190,3 @@ def index_path(name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise SlmError(f"index name {name!r}: use letters, digits, . _ - (or give a path)")
     return workspace.home() / "indexes" / f"{name}.sqlite"
-
-
-def open_store(index: str, store: str | None = None, create: bool = False) -> Store:
-    """The store for `index`: PostgreSQL when `store` is a postgresql:// URL, else the SQLite file."""
-    if store and not is_postgres(store):
-        raise SlmError(f"--store must be a postgresql:// URL (got {store!r}); leave it out for SQLite")
-    if is_postgres(store):
-        from slmforge.rag.pg_store import PgStore
-
-        return PgStore(store, index, create=create)
-    from slmforge.rag.sqlite_store import SqliteStore
-
-    return SqliteStore(index_path(index), create=create)

@@ -36,176 +36,46 @@ every hour.
 
 Metrics (with the server's `Metrics`): slm_audit_dropped_total, slm_audit_spilled_total,
 slm_audit_replayed_total, slm_audit_aggregated_total, slm_audit_pending, slm_audit_healthy.
+
+This module is the writer (`AuditLog`) and the one to import: it re-exports the table, `AuditRecord` and
+the queries (audit_store.py); the spill files live in audit_spill.py, the sampling in audit_sampling.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from slmforge.core import workspace
+from slmforge.serve.audit_sampling import Sampler
+from slmforge.serve.audit_spill import SPILL_NAME, SpillFiles, read_records
+from slmforge.serve.audit_store import (
+    INSERT,
+    AuditRecord,
+    connect,
+    count,
+    query,
+    redact_prompt,
+    requests,
+    row_of,
+)
 
-try:  # POSIX: the spill file is shared by every server process on the workspace
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: one process per workspace
-    fcntl = None
+__all__ = ["SPILL_NAME", "AuditLog", "AuditRecord", "connect", "count", "query", "redact_prompt", "requests"]
 
 _log = logging.getLogger("slmforge.audit")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    key_name TEXT,
-    endpoint TEXT NOT NULL,
-    model TEXT,
-    tokens_in INTEGER NOT NULL DEFAULT 0,
-    tokens_out INTEGER NOT NULL DEFAULT 0,
-    latency_ms REAL NOT NULL,
-    status INTEGER NOT NULL,
-    guard TEXT,
-    prompt TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
-CREATE TABLE IF NOT EXISTS audit_replayed (file TEXT PRIMARY KEY, time REAL NOT NULL, records INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS audit_probe (pad BLOB);
-"""
-# columns added after the first release: added to an existing table on connect
-ADDED_COLUMNS = (("client", "TEXT"), ("count", "INTEGER NOT NULL DEFAULT 1"))
-
-SPILL_NAME = "audit-spill.jsonl"
-UNAUTHENTICATED_STATUSES = (401, 429)
 BATCH = 500
-
-
-@dataclass
-class AuditRecord:
-    time: float
-    request_id: str
-    endpoint: str
-    key_name: str | None = None
-    model: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_ms: float = 0.0
-    status: int = 0
-    guard: str | None = None  # e.g. "allow", "redact: email", "block: injection"
-    prompt: str | None = None  # only with audit.store_prompts, and redacted
-    client: str | None = None  # the client's address
-    count: int = 1  # requests this record stands for (above 1: a summary of sampled-out refusals)
-
-
-COLUMNS = [f.name for f in fields(AuditRecord)]
-INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-
-
-def connect() -> sqlite3.Connection:
-    con = workspace.connect()
-    con.executescript(SCHEMA)
-    have = {row[1] for row in con.execute("PRAGMA table_info(audit)")}
-    for name, decl in ADDED_COLUMNS:
-        if name not in have:
-            try:
-                con.execute(f"ALTER TABLE audit ADD COLUMN {name} {decl}")
-            except sqlite3.OperationalError as e:  # another process added it first
-                if "duplicate column" not in str(e):
-                    raise
-    return con
-
-
-def redact_prompt(text: str, limit: int = 4000) -> str:
-    from slmforge.data.pii import redact
-
-    return redact(text[:limit])[0]
-
-
-def _row(r: AuditRecord) -> tuple:
-    return tuple(getattr(r, c) for c in COLUMNS)
-
-
-def _record(d: dict) -> AuditRecord:
-    return AuditRecord(**{k: d[k] for k in COLUMNS if k in d})
 
 
 def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not every platform opens directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _Sampler:
-    """Caps full records of unauthenticated refusals per client address and clock minute."""
-
-    def __init__(self, per_minute: int):
-        self.per_minute = per_minute
-        self.minute: int | None = None
-        self.seen: dict[str, int] = {}
-        self.summaries: dict[tuple[str, str, int], AuditRecord] = {}
-        self.lock = threading.Lock()
-
-    def admit(self, rec: AuditRecord) -> tuple[AuditRecord | None, list[AuditRecord]]:
-        """(the record to store or None when it was folded into a summary, summaries of ended minutes)."""
-        if rec.key_name is not None or rec.status not in UNAUTHENTICATED_STATUSES:
-            return rec, []
-        minute = int(rec.time // 60)
-        with self.lock:
-            ended = self._roll(minute) if self.minute is None or minute > self.minute else []
-            client = rec.client or ""
-            n = self.seen[client] = self.seen.get(client, 0) + 1
-            if n <= self.per_minute:
-                return rec, ended
-            key = (client, rec.endpoint, rec.status)
-            s = self.summaries.get(key)
-            if s is None:
-                s = self.summaries[key] = AuditRecord(
-                    rec.time, f"aggregate-{uuid.uuid4().hex[:16]}", rec.endpoint, None, status=rec.status,
-                    client=rec.client, count=0,
-                )  # fmt: skip
-            # the summary's latency is the mean of the requests it stands for
-            s.latency_ms = (s.latency_ms * s.count + rec.latency_ms) / (s.count + 1)
-            s.count += 1
-            s.time = rec.time
-            return None, ended
-
-    def _roll(self, minute: int) -> list[AuditRecord]:
-        out = list(self.summaries.values())
-        self.minute, self.seen, self.summaries = minute, {}, {}
-        return out
-
-    def stale(self, now: float) -> list[AuditRecord]:
-        with self.lock:
-            if self.minute is not None and int(now // 60) > self.minute and (self.summaries or self.seen):
-                return self._roll(int(now // 60))
-            return []
-
-    def drain(self) -> list[AuditRecord]:
-        """The summaries so far (the minute's caps stay: later refusals start new summaries)."""
-        with self.lock:
-            out = list(self.summaries.values())
-            self.summaries = {}
-            return out
 
 
 class AuditLog:
@@ -232,13 +102,14 @@ class AuditLog:
         self.retention_days = retention_days
         self.metrics = metrics
         self.spill_path = Path(spill_path) if spill_path else workspace.home() / SPILL_NAME
+        self._files = SpillFiles(self.spill_path)
         self._connect = connect
         self._retries = max(1, retries)
         self._backoff_s = backoff_s
         self._probe_s = probe_s
         self._retention_every_s = retention_every_s
         self._sampler = (
-            _Sampler(unauthenticated_per_minute) if unauthenticated_per_minute is not None else None
+            Sampler(unauthenticated_per_minute) if unauthenticated_per_minute is not None else None
         )
 
         self._cv = threading.Condition()
@@ -247,7 +118,6 @@ class AuditLog:
         self._starting = True
         self._closing = False
         self._closed = False
-        self._spill_lock = threading.Lock()
         self._stats = threading.Lock()
         self._con: sqlite3.Connection | None = None
         self._db_ok = True
@@ -264,7 +134,7 @@ class AuditLog:
         self._logged: tuple[str, float] = ("", 0.0)
 
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        self.spilled = self._count_spilled()  # before any write can add to the files
+        self.spilled = self._files.count()  # before any write can add to the files
         if metrics is not None:
             metrics.audit_pending.set_function(lambda: self.pending)
             metrics.audit_healthy.set_function(lambda: 1.0 if self.health()["ok"] else 0.0)
@@ -396,66 +266,14 @@ class AuditLog:
             self._error(e, "encoding records for the spill file")
             return self._drop(records)
         try:
-            with self._locked(lock_timeout):
-                self._append(data)
+            with self._files.locked(lock_timeout):
+                self._files.append(data)
         except Exception as e:
             self._error(e, f"spilling to {self.spill_path}")
             return self._drop(records)
         self._count("spilled", len(records))
         self._count("spilled_total", len(records))
         return True
-
-    @contextlib.contextmanager
-    def _locked(self, timeout: float = -1):
-        """The spill files to this thread alone: a thread lock, then an flock shared with other processes
-        (a process appending while another renames the file for a replay would lose its records)."""
-        if not self._spill_lock.acquire(timeout=timeout):
-            raise TimeoutError("the spill file is busy")
-        try:
-            if fcntl is None:
-                yield
-                return
-            fd = os.open(
-                self.spill_path.with_name(self.spill_path.stem + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
-            try:
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if timeout >= 0 else 0))
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise TimeoutError("the spill file is busy") from None
-                        time.sleep(0.002)
-                yield  # closing the descriptor releases the flock
-            finally:
-                os.close(fd)
-        finally:
-            self._spill_lock.release()
-
-    def _append(self, data: bytes) -> None:
-        fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            size = os.fstat(fd).st_size
-            # a crash mid-append can leave a partial last line: never glue a record onto it
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError:
-                try:  # a half-written batch would be replayed in part yet counted as dropped
-                    os.ftruncate(fd, size)
-                except OSError:
-                    pass
-                raise
-        finally:
-            os.close(fd)
-        if not size:
-            _fsync_dir(self.spill_path.parent)
 
     def _drop(self, records: list[AuditRecord]) -> bool:
         self._count("dropped", len(records))
@@ -464,45 +282,31 @@ class AuditLog:
         )
         return False
 
-    def _replay_files(self) -> list[Path]:
-        return sorted(self.spill_path.parent.glob(f"{self.spill_path.stem}-*.replaying"))
-
     def _replay(self) -> None:
         """Move the live spill file aside and replay every spill file into the database (raises on failure)."""
         try:
-            with self._locked():
-                if self.spill_path.exists():
-                    aside = self.spill_path.with_name(f"{self.spill_path.stem}-{time.time_ns()}.replaying")
-                    os.replace(self.spill_path, aside)
-                    _fsync_dir(self.spill_path.parent)
-            for path in self._replay_files():
+            with self._files.locked():
+                self._files.move_aside()
+            for path in self._files.replay_files():
                 self._replay_file(path)
         finally:
-            with self._locked():
-                n = self._count_spilled()
+            with self._files.locked():
+                n = self._files.count()
             with self._stats:
                 self.spilled = n
 
     def _replay_file(self, path: Path) -> None:
-        records, bad = [], 0
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    try:
-                        records.append(_record(json.loads(line)))
-                    except (ValueError, TypeError):  # a line torn by a crash mid-append
-                        bad += 1
-        except FileNotFoundError:  # another server process on this workspace replayed it
+        read = read_records(path)
+        if read is None:  # another server process on this workspace replayed it
             return
+        records, bad = read
         con = self._conn()
         inserted = 0
         # the records and the file's marker in one transaction: replayed once, whatever happens next
         con.execute("BEGIN IMMEDIATE")
         try:
             if con.execute("SELECT 1 FROM audit_replayed WHERE file = ?", (path.name,)).fetchone() is None:
-                con.executemany(INSERT, [_row(r) for r in records])
+                con.executemany(INSERT, [row_of(r) for r in records])
                 con.execute(
                     "INSERT INTO audit_replayed VALUES (?, ?, ?)", (path.name, time.time(), len(records))
                 )
@@ -511,9 +315,7 @@ class AuditLog:
         except BaseException:
             con.rollback()
             raise
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        _fsync_dir(path.parent)
+        self._files.remove(path)
         with con:
             con.execute("DELETE FROM audit_replayed WHERE file = ?", (path.name,))
         self._count("replayed_total", inserted)
@@ -524,16 +326,6 @@ class AuditLog:
             _log.warning("audit: %d unreadable line(s) in %s skipped", bad, path.name)
         if inserted:
             _log.info("audit: %d spilled record(s) replayed into the database", inserted)
-
-    def _count_spilled(self) -> int:
-        n = 0
-        for path in [self.spill_path, *self._replay_files()]:
-            try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    n += sum(1 for line in f if line.strip())
-            except FileNotFoundError:
-                pass
-        return n
 
     # ------------------------------------------------------------ the writer thread
 
@@ -615,7 +407,7 @@ class AuditLog:
         if not self._db_ok and time.monotonic() < self._next_probe:
             return False  # failing: straight to the spill file until the next probe
         tries = self._retries if self._db_ok else 1
-        rows = [_row(r) for r in batch]
+        rows = [row_of(r) for r in batch]
         error: Exception | None = None
         for attempt in range(tries):
             try:
@@ -666,7 +458,7 @@ class AuditLog:
             self._probe()
         if not self._db_ok:
             return
-        if (startup and self._replay_files()) or (self.spilled and now >= self._next_probe):
+        if (startup and self._files.replay_files()) or (self.spilled and now >= self._next_probe):
             self._try_replay()
         if self._db_ok and self.retention_days and now >= self._next_retention:
             self._next_retention = now + self._retention_every_s
@@ -690,39 +482,3 @@ class AuditLog:
                 break
         if deleted:
             _log.info("audit: %d record(s) older than %g days deleted", deleted, self.retention_days)
-
-
-def query(
-    since: float | None = None,
-    key_name: str | None = None,
-    endpoint: str | None = None,
-    status: int | None = None,
-    limit: int | None = 50,
-) -> list[AuditRecord]:
-    """Records, newest first, filtered."""
-    where, args = [], []
-    for column, value in (("key_name", key_name), ("endpoint", endpoint), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if since is not None:
-        where.append("time >= ?")
-        args.append(since)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM audit"
-    sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time DESC, id DESC"
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    with connect() as con:
-        return [AuditRecord(*row) for row in con.execute(sql, args)]
-
-
-def count() -> int:
-    """Records in the table (a summary of sampled-out refusals is one record: see `requests`)."""
-    with connect() as con:
-        return con.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
-
-
-def requests() -> int:
-    """Requests the table stands for: SUM(count)."""
-    with connect() as con:
-        return con.execute("SELECT COALESCE(SUM(count), 0) FROM audit").fetchone()[0]
