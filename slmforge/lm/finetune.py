@@ -199,17 +199,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     }
     if val_metrics:
         metrics.update(val_loss=val_metrics["loss"], val_bpb=val_metrics["bpb"])
-    data_hash = sha256_file(cfg.data)
-    workspace.register("run", out, source=cfg.model, data_hash=data_hash, metrics=metrics)
-    kind = "model" if cfg.method == "full" else "adapter"
-    workspace.register(
-        kind,
-        model_dir,
-        name=f"{out.name}/{model_dir.name}",
-        source=cfg.model,
-        data_hash=data_hash,
-        metrics=metrics,
-    )
+    _register(cfg, out, model_dir, metrics)
     return FinetuneResult(
         str(out), str(model_dir), cfg.method, step, tokens_seen, first_loss, loss_value, val_metrics,
         elapsed, params, n_trainable, stats.examples, eos_ids,
@@ -418,6 +408,21 @@ def _selected_logits_match(model, rows: list, pad_id: int, device) -> bool:
 
 def _save_checkpoint(out: Path, model, optimizer, step: int, elapsed: float) -> None:
     checkpoint.save_training(out, step, elapsed, optimizer, trainable=loop.trainable_state(model))
+
+
+def _register(cfg: FinetuneConfig, out: Path, model_dir: Path, metrics: dict) -> None:
+    """Record the run and its model/ or adapter/ in the workspace, with the data file's hash."""
+    data_hash = sha256_file(cfg.data)
+    workspace.register("run", out, source=cfg.model, data_hash=data_hash, metrics=metrics)
+    kind = "model" if cfg.method == "full" else "adapter"
+    workspace.register(
+        kind,
+        model_dir,
+        name=f"{out.name}/{model_dir.name}",
+        source=cfg.model,
+        data_hash=data_hash,
+        metrics=metrics,
+    )
 
 
 def _save(model, tokenizer, eos_ids: list[int], pad_id: int, out: Path, method: str, base_info: dict) -> Path:

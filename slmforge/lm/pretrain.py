@@ -131,18 +131,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
         mine = indices[
             dist.rank * batch_size * cfg.grad_accum : (dist.rank + 1) * batch_size * cfg.grad_accum
         ]
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            batch = torch.from_numpy(train.batch(mine[micro * batch_size : (micro + 1) * batch_size])).to(
-                device
-            )
-            sync = nullcontext() if dist.world == 1 or micro == cfg.grad_accum - 1 else train_model.no_sync()
-            with sync:
-                with ctx:
-                    logits = train_model(input_ids=batch[:, :-1], use_cache=False).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
+        loss_sum = _train_step(train_model, train, mine, batch_size, cfg.grad_accum, dist, ctx)
         grad_norm = loop.optimizer_step(optimizer, model.parameters(), cfg.grad_clip)
         loss_value = dist.mean(loss_sum / cfg.grad_accum)
         loop.check_finite(loss_value, step)
@@ -196,18 +185,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
                 val_bpb=val_metrics["bpb"],
                 val_perplexity=val_metrics["perplexity"],
             )
-        data_hash = workspace.read_manifest(cfg.data).get("data_hash")
-        workspace.register(
-            "run", out, source=cfg.init or f"depth {cfg.depth}", data_hash=data_hash, metrics=metrics
-        )
-        workspace.register(
-            "model",
-            model_dir,
-            name=f"{out.name}/model",
-            source=str(out),
-            data_hash=data_hash,
-            metrics=metrics,
-        )
+        _register(cfg, out, model_dir, metrics)
     dist.barrier()
     dist.close()
     log.close()
@@ -346,6 +324,34 @@ def _total_steps(cfg: PretrainConfig, spec, tokens_per_step: int, n_windows: int
     if spec is not None:
         return max(1, spec.token_budget // tokens_per_step)
     return max(1, n_windows * cfg.seq_len // tokens_per_step)  # --init: one epoch of the data
+
+
+def _train_step(train_model, train, mine, batch_size: int, grad_accum: int, dist, ctx) -> torch.Tensor:
+    """Forward/backward over this process's micro-batches of the step (windows `mine`): the summed loss.
+    Under DDP the gradients are averaged across processes once, on the last micro-batch."""
+    loss_sum = torch.zeros((), device=dist.device)
+    for micro in range(grad_accum):
+        batch = torch.from_numpy(train.batch(mine[micro * batch_size : (micro + 1) * batch_size]))
+        batch = batch.to(dist.device)
+        sync = nullcontext() if dist.world == 1 or micro == grad_accum - 1 else train_model.no_sync()
+        with sync:
+            with ctx:
+                logits = train_model(input_ids=batch[:, :-1], use_cache=False).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            (loss / grad_accum).backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def _register(cfg: PretrainConfig, out: Path, model_dir: Path, metrics: dict) -> None:
+    """Record the run and its model in the workspace, with the dataset's hash."""
+    data_hash = workspace.read_manifest(cfg.data).get("data_hash")
+    workspace.register(
+        "run", out, source=cfg.init or f"depth {cfg.depth}", data_hash=data_hash, metrics=metrics
+    )
+    workspace.register(
+        "model", model_dir, name=f"{out.name}/model", source=str(out), data_hash=data_hash, metrics=metrics
+    )
 
 
 def _save_checkpoint(out: Path, dist, model, optimizer, step: int, elapsed: float) -> None:
