@@ -160,11 +160,11 @@ def _run_trainer(data: str, tok_dir: str, depth: int, args) -> dict:
 
         def create_scheduler(self, num_training_steps, optimizer=None):
             # slmforge's exact warmup + cosine (HF's own warmup spends step 0 at lr 0, shifting the curve)
-            from slmforge.lm.pretrain import _lr_at
+            from slmforge.train.loop import lr_at
 
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer or self.optimizer,
-                lambda s: _lr_at(s, args.steps, warmup, spec.lr, 0.1, 0.0, None) / spec.lr,
+                lambda s: lr_at(s, args.steps, warmup, spec.lr, 0.1, 0.0, None) / spec.lr,
             )
             return self.lr_scheduler
 

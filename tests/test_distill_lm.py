@@ -16,10 +16,10 @@ from slmforge.lm.distill import (
     DistillLMConfig,
     build_student,
     distill_lm,
-    kl_sum,
     layer_indices,
     teacher_kl,
 )
+from slmforge.train.losses import kl_sum
 
 FAST = dict(seq_len=128, batch_size=4, threads=1, checkpoint_every=1000)
 
@@ -105,7 +105,7 @@ def test_logit_distillation_lowers_the_kl_to_the_teacher(
 
 
 def test_alpha_zero_is_plain_cross_entropy():
-    from slmforge.lm.distill import kd_loss_sum
+    from slmforge.train.losses import kd_loss_sum
 
     s, t, y = torch.randn(5, 11), torch.randn(5, 11), torch.randint(0, 11, (5,))
     ce = torch.nn.functional.cross_entropy(s, y, reduction="sum")
@@ -228,7 +228,8 @@ def test_kd_hidden_trains_the_students_layers_towards_the_teachers(tiny_tokenize
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slmforge.data.sft_data import collate, load_sft
-    from slmforge.lm.distill import _all_logits, hidden_cos_sum
+    from slmforge.lm.distill import _all_logits
+    from slmforge.train.losses import hidden_cos_sum
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     teacher = _llama(tok, tmp_path / "teacher", seed=5, hidden=32, layers=3)

@@ -218,12 +218,13 @@ def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_
     from transformers import AutoTokenizer
 
     from slmforge.data.sft_data import collate, load_sft, pack
-    from slmforge.lm.finetune import _load_base, _selected_logits_match, _sum_nats, _wrap
+    from slmforge.lm.finetune import _selected_logits_match, _sum_nats, _wrap
+    from slmforge.train.pretrained import load_base
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = pack(load_sft(verb_data, tok, 128)[0], 128)
     cfg = _cfg(tiny_model_dir, verb_data, "unused", method="lora", lora_dropout=0.0)
-    model = _wrap(_load_base(str(tiny_model_dir), "tiny"), cfg, str(tiny_model_dir))
+    model = _wrap(load_base(str(tiny_model_dir), "tiny"), cfg, str(tiny_model_dir))
     with torch.no_grad():  # a LoRA delta that matters, so the check covers the adapted layers
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -239,14 +240,13 @@ def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_
 
 
 def test_mfu_counts_the_output_head_on_the_labelled_positions_only(tiny_model_dir, verb_data, tmp_path):
-    from slmforge.lm.finetune import _base_config, _load_base
-    from slmforge.lm.ladder import head_flops_per_token
-    from slmforge.lm.pretrain import _flops_per_token
+    from slmforge.train.metrics import flops_per_token, head_flops_per_token
+    from slmforge.train.pretrained import base_config, load_base
 
     run = tmp_path / "run"
     finetune(_cfg(tiny_model_dir, verb_data, run, method="full", max_steps=2), progress=False)
-    config = _base_config(_load_base(str(tiny_model_dir), "tiny"))
-    full, head = _flops_per_token(config, 128), head_flops_per_token(config.hidden_size, config.vocab_size)
+    config = base_config(load_base(str(tiny_model_dir), "tiny"))
+    full, head = flops_per_token(config, 128), head_flops_per_token(config.hidden_size, config.vocab_size)
     peak = next(iter(json.loads((workspace.home() / "peak_flops.json").read_text()).values()))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in [r for r in rows if "mfu" in r]:

@@ -1,9 +1,10 @@
-"""Progress bars with rate and ETA for every long job (rich, on stderr)."""
+"""Progress bars with rate and ETA for every long job (rich, on stderr), and `quiet_hf` for the third-party noise."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -64,3 +65,19 @@ def say(enabled: bool, text: str) -> None:
     """One line of progress news on stderr (rich markup allowed), only when `enabled`."""
     if enabled:
         stderr.print(text, highlight=False)
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """No transformers progress bars for second-long loads and saves, no PEFT/transformers deprecation noise."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from slmforge.train.run import MAY_CHANGE, RunConfig
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     data: str
     """Dataset directory written by `slm data ingest` (train.jsonl, val.jsonl)."""
     out: str
@@ -29,28 +31,20 @@ class PretrainConfig:
     """Linear warmup steps (default: 5% of the steps, at most 200)."""
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    max_steps: int | None = None
     tokens: int | None = None
     """Training tokens (default: 20 per parameter for fresh models, one epoch for --init)."""
-    max_minutes: float | None = None
-    """Stop after this much training time; the lr schedule then follows time as well as steps."""
-    eval_every: int = 100
     eval_windows: int = 64
-    checkpoint_every: int = 100
-    precision: str = "auto"
-    """auto (bf16 autocast where the hardware has fast bf16), bf16 or fp32."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata=MAY_CHANGE)
     """torch.compile the model (faster steps after a one-off compile)."""
-    threads: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    log_every: int = 1
+    # the run block's intervals: pretraining evaluates and checkpoints less often than RunConfig's 50 steps
+    eval_every: int = field(default=100, kw_only=True, metadata=MAY_CHANGE)
+    """Steps between val loss / bits-per-byte."""
+    checkpoint_every: int = field(default=100, kw_only=True, metadata=MAY_CHANGE)
+    """Steps between checkpoints."""
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     model: str
     """Base causal LM: catalog name (`slm pull`), local directory or hub id; full precision."""
     data: str
@@ -72,9 +66,6 @@ class FinetuneConfig:
     on_long: str = "truncate"
     """truncate sequences longer than seq_len (counted) or error."""
     epochs: float = 1.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    """Stop after this much training time; the lr schedule then follows time as well as steps."""
     batch_size: int = 8
     grad_accum: int = 1
     lr: float | None = None
@@ -91,21 +82,10 @@ class FinetuneConfig:
     """Comma-separated module names (e.g. q_proj,v_proj) or all-linear (every projection but the LM head)."""
     virtual_tokens: int = 20
     """Prompt tuning: learned embeddings put before every input."""
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    log_every: int = 1
-    precision: str = "auto"
-    """auto (bf16 autocast where the hardware has fast bf16), bf16 or fp32."""
-    threads: int | None = None
-    """Torch threads (default: the free cores, never more)."""
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
 
 
 @dataclass
-class DistillLMConfig:
+class DistillLMConfig(RunConfig):
     teacher: str
     """Teacher causal LM: catalog name, local directory or hub id (logit: full precision)."""
     data: str
@@ -145,23 +125,14 @@ class DistillLMConfig:
     """Sequence: the teacher's weights on the ort backend (int8, int4 or fp32)."""
     seq_len: int = 512
     epochs: float = 1.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    """Training time budget (the teacher's generation in --method sequence is not counted)."""
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-4
-    kl_examples: int = 32
+    kl_examples: int = field(default=32, metadata=MAY_CHANGE)
     """Examples (of val_data, else data) on which the KL to the teacher is measured before and after."""
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    log_every: int = 1
-    precision: str = "auto"
-    threads: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
+    # the run block's time budget, with distillation's own help: the teacher's generation is not counted
+    max_minutes: float | None = field(default=None, kw_only=True, metadata=MAY_CHANGE)
+    """Training time budget (the teacher's generation in --method sequence is not counted)."""
 
 
 @dataclass

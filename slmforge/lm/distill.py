@@ -52,9 +52,14 @@ import torch
 import torch.nn.functional as F
 
 from slmforge.core.errors import SlmError
-from slmforge.core.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
+from slmforge.core.fsutil import atomic_dir, atomic_file, write_json
+from slmforge.core.progress import quiet_hf
 from slmforge.data import sft_data
-from slmforge.lm.configs import DistillLMConfig
+from slmforge.lm.configs import DistillLMConfig, FinetuneConfig
+from slmforge.lm.finetune import finetune, label_logits
+from slmforge.train.losses import hidden_cos_sum, kd_loss_sum, kl_sum
+from slmforge.train.pretrained import base_model, check_full_precision, load_base, load_tokenizer, quantised
+from slmforge.train.run import check_run_block, clear_run_dir, open_run
 
 METHODS = ("logit", "sequence")
 KD_ON = ("completion", "all")
@@ -63,20 +68,6 @@ RESULT_FILE = "distill.json"
 STUDENT_DIR = "student-init"
 TEACHER_DATA = "teacher.jsonl"
 BACKENDS = ("auto", "ort", "torch", "llama.cpp")
-
-
-# Fields that may differ between a run and its resumption; every other field must match exactly.
-RESUMABLE_CHANGES = {
-    "resume",
-    "overwrite",
-    "max_minutes",
-    "threads",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "device",
-    "kl_examples",
-}
 
 
 @dataclass
@@ -106,7 +97,6 @@ class DistillLMResult:
 
 def distill_lm(cfg: DistillLMConfig, progress: bool = True) -> DistillLMResult:
     from slmforge.core.progress import stderr
-    from slmforge.lm.finetune import FinetuneConfig, finetune
 
     out = Path(cfg.out)
     cfg = _run_dirs_to_models(cfg)
@@ -218,8 +208,6 @@ class TeacherLoss:
         self.full_head = self.every_token or self.hidden > 0  # the student's head runs on every position
 
     def __call__(self, model, b: dict, selected: bool = False) -> torch.Tensor:
-        from slmforge.lm.finetune import label_logits
-
         if not self.every_token and not self.hidden:
             student, targets = label_logits(model, b, selected)
             return kd_loss_sum(
@@ -252,8 +240,6 @@ class TeacherLoss:
 
     @torch.no_grad()
     def teacher_logits(self, b: dict) -> torch.Tensor:
-        from slmforge.lm.finetune import label_logits
-
         teacher = self._on(b)
         if self.selected is None:
             self.selected = _selected_ok(teacher, b)
@@ -272,49 +258,9 @@ def _all_logits(model, b: dict, states: bool = False) -> tuple:
     return out.logits[:, :-1][mask].float(), labelled, y[labelled], out.hidden_states if states else None
 
 
-def hidden_cos_sum(student: tuple, teacher: tuple, layer_map: list[int], mask: torch.Tensor) -> torch.Tensor:
-    """Σ over the real tokens (`mask` [batch, seq]) of the mean over student layers j of
-    1 − cos(student layer j's output, teacher layer layer_map[j]'s output); `student` and `teacher` are
-    transformers' hidden_states tuples (index 0 the embeddings, index i + 1 layer i's output)."""
-    total = 0.0
-    for j, k in enumerate(layer_map):
-        s, t = student[j + 1][mask].float(), teacher[k + 1][mask].float()
-        total = total + (1 - F.cosine_similarity(s, t, dim=-1)).sum()
-    return total / len(layer_map)
-
-
-def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float,
-                alpha: float, top_k: int = 0) -> torch.Tensor:  # fmt: skip
-    """Summed alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE over rows of [n, vocab] logits.
-
-    Rows of models whose embedding tables are padded differently are compared on the shared ids."""
-    ce = F.cross_entropy(student, targets, reduction="sum")
-    if alpha == 0:
-        return ce
-    return alpha * kl_sum(student, teacher, temperature, top_k) + (1 - alpha) * ce
-
-
-def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float, top_k: int = 0) -> torch.Tensor:
-    """T² · summed KL(teacher_T ‖ student_T) over rows of logits, on the ids both vocabularies have.
-
-    With `top_k`, the teacher's distribution is its softmax at T over its k most likely ids only (zero
-    elsewhere): the sum is Σ p_t · (log p_t − log p_s) over those ids, with the student's full softmax."""
-    v = min(student.shape[-1], teacher.shape[-1])
-    t = temperature
-    log_s = F.log_softmax(student[:, :v] / t, dim=-1)
-    if 0 < top_k < v:
-        top, ids = teacher[:, :v].float().topk(top_k, dim=-1)
-        log_t = F.log_softmax(top / t, dim=-1)
-        return t * t * (log_t.exp() * (log_t - log_s.gather(-1, ids))).sum()
-    kl = F.kl_div(log_s, F.log_softmax(teacher[:, :v].float() / t, dim=-1), log_target=True, reduction="sum")
-    return t * t * kl
-
-
 @torch.no_grad()
 def _selected_ok(model, b: dict) -> bool:
     """Whether the head-on-labelled-positions logits equal the full forward's for this model (in fp32)."""
-    from slmforge.lm.finetune import label_logits
-
     device = b["input_ids"].device
     try:
         with torch.autocast(device_type=device.type, enabled=False):
@@ -330,11 +276,9 @@ def teacher_kl(teacher, student: str | Path, data: str, seq_len: int = 512, exam
     """Mean KL(teacher_T ‖ student_T) per trained (assistant) token over the first `examples` rows of
     `data`, as finetune masks them; `teacher` is a loaded model or a path, `student` a path, and the two
     must share the tokenizer."""
-    from slmforge.lm.finetune import _load_tokenizer, label_logits
-
     teacher = _load_model(str(teacher)) if isinstance(teacher, str | Path) else teacher
     model = _load_model(str(student))
-    tokenizer = _load_tokenizer(_resolve(student), None)
+    tokenizer = load_tokenizer(_resolve(student))
     stop_ids = sft_data.stop_token_ids(tokenizer, model.generation_config)
     rows = sft_data.load_sft(data, tokenizer, seq_len, "skip", "truncate", stop_ids)[0][:examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -370,9 +314,7 @@ def same_tokenizer(teacher: str, student: str) -> str | None:
 
 
 def _tokenizer(model: str):
-    from slmforge.lm.finetune import _load_tokenizer
-
-    return _load_tokenizer(_resolve(model), None)
+    return load_tokenizer(_resolve(model))
 
 
 # ----------------------------------------------------------------------------- the student
@@ -391,13 +333,11 @@ def build_student(teacher: str, depth: int, out: str | Path, seed: int = 0) -> d
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from slmforge.lm.finetune import _base_model, _load_tokenizer, _quiet, check_full_precision
-
     base = _resolve(teacher)
     check_full_precision(base, teacher, "build the student from the full-precision model")
     model = _load_model(teacher)
-    tokenizer = _load_tokenizer(base, None)
-    tc = _base_model(model).config
+    tokenizer = load_tokenizer(base)
+    tc = base_model(model).config
     n = tc.num_hidden_layers
     if not 1 <= depth <= n:
         raise SlmError(f"--student-depth must be between 1 and the teacher's {n} layers, not {depth}")
@@ -427,7 +367,7 @@ def build_student(teacher: str, depth: int, out: str | Path, seed: int = 0) -> d
         "teacher": teacher, "teacher_layers": n, "depth": depth, "layers": idx, "params": params,
         "copied": copied, "not_copied": skipped,
     }  # fmt: skip
-    with atomic_dir(out, overwrite=True) as tmp, _quiet():
+    with atomic_dir(out, overwrite=True) as tmp, quiet_hf():
         student.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "student.json", info)
@@ -521,12 +461,7 @@ def _completion_row(row: dict, context: list[dict], text: str) -> dict:
 
 def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
     """Check everything that can be checked before writing; (config, whether this is a fresh run)."""
-    if cfg.resume:
-        cfg = _resume_config(cfg, out)
-    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SlmError(
-            f"{out} already holds a run: pass --resume to continue it or --overwrite to start over"
-        )
+    cfg = open_run(cfg, out, CONFIG_FILE, "distillation run")
     fresh = not cfg.resume
     if cfg.method not in METHODS:
         raise SlmError(f"--method must be logit or sequence, not {cfg.method!r}")
@@ -550,18 +485,14 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         raise SlmError(f"--kd-hidden must be 0 (logits only) or a positive weight, not {cfg.kd_hidden}")
     if cfg.kd_on not in KD_ON:
         raise SlmError(f"--kd-on must be one of {', '.join(KD_ON)}, not {cfg.kd_on!r}")
-    for name in ("seq_len", "batch_size", "grad_accum", "max_new_tokens", "kl_examples", "eval_every",
-                 "checkpoint_every", "log_every"):  # fmt: skip
+    check_run_block(cfg)
+    for name in ("seq_len", "batch_size", "grad_accum", "max_new_tokens", "kl_examples"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise SlmError("--max-steps must be at least 1")
     if cfg.epochs <= 0 or (cfg.max_minutes is not None and cfg.max_minutes <= 0):
         raise SlmError("--epochs and --max-minutes must be positive")
     if not 0 < cfg.lr < 1:
         raise SlmError(f"--lr {cfg.lr} is out of range (0, 1)")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise SlmError(f"--precision must be auto, bf16 or fp32, not {cfg.precision!r}")
     if cfg.teacher_backend not in BACKENDS:
         raise SlmError(f"--teacher-backend must be one of {', '.join(BACKENDS)}, not {cfg.teacher_backend!r}")
     for path in (cfg.data, cfg.val_data):
@@ -576,8 +507,6 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
     if not is_causal_lm(teacher):
         raise SlmError(f"{cfg.teacher} is not a causal LM (a *ForCausalLM model), so it cannot teach one")
     if cfg.method == "logit" or cfg.student_depth is not None:
-        from slmforge.lm.finetune import check_full_precision
-
         check_full_precision(teacher, cfg.teacher, "distill from the full-precision model")
     source, whose = teacher, "the teacher"
     if cfg.student_from is not None:
@@ -607,15 +536,13 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
                 "teacher's generated text, or a student built on the teacher's tokenizer (--student-depth N)"
             )
     if not cfg.resume and cfg.overwrite and out.exists():
-        check_replaceable(out)  # --overwrite removes only a run slmforge made
-        shutil.rmtree(out)
+        clear_run_dir(out)  # --overwrite removes only a run slmforge made
     return cfg, fresh
 
 
 def _check_student_source(teacher_name: str, teacher: str, name: str) -> str:
     """The --student-from model, resolved: a full-precision causal LM with the teacher's tokenizer and width."""
     from slmforge.lm.evaluate import is_causal_lm
-    from slmforge.lm.finetune import check_full_precision
 
     source = _resolve(name)
     if not is_causal_lm(source):
@@ -629,23 +556,6 @@ def _check_student_source(teacher_name: str, teacher: str, name: str) -> str:
         raise SlmError(f"--student-from {name} has hidden size {widths[1]}, the teacher {widths[0]}: "
                        "logit distillation's student takes the teacher's shape")  # fmt: skip
     return source
-
-
-def _resume_config(cfg: DistillLMConfig, out: Path) -> DistillLMConfig:
-    """On --resume, fields left at their defaults take the run's saved values; others must match them."""
-    if not (out / CONFIG_FILE).exists():
-        raise SlmError(f"nothing to resume: {out} holds no distillation run (drop --resume to start one)")
-    saved = json.loads((out / CONFIG_FILE).read_text())
-    defaults = DistillLMConfig(teacher=cfg.teacher, data=cfg.data, out=cfg.out)
-    for f in dataclasses.fields(cfg):
-        if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) == getattr(defaults, f.name):
-            cfg = dataclasses.replace(cfg, **{f.name: saved.get(f.name, getattr(cfg, f.name))})
-    mine = dataclasses.asdict(cfg)
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
-        raise SlmError(f"--resume with a different config ({detail}); use the run's original settings")
-    return cfg
 
 
 def _run_dirs_to_models(cfg: DistillLMConfig) -> DistillLMConfig:
@@ -674,13 +584,9 @@ def _config(path: str) -> dict:
 
 def _can_load_teacher(teacher: str) -> bool:
     """Whether the teacher loads as full-precision transformers weights (a GGUF teacher does not)."""
-    from slmforge.lm.finetune import _quantised
-
     p = Path(_resolve(teacher))
-    return p.is_dir() and (p / "config.json").exists() and _quantised(p) is None
+    return p.is_dir() and (p / "config.json").exists() and quantised(p) is None
 
 
 def _load_model(model: str):
-    from slmforge.lm.finetune import _load_base
-
-    return _load_base(_resolve(model), model).eval()
+    return load_base(_resolve(model), model).eval()

@@ -17,12 +17,10 @@ Output, inside the run directory `--out` (beside config.json, metrics.jsonl, los
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,36 +30,25 @@ import torch.nn.functional as F
 
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
-from slmforge.core.fsutil import atomic_dir, check_replaceable, sha256_file, write_json
+from slmforge.core.fsutil import atomic_dir, sha256_file, write_json
+from slmforge.core.progress import quiet_hf
 from slmforge.data import sft_data
 from slmforge.lm.configs import FinetuneConfig
-from slmforge.train import checkpoint
+from slmforge.train import checkpoint, loop
+from slmforge.train.adapters import BASE_FILE, base_fingerprint, load_adapter
+from slmforge.train.pretrained import (
+    base_config,
+    base_model,
+    check_full_precision,
+    generation_config,
+    load_base,
+    load_tokenizer,
+    local_path,
+)
+from slmforge.train.run import check_run_block, clear_run_dir, open_run
 
 METHODS = ("full", "lora", "prompt-tuning")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4, "prompt-tuning": 3e-2}
-BASE_FILE = "base_model.json"
-SHAPE_KEYS = (
-    "model_type",
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-)
-
-
-# Fields that may differ between a run and its resumption; every other field must match exactly.
-RESUMABLE_CHANGES = {
-    "resume",
-    "overwrite",
-    "max_minutes",
-    "threads",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "device",
-}
 
 
 @dataclass
@@ -89,9 +76,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     from slmforge.core.progress import stderr
     from slmforge.core.runtime import autocast_dtype, pick_device, set_threads
     from slmforge.data.tokens import batch_windows
-    from slmforge.lm.ladder import head_flops_per_token
-    from slmforge.lm.pretrain import _flops_per_token, _lr_at, _optimizer, _StopFlag, _truncate_metrics
-    from slmforge.train.metrics import peak_flops
+    from slmforge.train.metrics import flops_per_token, head_flops_per_token, peak_flops
     from slmforge.train.telemetry import StepLogger
 
     out = Path(cfg.out)
@@ -104,8 +89,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     # ---- base model, tokenizer, data
     base = resolve_model(cfg.model)
     check_full_precision(base, cfg.model, "fine-tune the full-precision model, then quantise the result")
-    tokenizer = _load_tokenizer(base, cfg.chat_template)
-    model = _load_base(base, cfg.model)
+    tokenizer = load_tokenizer(base, cfg.chat_template)
+    model = load_base(base, cfg.model)
     seq_len = min(cfg.seq_len, getattr(model.config, "max_position_embeddings", None) or cfg.seq_len)
     room = seq_len - (cfg.virtual_tokens if cfg.method == "prompt-tuning" else 0)
     stop_ids = sft_data.stop_token_ids(tokenizer, model.generation_config)
@@ -126,76 +111,58 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, max(1, total_steps // 20))
     lr = cfg.lr or DEFAULT_LR[cfg.method]
-    optimizer = _optimizer(model, lr, cfg.weight_decay, device)
+    optimizer = loop.adamw(model, lr, cfg.weight_decay)
 
     # ---- resume or start
     selected = cfg.method != "prompt-tuning" and _selected_logits_match(model, rows, pad_id, device)
-    base_config = _base_config(model)
-    flops_tok = _flops_per_token(base_config, seq_len)
+    config = base_config(model)
+    flops_tok = flops_per_token(config, seq_len)
     # the output head runs on the labelled positions only when `selected` (unless the loss needs every row)
     head_flops = 0
     if selected and not getattr(loss_fn, "full_head", False):
-        head_flops = head_flops_per_token(base_config.hidden_size, base_config.vocab_size)
+        head_flops = head_flops_per_token(config.hidden_size, config.vocab_size)
     peak = peak_flops(device, amp or torch.float32, threads)  # a first, uncached call draws random matrices
     torch.manual_seed(cfg.seed)  # so the loop's RNG (dropout) starts from the seed, or from the checkpoint
     step, elapsed_before = 0, 0.0
     if cfg.resume:
-        state = checkpoint.load_latest(out)
-        if state is not None:
-            _load_trainable(model, state["trainable"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, elapsed_before = state["step"], state["elapsed_s"]
-            checkpoint.restore_rng(state["rng"])
+        step, elapsed_before = checkpoint.resume_training(
+            out, optimizer, lambda state: loop.load_trainable(model, state["trainable"])
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
-    _truncate_metrics(out / "metrics.jsonl", step)
-    log = StepLogger(out, True, total_steps, progress, cfg.log_every)
-    if log._bar is not None:
-        log._bar.update(description="finetune")
+    loop.truncate_metrics(out / "metrics.jsonl", step)
+    log = StepLogger(out, True, total_steps, progress, cfg.log_every, name="finetune")
     log.header(params, total_steps, global_batch * seq_len, amp, threads, 1, step)
     log.note(f"method {cfg.method}: {n_trainable:,} trainable parameters ({100 * n_trainable / params:.2f}%)")
 
     # ---- fit
-    stop = _StopFlag()
+    stop = loop.StopFlag()
     ctx = torch.autocast(device_type=device.type, dtype=amp) if amp else nullcontext()
-    t_start = time.perf_counter()
+    clock = loop.Clock(elapsed_before)
     first_loss = loss_value = float("nan")
     val_metrics = None
     tokens_seen = 0
     while step < total_steps:
         t0 = time.perf_counter()
-        elapsed = elapsed_before + (t0 - t_start)
-        if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
+        if clock.out_of_time(cfg.max_minutes):
             log.note(f"time budget of {cfg.max_minutes} min reached at step {step}")
             break
-        lr_now = _lr_at(step, total_steps, warmup, lr, cfg.min_lr_ratio, elapsed, cfg.max_minutes)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
+        lr_now = loop.lr_at(step, total_steps, warmup, lr, cfg.min_lr_ratio, clock.elapsed(), cfg.max_minutes)
+        loop.set_lr(optimizer, lr_now)
         batch = [rows[i] for i in batch_windows(step, global_batch, len(rows), cfg.seed)]
         loss_value, n_tokens, n_targets = _train_step(
             model, batch, cfg, pad_id, device, ctx, selected, loss_fn
         )
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss_value):
-            raise SlmError(f"loss became {loss_value} at step {step + 1}; lower --lr or use --precision fp32")
+        grad_norm = loop.optimizer_step(optimizer, trainable, cfg.grad_clip)
+        loop.check_finite(loss_value, step)
         step += 1
         first_loss = loss_value if math.isnan(first_loss) else first_loss
         tokens_seen += n_tokens
         dt = time.perf_counter() - t0
-        elapsed = elapsed_before + (time.perf_counter() - t_start)
+        elapsed = clock.elapsed()
+        step_flops = flops_tok - head_flops * (1 - n_targets / max(1, n_tokens))
         log.step(
-            step,
-            loss_value,
-            lr_now,
-            float(grad_norm),
-            dt,
-            n_tokens,
-            flops_tok - head_flops * (1 - n_targets / max(1, n_tokens)),
-            peak,
-            elapsed,
-            cfg.max_minutes,
+            step, loss_value, lr_now, grad_norm, dt, n_tokens, step_flops, peak, elapsed, cfg.max_minutes
         )
         last = step == total_steps or stop.requested
         if val_rows and (step % cfg.eval_every == 0 or last):
@@ -209,13 +176,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
         if stop.requested:
             log.note("stopping on signal; checkpoint saved, continue with --resume")
             break
-    elapsed = elapsed_before + (time.perf_counter() - t_start)
+    elapsed = clock.elapsed()
     if log.last_ckpt_step != step:
         _save_checkpoint(out, model, optimizer, step, elapsed)
 
     # ---- save
     model.eval()
-    base_info = {"name": cfg.model, "path": _abs(base), "shape": fingerprint}
+    base_info = {"name": cfg.model, "path": local_path(base), "shape": fingerprint}
     model_dir = _save(model, tokenizer, eos_ids, pad_id, out, cfg.method, base_info)
     log.plot()
     log.close()
@@ -232,17 +199,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
     }
     if val_metrics:
         metrics.update(val_loss=val_metrics["loss"], val_bpb=val_metrics["bpb"])
-    data_hash = sha256_file(cfg.data)
-    workspace.register("run", out, source=cfg.model, data_hash=data_hash, metrics=metrics)
-    kind = "model" if cfg.method == "full" else "adapter"
-    workspace.register(
-        kind,
-        model_dir,
-        name=f"{out.name}/{model_dir.name}",
-        source=cfg.model,
-        data_hash=data_hash,
-        metrics=metrics,
-    )
+    _register(cfg, out, model_dir, metrics)
     return FinetuneResult(
         str(out), str(model_dir), cfg.method, step, tokens_seen, first_loss, loss_value, val_metrics,
         elapsed, params, n_trainable, stats.examples, eos_ids,
@@ -290,130 +247,27 @@ def adapter_type(adapter: Path) -> str:
         raise SlmError(f"{adapter}/adapter_config.json is unreadable ({e})") from None
 
 
-def adapter_base(adapter: Path) -> dict:
-    """What the adapter records of its base: name, path and shape (shape may be absent for foreign adapters)."""
-    if (adapter / BASE_FILE).exists():
-        return json.loads((adapter / BASE_FILE).read_text())
-    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not recorded:
-        raise SlmError(f"{adapter} does not record its base model; pass --base")
-    return {"name": recorded, "path": recorded, "shape": None}
-
-
-def locate_base(adapter: Path, base: str | None = None) -> str:
-    """The base model path: `base` if given, else the recorded path, else the recorded catalog name."""
-    from slmforge.core.hub import resolve_model
-
-    if base:
-        return resolve_model(base)
-    info = adapter_base(adapter)
-    if info.get("path") and Path(info["path"]).exists():
-        return info["path"]
-    return resolve_model(info["name"])
-
-
-def load_adapter(adapter: Path, base: str | None = None):
-    """The fp32 base with the adapter applied (a PeftModel), after the shape check."""
-    from peft import PeftModel
-
-    base_path = locate_base(adapter, base)
-    model = _load_base(base_path, base or base_path)
-    check_same_base(adapter, model.config, base or base_path)
-    try:
-        with _quiet():
-            return PeftModel.from_pretrained(model, str(adapter))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise SlmError(
-            f"{adapter} does not fit the base {base or base_path}: {str(e).strip().splitlines()[0]}"
-        ) from None
-
-
-def check_same_base(adapter: Path, config, base_name: str) -> None:
-    shape = adapter_base(adapter).get("shape")
-    if not shape:
-        return
-    mine = base_fingerprint(config)
-    diff = [f"{k} {shape.get(k)} vs {mine.get(k)}" for k in SHAPE_KEYS if shape.get(k) != mine.get(k)]
-    if diff:
-        raise SlmError(
-            f"{adapter} was trained on a different base than {base_name} ({'; '.join(diff)}); "
-            f"use the base it was trained on ({adapter_base(adapter)['name']})"
-        )
-
-
-def base_fingerprint(config) -> dict:
-    return {k: getattr(config, k, None) for k in SHAPE_KEYS}
-
-
-def check_full_precision(path: str, name: str, advice: str) -> None:
-    """SlmError unless `path` holds full-precision transformers weights (not GGUF, ONNX or a quantised config)."""
-    p = Path(path)
-    if not p.exists():
-        return  # a hub id: transformers checks it when loading
-    what = _quantised(p)
-    if what:
-        raise SlmError(f"{name} is {what}; {advice}")
-
-
-def _quantised(p: Path) -> str | None:
-    if p.is_file():
-        return "a GGUF file (quantised)" if p.suffix == ".gguf" else "a file, not a model directory"
-    config = p / "config.json"
-    if config.exists():
-        try:
-            qc = json.loads(config.read_text()).get("quantization_config")
-        except ValueError:
-            qc = None
-        if qc:
-            return (
-                f"quantised ({qc.get('quant_method', 'quantization_config') if isinstance(qc, dict) else qc})"
-            )
-    weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
-    if not weights and any(p.glob("*.onnx")):
-        return "an ONNX export (possibly quantised), not trainable transformers weights"
-    if not weights and any(p.glob("*.gguf")):
-        return "a GGUF model (quantised)"
-    return None
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
 def _validate(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
     """Check the config; on --resume, fields left at their defaults take the run's saved values."""
-    if cfg.resume:
-        cfg = _resume_config(cfg, out)
-    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SlmError(
-            f"{out} already holds a run: pass --resume to continue it or --overwrite to start over"
-        )
+    cfg = open_run(cfg, out)
     if cfg.method not in METHODS:
         raise SlmError(f"--method must be one of {', '.join(METHODS)}, not {cfg.method!r}")
     for path in (cfg.data, cfg.val_data, cfg.chat_template):
         if path is not None and not Path(path).is_file():
             raise SlmError(f"{path} does not exist")
-    for name in (
-        "seq_len",
-        "batch_size",
-        "grad_accum",
-        "eval_every",
-        "checkpoint_every",
-        "log_every",
-        "lora_r",
-        "virtual_tokens",
-    ):
+    check_run_block(cfg)
+    for name in ("seq_len", "batch_size", "grad_accum", "lora_r", "virtual_tokens"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise SlmError("--max-steps must be at least 1")
     if cfg.epochs <= 0 or (cfg.max_minutes is not None and cfg.max_minutes <= 0):
         raise SlmError("--epochs and --max-minutes must be positive")
     if cfg.lr is not None and not 0 < cfg.lr < 1:
         raise SlmError(f"--lr {cfg.lr} is out of range (0, 1)")
     if not 0 <= cfg.lora_dropout < 1:
         raise SlmError(f"--lora-dropout must be in [0, 1), not {cfg.lora_dropout}")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise SlmError(f"--precision must be auto, bf16 or fp32, not {cfg.precision!r}")
     if cfg.on_bad_line not in ("stop", "skip"):
         raise SlmError(f"--on-bad-line must be stop or skip, not {cfg.on_bad_line!r}")
     if cfg.on_long not in ("truncate", "error"):
@@ -421,65 +275,8 @@ def _validate(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
     if cfg.method == "prompt-tuning" and cfg.virtual_tokens >= cfg.seq_len:
         raise SlmError(f"--virtual-tokens {cfg.virtual_tokens} leaves no room in --seq-len {cfg.seq_len}")
     if not cfg.resume and out.exists() and cfg.overwrite:
-        import shutil
-
-        check_replaceable(out)  # --overwrite removes only a run slmforge made
-        shutil.rmtree(out)
+        clear_run_dir(out)  # --overwrite removes only a run slmforge made
     return cfg
-
-
-def _resume_config(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
-    if not (out / "config.json").exists():
-        raise SlmError(f"nothing to resume: {out} holds no run (drop --resume to start one)")
-    saved = json.loads((out / "config.json").read_text())
-    defaults = FinetuneConfig(model=cfg.model, data=cfg.data, out=cfg.out)
-    for f in dataclasses.fields(cfg):
-        if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) == getattr(defaults, f.name):
-            cfg = dataclasses.replace(cfg, **{f.name: saved.get(f.name, getattr(cfg, f.name))})
-    mine = dataclasses.asdict(cfg)
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
-        raise SlmError(f"--resume with a different config ({detail}); use the run's original settings")
-    return cfg
-
-
-def _load_tokenizer(base: str, template_file: str | None):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    except (OSError, ValueError) as e:
-        raise SlmError(f"cannot load the tokenizer of {base} ({str(e).splitlines()[0]})") from None
-    if template_file:
-        tokenizer.chat_template = Path(template_file).read_text(encoding="utf-8")
-    return tokenizer
-
-
-def _load_base(path: str, name: str):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with _quiet():
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise SlmError(f"cannot load {name} as a causal LM ({str(e).strip().splitlines()[0]})") from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """No transformers progress bars for second-long loads and saves, no PEFT/transformers deprecation noise."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _rows(cfg: FinetuneConfig, path: str, tokenizer, room: int, stop_ids: list[int]):
@@ -510,9 +307,9 @@ def _wrap(model, cfg: FinetuneConfig, base: str):
             task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.virtual_tokens,
             prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
         )  # fmt: skip
-    peft_cfg.base_model_name_or_path = _abs(base)
+    peft_cfg.base_model_name_or_path = local_path(base)
     try:
-        with _quiet():
+        with quiet_hf():
             return get_peft_model(model, peft_cfg)
     except ValueError as e:  # e.g. target modules not found in the model
         raise SlmError(
@@ -555,7 +352,7 @@ def label_logits(model, b: dict, selected: bool = False) -> tuple[torch.Tensor, 
     y = b["labels"][:, 1:]
     keep = y != sft_data.IGNORE
     if selected:
-        base = _base_model(model)
+        base = base_model(model)
         hidden = base.get_decoder()(
             input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
         ).last_hidden_state
@@ -609,54 +406,30 @@ def _selected_logits_match(model, rows: list, pad_id: int, device) -> bool:
     return abs(full - fast) <= 1e-4 * max(1.0, abs(full))
 
 
-def _base_config(model):
-    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-
-
-def _trainable_state(model) -> dict:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model, state: dict) -> None:
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(params) != set(state):
-        raise SlmError(
-            "the checkpoint's trainable weights do not match this model; start again without --resume"
-        )
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state[n])
-
-
 def _save_checkpoint(out: Path, model, optimizer, step: int, elapsed: float) -> None:
-    state = {
-        "trainable": _trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "elapsed_s": elapsed,
-        "rng": checkpoint.rng_state(),
-    }
-    checkpoint.save(out, step, state)
+    checkpoint.save_training(out, step, elapsed, optimizer, trainable=loop.trainable_state(model))
 
 
-def _generation_config(model, eos_ids: list[int], pad_id: int):
-    import copy
-
-    from transformers import GenerationConfig
-
-    gen = copy.deepcopy(getattr(model, "generation_config", None)) or GenerationConfig()
-    gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
-    gen.pad_token_id = pad_id
-    if gen.bos_token_id is None:
-        gen.bos_token_id = _base_config(model).bos_token_id
-    return gen
+def _register(cfg: FinetuneConfig, out: Path, model_dir: Path, metrics: dict) -> None:
+    """Record the run and its model/ or adapter/ in the workspace, with the data file's hash."""
+    data_hash = sha256_file(cfg.data)
+    workspace.register("run", out, source=cfg.model, data_hash=data_hash, metrics=metrics)
+    kind = "model" if cfg.method == "full" else "adapter"
+    workspace.register(
+        kind,
+        model_dir,
+        name=f"{out.name}/{model_dir.name}",
+        source=cfg.model,
+        data_hash=data_hash,
+        metrics=metrics,
+    )
 
 
 def _save(model, tokenizer, eos_ids: list[int], pad_id: int, out: Path, method: str, base_info: dict) -> Path:
     """Write model/ (full) or adapter/ atomically: complete or absent."""
-    gen = _generation_config(_base_model(model), eos_ids, pad_id)
+    gen = generation_config(base_model(model), eos_ids, pad_id)
     target = out / ("model" if method == "full" else "adapter")
-    with atomic_dir(target, overwrite=True) as tmp, _quiet():
+    with atomic_dir(target, overwrite=True) as tmp, quiet_hf():
         if method == "full":
             model.generation_config = gen
             model.save_pretrained(tmp, safe_serialization=True)
@@ -666,12 +439,3 @@ def _save(model, tokenizer, eos_ids: list[int], pad_id: int, out: Path, method: 
         gen.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
-
-
-def _base_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _abs(path: str) -> str:
-    p = Path(path)
-    return str(p.resolve()) if p.exists() else path

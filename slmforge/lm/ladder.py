@@ -109,15 +109,5 @@ def estimate_train_bytes(
     return 16 * params + activations
 
 
-def flops_per_token(non_embedding_params: int, layers: int, hidden: int, seq_len: int, vocab: int) -> float:
-    """Training FLOPs per token (forward+backward): 6N for the matmuls plus attention scores, plus the LM head."""
-    return 6 * non_embedding_params + head_flops_per_token(hidden, vocab) + 12 * layers * hidden * seq_len
-
-
-def head_flops_per_token(hidden: int, vocab: int) -> int:
-    """The LM head's share of `flops_per_token`: training FLOPs per position it runs on."""
-    return 6 * vocab * hidden
-
-
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m

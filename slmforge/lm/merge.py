@@ -14,18 +14,11 @@ from pathlib import Path
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir
+from slmforge.core.progress import quiet_hf
 from slmforge.lm.configs import MergeConfig
-from slmforge.lm.finetune import (
-    _abs,
-    _generation_config,
-    _quiet,
-    adapter_base,
-    adapter_type,
-    check_full_precision,
-    load_adapter,
-    locate_base,
-    output_dir,
-)
+from slmforge.lm.finetune import adapter_type, output_dir
+from slmforge.train.adapters import adapter_base, load_adapter, locate_base
+from slmforge.train.pretrained import check_full_precision, generation_config, local_path
 
 
 @dataclass
@@ -52,7 +45,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     model = load_adapter(adapter, cfg.base).merge_and_unload().eval()
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     gen = _adapter_generation_config(adapter, model)
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp, _quiet():
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp, quiet_hf():
         model.generation_config = gen
         model.save_pretrained(tmp, safe_serialization=True)
         gen.save_pretrained(tmp)
@@ -64,7 +57,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
         source=str(adapter),
         metrics={"merged_from": str(adapter), "base": adapter_base(adapter)["name"], "params": params},
     )
-    return MergeResult(str(out), _abs(base_path), params)
+    return MergeResult(str(out), local_path(base_path), params)
 
 
 def _check_adapter(path: str) -> Path:
@@ -94,4 +87,4 @@ def _adapter_generation_config(adapter: Path, model):
         return GenerationConfig.from_pretrained(adapter)
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos]
-    return _generation_config(model, [e for e in eos if e is not None], model.config.pad_token_id)
+    return generation_config(model, [e for e in eos if e is not None], model.config.pad_token_id)

@@ -11,10 +11,7 @@ RNG states, so a run killed at any moment resumes with exactly the losses it wou
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,23 +23,11 @@ import torch.nn.functional as F
 from slmforge.core import workspace
 from slmforge.core.distributed import Dist
 from slmforge.core.errors import SlmError
-from slmforge.core.fsutil import atomic_dir, atomic_file, check_replaceable, write_json
+from slmforge.core.fsutil import atomic_dir, write_json
 from slmforge.lm.configs import PretrainConfig
-from slmforge.train import checkpoint
+from slmforge.train import checkpoint, loop
+from slmforge.train.run import check_run_block, clear_run_dir, open_run
 from slmforge.train.telemetry import StepLogger
-
-# Fields that may differ between a run and its resumption; every other field must match exactly.
-RESUMABLE_CHANGES = {
-    "resume",
-    "overwrite",
-    "max_minutes",
-    "threads",
-    "compile",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "device",
-}
 
 
 @dataclass
@@ -101,21 +86,18 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
     tokens_per_step = global_batch * cfg.seq_len
     total_steps = _total_steps(cfg, spec, tokens_per_step, len(train))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(200, max(1, total_steps // 20))
-    optimizer = _optimizer(model, lr, cfg.weight_decay, device)
+    optimizer = loop.adamw(model, lr, cfg.weight_decay)
 
     # ---- resume or start
     step, elapsed_before = 0, 0.0
     if cfg.resume:
-        state = checkpoint.load_latest(out)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, elapsed_before = state["step"], state["elapsed_s"]
-            checkpoint.restore_rng(state["rng"])
+        step, elapsed_before = checkpoint.resume_training(
+            out, optimizer, lambda state: model.load_state_dict(state["model"])
+        )
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {**dataclasses.asdict(cfg), "world_size": dist.world})
-        _truncate_metrics(out / "metrics.jsonl", step)
+        loop.truncate_metrics(out / "metrics.jsonl", step)
     train_model = model
     if cfg.compile:
         train_model = torch.compile(model)
@@ -124,59 +106,43 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
 
         train_model = DistributedDataParallel(train_model)
 
-    flops_tok = _flops_per_token(model.config, cfg.seq_len)
-    from slmforge.train.metrics import lm_loss, peak_flops
+    from slmforge.train.metrics import flops_per_token, lm_loss, peak_flops
 
+    flops_tok = flops_per_token(model.config, cfg.seq_len)
     peak = peak_flops(device, amp or torch.float32, threads) * dist.world
     log = StepLogger(out, dist.rank == 0, total_steps, progress, cfg.log_every)
     log.header(params, total_steps, tokens_per_step, amp, threads, dist.world, step)
 
     # ---- fit
-    stop = _StopFlag()
+    stop = loop.StopFlag()
     val_metrics = None
     ctx = torch.autocast(device_type=device.type, dtype=amp) if amp else nullcontext()
-    t_start = time.perf_counter()
+    clock = loop.Clock(elapsed_before)
     loss_value = float("nan")
     from slmforge.data.tokens import batch_windows
 
     while step < total_steps:
         t0 = time.perf_counter()
-        elapsed = elapsed_before + (t0 - t_start)
-        if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
+        if clock.out_of_time(cfg.max_minutes):
             break
-        lr_now = _lr_at(step, total_steps, warmup, lr, cfg.min_lr_ratio, elapsed, cfg.max_minutes)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
+        lr_now = loop.lr_at(step, total_steps, warmup, lr, cfg.min_lr_ratio, clock.elapsed(), cfg.max_minutes)
+        loop.set_lr(optimizer, lr_now)
         indices = batch_windows(step, global_batch, len(train), cfg.seed)
         mine = indices[
             dist.rank * batch_size * cfg.grad_accum : (dist.rank + 1) * batch_size * cfg.grad_accum
         ]
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            batch = torch.from_numpy(train.batch(mine[micro * batch_size : (micro + 1) * batch_size])).to(
-                device
-            )
-            sync = nullcontext() if dist.world == 1 or micro == cfg.grad_accum - 1 else train_model.no_sync()
-            with sync:
-                with ctx:
-                    logits = train_model(input_ids=batch[:, :-1], use_cache=False).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_sum = _train_step(train_model, train, mine, batch_size, cfg.grad_accum, dist, ctx)
+        grad_norm = loop.optimizer_step(optimizer, model.parameters(), cfg.grad_clip)
         loss_value = dist.mean(loss_sum / cfg.grad_accum)
-        if not math.isfinite(loss_value):
-            raise SlmError(f"loss became {loss_value} at step {step + 1}; lower --lr or use --precision fp32")
+        loop.check_finite(loss_value, step)
         step += 1
         dt = time.perf_counter() - t0
-        elapsed = elapsed_before + (time.perf_counter() - t_start)
+        elapsed = clock.elapsed()
         log.step(
             step,
             loss_value,
             lr_now,
-            float(grad_norm),
+            grad_norm,
             dt,
             tokens_per_step,
             flops_tok,
@@ -193,7 +159,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
         if stop.requested:
             log.note("stopping on signal; checkpoint saved, continue with --resume")
             break
-    elapsed = elapsed_before + (time.perf_counter() - t_start)
+    elapsed = clock.elapsed()
     if val is not None and (val_metrics is None or log.last_val_step != step):
         val_metrics = lm_loss(model, val, cfg.eval_windows, batch_size, amp, device)
         log.val(step, val_metrics)
@@ -219,18 +185,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> RunResult:
                 val_bpb=val_metrics["bpb"],
                 val_perplexity=val_metrics["perplexity"],
             )
-        data_hash = workspace.read_manifest(cfg.data).get("data_hash")
-        workspace.register(
-            "run", out, source=cfg.init or f"depth {cfg.depth}", data_hash=data_hash, metrics=metrics
-        )
-        workspace.register(
-            "model",
-            model_dir,
-            name=f"{out.name}/model",
-            source=str(out),
-            data_hash=data_hash,
-            metrics=metrics,
-        )
+        _register(cfg, out, model_dir, metrics)
     dist.barrier()
     dist.close()
     log.close()
@@ -275,53 +230,30 @@ def launch(cfg: PretrainConfig, procs: int, argv: list[str]) -> int:
 
 def _validate(cfg: PretrainConfig, out: Path, world: int = 1, dry_run: bool = False) -> PretrainConfig:
     """Check the config; on --resume, fields left at their defaults take the run's saved values."""
-    if cfg.resume:
-        if not (out / "config.json").exists():
-            raise SlmError(f"nothing to resume: {out} holds no run (drop --resume to start one)")
-        saved = json.loads((out / "config.json").read_text())
-        defaults = PretrainConfig(data=cfg.data, out=cfg.out)
-        for f in dataclasses.fields(cfg):
-            if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) == getattr(defaults, f.name):
-                cfg = dataclasses.replace(cfg, **{f.name: saved.get(f.name, getattr(cfg, f.name))})
-        mine = {
-            **dataclasses.asdict(cfg),
-            "world_size": world,
-        }
-        changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
-        if changed:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
-            raise SlmError(f"--resume with a different config ({detail}); use the run's original settings")
-    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SlmError(
-            f"{out} already holds a run: pass --resume to continue it or --overwrite to start over"
-        )
+    cfg = open_run(cfg, out, world_size=world)
     if not Path(cfg.data).is_dir():
         raise SlmError(f"dataset {cfg.data} does not exist (make one with `slm data ingest`)")
     if cfg.init is None and cfg.tokenizer is None:
         raise SlmError("give --tokenizer DIR for a fresh model, or --init MODEL to continue pretraining one")
     if cfg.init is not None and cfg.tokenizer is not None:
         raise SlmError("--tokenizer cannot be combined with --init: the model's own tokenizer is used")
-    for name in ("seq_len", "grad_accum", "eval_every", "checkpoint_every", "log_every", "eval_windows"):
+    check_run_block(cfg)
+    for name in ("seq_len", "grad_accum", "eval_windows"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("batch_size", "max_steps", "tokens"):
+    for name in ("batch_size", "tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:
         raise SlmError("--max-minutes must be positive")
     if cfg.lr is not None and not 0 < cfg.lr < 1:
         raise SlmError(f"--lr {cfg.lr} is out of range (0, 1)")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise SlmError(f"--precision must be auto, bf16 or fp32, not {cfg.precision!r}")
     if cfg.init is None:
         from slmforge.lm.ladder import depth_from
 
         depth_from(cfg.depth)
     if not dry_run and not cfg.resume and out.exists() and int(os.environ.get("RANK", 0)) == 0:
-        import shutil
-
-        check_replaceable(out)  # --overwrite removes only a run slmforge made
-        shutil.rmtree(out)
+        clear_run_dir(out)  # --overwrite removes only a run slmforge made
     return cfg
 
 
@@ -394,50 +326,37 @@ def _total_steps(cfg: PretrainConfig, spec, tokens_per_step: int, n_windows: int
     return max(1, n_windows * cfg.seq_len // tokens_per_step)  # --init: one epoch of the data
 
 
-def _optimizer(model, lr: float, weight_decay: float, device):
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
-    except (RuntimeError, TypeError):  # no fused kernel for this device
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+def _train_step(train_model, train, mine, batch_size: int, grad_accum: int, dist, ctx) -> torch.Tensor:
+    """Forward/backward over this process's micro-batches of the step (windows `mine`): the summed loss.
+    Under DDP the gradients are averaged across processes once, on the last micro-batch."""
+    loss_sum = torch.zeros((), device=dist.device)
+    for micro in range(grad_accum):
+        batch = torch.from_numpy(train.batch(mine[micro * batch_size : (micro + 1) * batch_size]))
+        batch = batch.to(dist.device)
+        sync = nullcontext() if dist.world == 1 or micro == grad_accum - 1 else train_model.no_sync()
+        with sync:
+            with ctx:
+                logits = train_model(input_ids=batch[:, :-1], use_cache=False).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            (loss / grad_accum).backward()
+        loss_sum += loss.detach()
+    return loss_sum
 
 
-def _lr_at(step, total, warmup, peak, min_ratio, elapsed_s, max_minutes) -> float:
-    """Linear warmup, then cosine down to min_ratio × peak; progress follows steps or time, whichever is further."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if max_minutes:
-        progress = max(progress, elapsed_s / (max_minutes * 60))
-    progress = min(1.0, progress)
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _flops_per_token(config, seq_len: int) -> float:
-    from slmforge.lm.ladder import flops_per_token
-
-    h, n_layers = config.hidden_size, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    kv = config.num_key_value_heads * head_dim
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size
-    return flops_per_token(n_layers * per_layer, n_layers, h, seq_len, config.vocab_size)
+def _register(cfg: PretrainConfig, out: Path, model_dir: Path, metrics: dict) -> None:
+    """Record the run and its model in the workspace, with the dataset's hash."""
+    data_hash = workspace.read_manifest(cfg.data).get("data_hash")
+    workspace.register(
+        "run", out, source=cfg.init or f"depth {cfg.depth}", data_hash=data_hash, metrics=metrics
+    )
+    workspace.register(
+        "model", model_dir, name=f"{out.name}/model", source=str(out), data_hash=data_hash, metrics=metrics
+    )
 
 
 def _save_checkpoint(out: Path, dist, model, optimizer, step: int, elapsed: float) -> None:
     if dist.rank == 0:
-        checkpoint.save(
-            out,
-            step,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "elapsed_s": elapsed,
-                "rng": checkpoint.rng_state(),
-            },
-        )
+        checkpoint.save_training(out, step, elapsed, optimizer, model=model.state_dict())
     dist.barrier()
 
 
@@ -456,30 +375,6 @@ def _save_model(model, tokenizer, model_dir: Path) -> None:
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         )
         gen.save_pretrained(tmp)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines logged after the checkpoint: they will be logged again."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    with atomic_file(path) as f:
-        f.write("".join(ln + "\n" for ln in keep))
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and stop after the current step."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handle(self, signum, frame):
-        self.requested = True
 
 
 def _init_distributed(device_flag: str) -> Dist:

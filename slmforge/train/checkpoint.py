@@ -72,6 +72,24 @@ def load_latest(run_dir: str | Path) -> dict | None:
     return None
 
 
+def save_training(run_dir: str | Path, step: int, elapsed_s: float, optimizer, **weights) -> Path:
+    """A training checkpoint: `weights` (e.g. model=state_dict), the optimizer, step, elapsed time, RNGs."""
+    state = {**weights, "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed_s}
+    return save(run_dir, step, {**state, "rng": rng_state()})
+
+
+def resume_training(run_dir: str | Path, optimizer, load_weights) -> tuple[int, float]:
+    """Continue from the newest checkpoint: its weights (`load_weights(state)`), then the optimizer and RNG
+    states; (step, elapsed seconds), or (0, 0.0) when the run has none yet."""
+    state = load_latest(run_dir)
+    if state is None:
+        return 0, 0.0
+    load_weights(state)
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"])
+    return state["step"], state["elapsed_s"]
+
+
 def rng_state() -> dict:
     """The torch, numpy and python RNG states as tensors and plain values, which `load_latest` can load
     without unpickling anything; `restore_rng` puts them back exactly."""

@@ -1,4 +1,5 @@
-"""Numbers every workflow reports: language-model loss / perplexity / bits-per-byte, and the machine's peak FLOP/s."""
+"""Numbers every workflow reports: language-model loss / perplexity / bits-per-byte, and MFU's two halves:
+a model's training FLOPs per token and the machine's measured peak FLOP/s."""
 
 from __future__ import annotations
 
@@ -45,6 +46,21 @@ def lm_loss(
         "bpb": loss / math.log(2) / windows.bytes_per_token,
         "tokens": total_tokens,
     }
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token (forward+backward) of a transformers decoder config: 6N for the matmuls
+    (N the non-embedding parameters) plus attention scores, plus the LM head."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    non_embedding = layers * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size)
+    return 6 * non_embedding + head_flops_per_token(h, config.vocab_size) + 12 * layers * h * seq_len
+
+
+def head_flops_per_token(hidden: int, vocab: int) -> int:
+    """The LM head's share of `flops_per_token`: training FLOPs per position it runs on."""
+    return 6 * vocab * hidden
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:

@@ -11,7 +11,15 @@ from slmforge.core.fsutil import atomic_file
 class StepLogger:
     """One line per step (loss, lr, dt, tok/s, MFU, elapsed, ETA), a progress bar, metrics.jsonl and loss.png."""
 
-    def __init__(self, out: Path, enabled: bool, total_steps: int, progress: bool, every: int = 1):
+    def __init__(
+        self,
+        out: Path,
+        enabled: bool,
+        total_steps: int,
+        progress: bool,
+        every: int = 1,
+        name: str = "pretrain",
+    ):
         self.out, self.enabled, self.total, self.every = out, enabled, total_steps, every
         self.last_val_step = self.last_ckpt_step = -1
         self.last_elapsed = 0.0
@@ -23,7 +31,7 @@ class StepLogger:
 
             self.console = stderr
             if progress:
-                self._bar_cm = bar("pretrain", total=total_steps, enabled=True)
+                self._bar_cm = bar(name, total=total_steps, enabled=True)
                 self._bar = self._bar_cm.__enter__()
 
     def header(self, params, total_steps, tokens_per_step, amp, threads, world, start_step) -> None:

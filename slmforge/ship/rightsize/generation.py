@@ -396,7 +396,8 @@ def _evaluate(cfg: RightsizeGenConfig, rung: Rung, out: Path, progress: bool) ->
 
     from slmforge.core.fsutil import atomic_file
     from slmforge.lm import evaluate as gen_eval
-    from slmforge.lm.finetune import locate_base, output_dir
+    from slmforge.lm.finetune import output_dir
+    from slmforge.train.adapters import locate_base
 
     path = Path(rung.model).expanduser()
     inner = output_dir(path) if path.is_dir() else path
