@@ -102,9 +102,9 @@ class CompressConfig:
 
     A catalog name or dir; None = a copy of the teacher (what `slm prune` does)."""
     layers: int | None = None
-    """Keep this many of the student's layers.
+    """Encoder layers to keep (evenly spaced).
 
-    Evenly spaced, first and last kept; None = all."""
+    Of the student (for `slm prune` a copy of the teacher); first and last kept; None = all."""
     trim_vocab: bool = True
     """Keep only tokens the data uses."""
     unlabeled: str | None = None

@@ -97,9 +97,7 @@ class RightsizeConfig:
 
     What the base trained on; the pruned rungs heal on it."""
     eval_data: str
-    """The file the targets are checked on.
-
-    A labelled file, e.g. the test split."""
+    """The labelled file the targets are checked on, e.g. the test split."""
     out: str
     """Ladder directory (rerun to resume)."""
     target: str = "accuracy>=0.97*base"

@@ -56,7 +56,7 @@ class RightsizeGenConfig:
 
     Or PEFT adapters; largest first by convention."""
     eval_data: str
-    """The file the targets are checked on (generation: prompt/completion JSONL).
+    """The prompt/completion JSONL the targets are checked on.
 
     Prompt/completion (or messages) JSONL or CSV, as for `slm eval`."""
     out: str
