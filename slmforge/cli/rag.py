@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from slmforge.cli.options import Opts, options
 from slmforge.cli.render import console, out, table, warnings_to_console
@@ -97,7 +98,9 @@ def rag_quarantine(
         help="An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store.",
     ),
     store: str | None = typer.Option(
-        None, "--store", help="postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."
+        None,
+        "--store",
+        help=escape("postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."),
     ),
     limit: int = typer.Option(50, "--limit", help="Chunks to list."),
 ) -> None:
