@@ -102,8 +102,8 @@ def _class_node(module: str, name: str) -> ast.ClassDef:
 
 def _imported(module: str, name: str) -> str:
     """The module a name was imported from (`from X import name`), else `module` itself."""
-    for m in re.finditer(r"^from ([\w.]+) import \(?([^)]*?)\)?$", _source(module), re.M | re.S):
-        if name in re.findall(r"\w+", m.group(2)):
+    for m in re.finditer(r"^from ([\w.]+) import (?:\(([^)]*)\)|(.*)$)", _source(module), re.M):
+        if name in re.findall(r"\w+", m.group(2) or m.group(3)):
             return m.group(1)
     return module
 
