@@ -340,8 +340,8 @@ def _in_family(family: str, help: str) -> str:
 
 
 def options(*specs: Opts):
-    """Make the verb a command whose parameters are `specs`' fields (after its own parameters' arguments);
-    the verb's first parameter gets the config (`cfg`) or, named `flags`, a `Flags`."""
+    """Make the verb a command whose parameters are its own (after the first) and `specs`' fields; the
+    verb's first parameter gets the config (`cfg`) or, when it is named `flags`, a `Flags`."""
     table = build_options(specs)
 
     def wrap(verb):
@@ -349,8 +349,9 @@ def options(*specs: Opts):
         wants_flags = first.name == "flags"
         if len(specs) > 1 and not wants_flags:
             raise TypeError(f"{verb.__name__}: a verb with several configs takes `flags` first")
-        if set(table) & {p.name for p in own}:
-            raise TypeError(f"{verb.__name__}: parameters named like config fields: {set(table) & set(own)}")
+        clash = set(table) & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{verb.__name__}: parameters named like config fields: {sorted(clash)}")
         own_args = [p for p in own if isinstance(p.default, ArgumentInfo)]
         params = [  # the verb's own parameters lead (a family's selector: --task, --teacher)
             inspect.Parameter(CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
@@ -387,9 +388,6 @@ class Flags:
     def __getitem__(self, name: str):
         return self.values[name]
 
-    def given(self, name: str) -> bool:
-        return name in self.typed
-
     def stray(self, family: str) -> list[str]:
         """The flags given that belong to other families than `family`."""
         return [o.flag for o in self.options.values()
@@ -406,8 +404,9 @@ class Flags:
             f = o.fields.get(index)
             if f is not None and o.name not in fixed and (o.name in self.typed or o.overridden):
                 kwargs[o.name] = self._convert(o, f, self.values[o.name], family)
+        given = {**kwargs, **fixed}
         missing = [o.flag for o in self.options.values()
-                   if index in o.fields and o.fields[index].default is REQUIRED and o.name not in {**kwargs, **fixed}]  # fmt: skip
+                   if index in o.fields and o.fields[index].default is REQUIRED and o.name not in given]  # fmt: skip
         if missing:
             raise SlmError(f"{_article(family) if family else 'this command'} needs {', '.join(missing)}")
         return config_class(self.specs[index].config)(**kwargs, **fixed)
