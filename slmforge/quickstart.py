@@ -34,22 +34,33 @@ RAG_DOCS = ("json", "csv", "pathlib")
 @dataclass
 class QuickstartConfig:
     corpus: list[str] = field(default_factory=lambda: [PYDOCS])
-    """Documents to learn from (any `slm data ingest` input)."""
+    """Documents to learn from (default: Python's reST docs).
+
+    Any `slm data ingest` input."""
     out: str | None = None
-    """Where to put everything (default: $SLMFORGE_HOME/quickstart)."""
+    """Where everything goes (default: $SLMFORGE_HOME/quickstart)."""
     vocab_size: int = 8192
+    """Tokens in the vocabulary of the tokenizer trained on the corpus."""
     depth: str = "4"
+    """Ladder depth of the from-scratch model."""
     pretrain_minutes: float = 3.0
+    """Minutes of pretraining from scratch."""
     base: str = "smollm2-135m-instruct"
-    """The model to continue pretraining; 'none' skips that step."""
+    """Model to continue pretraining, or none."""
     continue_minutes: float = 3.0
+    """Minutes of continued pretraining of the base."""
     eval_tokens: int = 8192
+    """Held-out tokens each model's perplexity is measured on."""
     prompt: str = "The list type in Python"
+    """The prompt each model continues in the samples."""
     rag_docs: list[str] = field(default_factory=lambda: [f"{PYDOCS}/library/{n}.rst.txt" for n in RAG_DOCS])
-    """Documents the retrieval step indexes; an empty list skips the step."""
+    """Docs to index and answer from (default: 3 Python doc pages; 'none' skips).
+
+    From Python, an empty list skips the step."""
     rag_question: str = "How do I serialize a Python object to a JSON formatted string?"
+    """The question answered from the indexed docs."""
     finetune_minutes: float = 3.0
-    """LoRA fine-tune the base on the bank intents for this long (step 7); 0 skips the step."""
+    """LoRA-tune the base on the bank intents this long, then eval; 0 skips."""
     finetune_eval_items: int = 60
     """Score at most this many held-out questions (a seeded sample) per model in step 7."""
     finetune_shots: int = 3
@@ -59,7 +70,9 @@ class QuickstartConfig:
     bank_quick: bool = False
     """Train the bank intent model on 8 examples per intent for 1 epoch (tests)."""
     port: int = 8000
+    """Port for the bank pipeline's server."""
     threads: int | None = None
+    """Torch threads (default: free cores)."""
 
 
 def quickstart(cfg: QuickstartConfig) -> dict:

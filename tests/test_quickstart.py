@@ -123,10 +123,10 @@ def test_finetune_step_tunes_and_tables_three_models(tmp_path, tiny_model_dir, c
     kinds = {(a.kind, a.name) for a in workspace.list_artifacts()}
     assert ("adapter", "intents-lora/adapter") in kinds and ("dataset", "bank-intents-gen") in kinds
 
-    from slmforge.cli import _print_quickstart_finetune  # the quickstart summary's table
+    from slmforge.cli.quickstart import print_finetune  # the quickstart summary's table
 
     capsys.readouterr()
-    _print_quickstart_finetune(ft)
+    print_finetune(ft)
     shown = capsys.readouterr().out
     assert "model zero-shot" in shown and "model 2-shot" in shown and "intents-lora (LoRA)" in shown
     assert f"{rows[2]['exact_match']:.3f}" in shown and "eval.md" in shown

@@ -8,75 +8,130 @@ from dataclasses import dataclass
 @dataclass
 class ClassifyTrainConfig:
     data: str
-    """Training file: .csv (header row) or .jsonl (one object per line)."""
+    """Training file: .csv (header row) or .jsonl.
+
+    One object per line in .jsonl."""
     out: str
     """Model directory to write."""
     text_col: str = "text"
+    """Column / field holding the text."""
     label_col: str = "label"
+    """Column / field holding the label."""
     base: str = "minilm-l6"
-    """Encoder to start from: a catalog name, a local BERT-family directory or a hub id."""
+    """Encoder: catalog name, BERT-family dir or hub id."""
     val: str | None = None
-    """Validation file; without it a stratified `val_fraction` of `data` is held out."""
+    """Validation file (default: a stratified split).
+
+    Without it a stratified val_fraction of data is held out."""
     val_fraction: float = 0.1
+    """Share held out when there is no --val."""
     epochs: int = 5
+    """Fine-tuning epochs (at most; see patience)."""
     lr: float = 1e-4
-    """Peak learning rate of the top encoder layer; each layer below gets `layer_decay` times the one above."""
+    """Top layer's learning rate (lower layers decay from it).
+
+    Each layer below gets layer_decay times the one above."""
     head_lr: float = 5e-4
+    """Learning rate of the classification head."""
     layer_decay: float = 0.9
+    """Learning-rate factor per layer downwards."""
     batch_size: int = 32
+    """Texts per training batch."""
     max_len: int = 64
-    """Tokens per text (longer texts are truncated; batches are padded only to their longest text)."""
+    """Tokens per text (longer ones are truncated).
+
+    Batches are padded only to their longest text."""
     label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy loss."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     warmup_fraction: float = 0.06
+    """Share of the training steps spent warming the learning rate up."""
     head_init: str = "lr"
-    """`lr`: start from a logistic regression fitted on frozen embeddings; `random`: a fresh head."""
+    """lr (from frozen embeddings) or random.
+
+    lr starts from a logistic regression fitted on frozen embeddings; random from a fresh head."""
     few_shot: bool = False
-    """Contrastive pair training of the encoder, then a logistic-regression head (for ~5-20 examples/class)."""
+    """Contrastive pair training, then a logistic-regression head.
+
+    For about 5-20 examples per class."""
     few_shot_steps: int = 150
+    """Contrastive batches (--few-shot)."""
     few_shot_lr: float = 2e-5
+    """Learning rate of the contrastive pair training (--few-shot)."""
     oos: bool = False
-    """Calibrate a confidence threshold on the validation split; `predict` answers `oos` below it."""
+    """Calibrate an out-of-scope threshold: label `oos`.
+
+    The threshold is calibrated on the validation split; `predict` answers `oos` below it."""
     oos_score: str = "maxprob"
-    """`maxprob` (highest softmax probability) or `energy` (logsumexp of the logits)."""
+    """maxprob or energy.
+
+    maxprob: the highest softmax probability; energy: the logsumexp of the logits."""
     oos_val_flag_rate: float = 0.03
-    """Share of in-scope validation texts the threshold may flag as `oos` (sets the threshold)."""
+    """Share of in-scope val texts the threshold may flag."""
     min_per_class: int = 2
-    """Refuse labels with fewer training examples than this."""
+    """Refuse labels with fewer examples."""
     patience: int = 2
-    """Stop after this many epochs without a better validation accuracy."""
+    """Epochs without improvement before stopping.
+
+    Improvement: a better validation accuracy."""
     max_minutes: float | None = None
-    """Stop fine-tuning after this long (the best epoch so far is kept)."""
+    """Stop fine-tuning after this.
+
+    The best epoch so far is kept."""
     encoding: str = "utf-8"
+    """Text encoding of the data files."""
     seed: int = 0
+    """Seed of the split, the head and the training order."""
     threads: int | None = None
+    """Compute threads [default: the free cores, never more]."""
     overwrite: bool = False
+    """Replace --out if it exists."""
 
 
 @dataclass
 class CompressConfig:
     teacher: str
-    """A classifier directory from `slm classify train`."""
+    """A classifier dir from `slm classify train`."""
     data: str
-    """The labelled training file (the teacher's, normally)."""
+    """The labelled training file (the teacher's)."""
     out: str
+    """Model directory to write."""
     student: str | None = None
-    """Distill: the student encoder (catalog name or dir); None = a copy of the teacher (prune)."""
+    """The student encoder (default minilm-l6).
+
+    A catalog name or dir; None = a copy of the teacher (what `slm prune` does)."""
     layers: int | None = None
-    """Keep this many encoder layers (evenly spaced, first and last kept); None = all."""
+    """Encoder layers to keep (evenly spaced).
+
+    Of the student (for `slm prune` a copy of the teacher); first and last kept; None = all."""
     trim_vocab: bool = True
+    """Keep only tokens the data uses."""
     unlabeled: str | None = None
-    """Extra texts, one per line (.txt) or in the text column (.csv/.jsonl), taught by the teacher only."""
+    """Extra texts (.txt lines, .csv/.jsonl) for the teacher.
+
+    One per line (.txt) or in the text column (.csv/.jsonl), taught by the teacher only."""
     epochs: int = 3
+    """Healing / distillation epochs."""
     lr: float = 1e-4
+    """Peak learning rate."""
     head_lr: float = 5e-4
+    """Learning rate of the classification head."""
     batch_size: int = 32
+    """Texts per training batch."""
     temperature: float = 2.0
+    """Softmax temperature of the distillation loss."""
     alpha: float = 0.5
-    """Weight of the distillation loss; 1 - alpha goes to the labels."""
+    """Weight of the distillation loss (the rest: labels)."""
     text_col: str | None = None
+    """Column / field holding the text (default: the teacher's)."""
     label_col: str | None = None
+    """Column / field holding the label (default: the teacher's)."""
     patience: int = 2
+    """Epochs without improvement before stopping."""
     seed: int = 0
+    """Seed of the head and the training order."""
     threads: int | None = None
+    """Compute threads [default: the free cores, never more]."""
     overwrite: bool = False
+    """Replace --out if it exists."""

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from slmforge.cli.render import console, out
 from slmforge.core.errors import SlmError
-
-console = Console(stderr=True, soft_wrap=True)
-out = Console(width=None if sys.stdout.isatty() else 160)
 
 keys_app = typer.Typer(
     help="API keys for `slm serve`: create (shown once), list, revoke.", no_args_is_help=True
@@ -195,10 +191,3 @@ def _summary(records, as_json: bool) -> None:
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def register(app: typer.Typer) -> None:
-    """Add `serve`, `keys` and `audit` to the `slm` command."""
-    app.command("serve")(serve)
-    app.add_typer(keys_app, name="keys")
-    app.command("audit")(audit)

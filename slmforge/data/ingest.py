@@ -37,25 +37,33 @@ TRAIN, VAL, STATS = "train.jsonl", "val.jsonl", "stats.json"
 @dataclass
 class IngestConfig:
     paths: list[str]
-    """Files or folders to read; folders are walked recursively (.txt .md .rst .html .jsonl .csv)."""
+    """Files or folders (recursive) of .txt .md .rst .html .jsonl .csv documents."""
     out: str
-    """Output directory for train.jsonl, val.jsonl and stats.json."""
+    """Output dir: train.jsonl, val.jsonl, stats.json."""
     text_field: str = "text"
-    """Field holding the text in .jsonl records."""
+    """JSON field with the text in .jsonl files."""
     text_column: str = "text"
-    """Column holding the text in .csv files (first row is the header)."""
+    """Column holding the text in .csv files.
+
+    The first row is the header."""
     redact_pii: bool = False
-    """Replace emails, phone numbers, card numbers and IBANs with [EMAIL] [PHONE] [CARD] [IBAN]."""
+    """Replace emails, phones, card numbers, IBANs with [EMAIL] [PHONE] [CARD] [IBAN]."""
     val_fraction: float = 0.05
-    """Share of documents held out for validation, in [0, 1); chosen by content hash."""
+    """Share of documents held out for validation, in [0, 1).
+
+    Chosen by content hash."""
     near_dup_threshold: float = 0.8
-    """Estimated Jaccard similarity of word 5-grams at or above which a document is a near duplicate."""
+    """Word 5-gram Jaccard similarity that makes a near duplicate.
+
+    The similarity is estimated (MinHash); at or above this a document is a near duplicate."""
     min_chars: int = 20
-    """Documents shorter than this after normalisation are dropped."""
+    """Drop documents shorter than this after cleaning."""
     seed: int = 0
-    """Seed mixed into the split hash; another seed gives another (equally deterministic) split."""
+    """Seed of the content-hash train/val split.
+
+    Another seed gives another (equally deterministic) split."""
     overwrite: bool = False
-    """Replace `out` if it already exists and is not empty."""
+    """Replace --out if it exists and is not empty."""
 
 
 def _validate(cfg: IngestConfig) -> None:

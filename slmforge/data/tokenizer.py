@@ -41,20 +41,22 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class TokenizerConfig:
-    """What `slm tokenizer train` needs.
-
-    data: a dataset dir from `slm data ingest` (train.jsonl, val.jsonl) or one .txt / .jsonl file.
-    out: the directory to write the tokenizer into.
-    vocab_size: tokens in the vocabulary, special tokens included (260 … 262144).
-    min_frequency: a pair is merged only if it occurs at least this often.
-    overwrite: replace `out` if it already holds something.
-    """
+    """What `slm tokenizer train` needs."""
 
     data: str
+    """Dataset dir from `slm data ingest`, or one .txt/.jsonl file."""
     out: str
+    """Where to write it [default: $SLMFORGE_HOME/tokenizers/<data>-<vocab-size>].
+
+    The default is the CLI's; from Python it is required."""
     vocab_size: int = 8192
+    """Tokens in the vocabulary (260 … 262144).
+
+    Special tokens included."""
     min_frequency: int = 2
+    """Merge only pairs seen this often."""
     overwrite: bool = False
+    """Replace --out if it exists."""
 
 
 def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> dict:

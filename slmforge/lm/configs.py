@@ -10,32 +10,57 @@ from slmforge.train.run import MAY_CHANGE, RunConfig
 @dataclass
 class PretrainConfig(RunConfig):
     data: str
-    """Dataset directory written by `slm data ingest` (train.jsonl, val.jsonl)."""
+    """Dataset dir from `slm data ingest`.
+
+    It holds train.jsonl and val.jsonl."""
     out: str
-    """Run directory: config, metrics.jsonl, loss.png, ckpt/ and the final model/."""
+    """Run dir (config, metrics.jsonl, loss.png, ckpt/, model/)."""
     tokenizer: str | None = None
-    """Tokenizer directory (`slm tokenizer train`); not used with --init, which brings its own."""
+    """Tokenizer dir (fresh models).
+
+    From `slm tokenizer train`; not used with --init, which brings its own."""
     depth: str = "4"
-    """Ladder depth (2-32) or a named size (nano=4, micro=6, mini=8, small=12, base=16)."""
+    """Ladder depth 2-32 or nano/micro/mini/small/base.
+
+    The named sizes are depths too: nano=4, micro=6, mini=8, small=12, base=16."""
     init: str | None = None
-    """Continue pretraining this HF causal LM (catalog name, local dir or hub id) instead of a fresh model."""
+    """Continue pretraining this HF causal LM.
+
+    A catalog name, local dir or hub id, instead of a fresh model."""
     seq_len: int = 256
+    """Tokens per training sequence."""
     batch_size: int | None = None
-    """Sequences per micro-batch per process (default: the ladder's, 16)."""
+    """Sequences per micro-batch per process.
+
+    Default: the ladder's (16)."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step; global batch = batch_size × grad_accum × processes."""
+    """Micro-batches per optimizer step.
+
+    The global batch is batch_size × grad_accum × processes."""
     lr: float | None = None
-    """Peak learning rate (default: the ladder's for fresh models, 3e-5 for --init)."""
+    """Peak learning rate (default from the ladder).
+
+    With --init the default is 3e-5."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at this fraction of the peak learning rate."""
     warmup_steps: int | None = None
-    """Linear warmup steps (default: 5% of the steps, at most 200)."""
+    """Warmup steps (default 5%, ≤200).
+
+    Linear warmup from zero to the peak learning rate."""
     weight_decay: float = 0.1
+    """AdamW weight decay of the matrices (norms and biases get none)."""
     grad_clip: float = 1.0
+    """Clip the gradient norm to this before each optimizer step."""
     tokens: int | None = None
-    """Training tokens (default: 20 per parameter for fresh models, one epoch for --init)."""
+    """Training tokens (default: 20 per parameter).
+
+    With --init the default is one epoch of the data."""
     eval_windows: int = 64
+    """Validation windows of seq_len tokens scored at each evaluation."""
     compile: bool = field(default=False, metadata=MAY_CHANGE)
-    """torch.compile the model (faster steps after a one-off compile)."""
+    """torch.compile the model.
+
+    Faster steps after a one-off compile."""
     # the run block's intervals: pretraining evaluates and checkpoints less often than RunConfig's 50 steps
     eval_every: int = field(default=100, kw_only=True, metadata=MAY_CHANGE)
     """Steps between val loss / bits-per-byte."""
@@ -46,88 +71,135 @@ class PretrainConfig(RunConfig):
 @dataclass
 class FinetuneConfig(RunConfig):
     model: str
-    """Base causal LM: catalog name (`slm pull`), local directory or hub id; full precision."""
+    """Base causal LM: catalog name, local dir or hub id (full precision)."""
     data: str
-    """JSONL of {"messages": [...]} or {"prompt": ..., "completion": ...} rows."""
+    """JSONL of {"messages": [...]} or {"prompt", "completion"} rows."""
     out: str
-    """Run directory: config.json, metrics.jsonl, loss.png, ckpt/ and model/ (full) or adapter/."""
+    """Run dir (config, metrics.jsonl, ckpt/, model/ or adapter/).
+
+    Also loss.png; full fine-tuning writes model/, LoRA and prompt tuning adapter/."""
     method: str = "lora"
     """full, lora or prompt-tuning."""
     val_data: str | None = None
-    """Optional held-out JSONL of the same shape: masked val loss on a schedule."""
+    """Held-out JSONL: masked val loss on a schedule.
+
+    The same shape as --data."""
     chat_template: str | None = None
-    """A Jinja chat template file, for tokenizers without one (or to replace theirs)."""
+    """Jinja chat template file to use.
+
+    For tokenizers without one, or to replace theirs."""
     seq_len: int = 512
-    """Tokens per training sequence (capped at the model's context)."""
+    """Tokens per sequence (capped at the model's context)."""
     pack: bool = True
-    """Concatenate whole examples into seq_len windows (not for prompt tuning, whose prompt leads each row)."""
+    """Pack whole examples into --seq-len windows.
+
+    Not for prompt tuning, whose learned prompt leads each row."""
     on_bad_line: str = "stop"
-    """stop (one error naming the first bad line and the count) or skip (skip and count them)."""
+    """stop (error) or skip malformed lines.
+
+    stop names the first bad line and the count; skip counts them."""
     on_long: str = "truncate"
-    """truncate sequences longer than seq_len (counted) or error."""
+    """truncate (counted) or error on long sequences."""
     epochs: float = 1.0
+    """Passes over the data (unless --max-steps)."""
     batch_size: int = 8
+    """Sequences per micro-batch."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     lr: float | None = None
-    """Peak learning rate (default: 5e-5 full, 2e-4 LoRA, 3e-2 prompt tuning)."""
+    """Peak lr (default 5e-5 full, 2e-4 LoRA, 3e-2 prompt)."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at this fraction of the peak learning rate."""
     warmup_steps: int | None = None
-    """Linear warmup steps (default: 5% of the steps, at most 100)."""
+    """Warmup steps (default 5%, ≤100)."""
     weight_decay: float = 0.0
+    """AdamW weight decay of the trained matrices (norms and biases get none)."""
     grad_clip: float = 1.0
+    """Clip the gradient norm of the trained parameters to this before each optimizer step."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scale numerator (scale = alpha / r)."""
     lora_dropout: float = 0.05
+    """Dropout on the LoRA branch's input, in [0, 1)."""
     lora_targets: str = "all-linear"
-    """Comma-separated module names (e.g. q_proj,v_proj) or all-linear (every projection but the LM head)."""
+    """Comma-separated modules (q_proj,v_proj) or all-linear.
+
+    all-linear is every projection but the LM head."""
     virtual_tokens: int = 20
-    """Prompt tuning: learned embeddings put before every input."""
+    """Prompt tuning: learned tokens.
+
+    Learned embeddings put before every input."""
 
 
 @dataclass
 class DistillLMConfig(RunConfig):
     teacher: str
-    """Teacher causal LM: catalog name, local directory or hub id (logit: full precision)."""
+    """Teacher causal LM: catalog name, local dir or hub id (logit: full precision)."""
     data: str
-    """JSONL of {"messages": [...]} or {"prompt": ..., "completion": ...} rows (sequence: the prompts)."""
+    """JSONL of chat or prompt/completion rows (loss on the assistant tokens; --method sequence: the prompts).
+    """
     out: str
-    """Run directory (see the module docstring)."""
+    """Run dir to write.
+
+    model/ (plain transformers, chat template and EOS), the metrics and checkpoints of `slm finetune`, and the
+    KL to the teacher before and after."""
     student: str | None = None
-    """Student causal LM (catalog name, directory or hub id); or use student_depth."""
+    """A causal LM for a causal-LM teacher.
+
+    Catalog name, dir or hub id; or build one with student_depth."""
     student_depth: int | None = None
-    """Build the student: a Llama with the teacher's tokenizer and shape, this many layers."""
+    """Build the student, a Llama with the teacher's tokenizer and width and N layers, initialised from the
+    teacher's embeddings and N evenly spaced layers."""
     student_from: str | None = None
-    """With student_depth: cut the student's weights from this model instead of the teacher, e.g. the
-    teacher's base before fine-tuning, so that SFT alone on the same student does not start from the
-    teacher's task training. Same tokenizer and width as the teacher."""
+    """With --student-depth: cut the student from this model (e.g. the teacher's base before fine-tuning)
+    instead of the teacher; same tokenizer and width.
+
+    So that SFT alone on the same student does not start from the teacher's task training."""
     method: str = "logit"
-    """logit (KL to the teacher's logits + CE; same tokenizer) or sequence (train on teacher completions)."""
+    """logit (KL to the teacher's logits + cross-entropy; needs the teacher's tokenizer) or sequence
+    (fine-tune on the teacher's greedy completions; any tokenizer)."""
     temperature: float = 2.0
-    """Softmax temperature of the KL term (logit)."""
+    """Softmax temperature of the distillation loss."""
     alpha: float = 0.5
-    """Weight of the KL term; 1 - alpha weighs the cross-entropy on the data's own tokens (logit)."""
+    """Weight of the distillation loss (the rest: labels).
+
+    Logit: 1 - alpha weighs the cross-entropy on the data's own tokens."""
     kd_on: str = "completion"
-    """Logit: where the KL term is taken: completion (the assistant tokens) or all (every real token)."""
+    """Logit: take the KL on the completion tokens, or on all tokens (prompt too)."""
     kd_top_k: int = 0
-    """Logit: match only the teacher's k most likely tokens per position (their softmax at T, renormalised;
-    the student keeps its full softmax, so mass it puts elsewhere is penalised); 0 = the whole vocabulary.
-    At T > 1 a large vocabulary otherwise spreads the teacher's mass over a long tail of unlikely tokens."""
+    """Logit: match only the teacher's k most likely tokens per position (renormalised at --temperature); 0 =
+    the whole vocabulary.
+
+    The student keeps its full softmax, so mass it puts elsewhere is penalised. At T > 1 a large vocabulary
+    otherwise spreads the teacher's mass over a long tail of unlikely tokens."""
     kd_hidden: float = 0.0
-    """Logit: weight of the intermediate-state term (1 − cosine between each student layer's output and its
-    source teacher layer's, every real token); 0 = logits only. Needs the teacher's hidden size."""
+    """Logit: weight of an intermediate-state term (1 - cosine between each student layer's output and that of
+    the teacher layer it was cut from, every token); 0 = logits only.
+
+    Needs the teacher's hidden size."""
     val_data: str | None = None
-    """Held-out JSONL: finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
+    """Held-out JSONL for the val loss and the KL report.
+
+    Finetune's masked val loss on a schedule, and the before/after KL to the teacher."""
     max_new_tokens: int = 256
-    """Sequence: the longest teacher completion, in tokens."""
+    """--method sequence: the longest teacher completion, in tokens."""
     teacher_backend: str = "auto"
-    """Sequence: the backend the teacher generates on (auto: the fastest measured; see slmforge.infer.engines)."""
+    """--method sequence: auto, ort, torch or llama.cpp for the teacher.
+
+    auto: the fastest measured (slmforge.infer.engines)."""
     teacher_precision: str = "int8"
-    """Sequence: the teacher's weights on the ort backend (int8, int4 or fp32)."""
+    """--method sequence: the teacher's weights on the ort backend (int8, int4 or fp32)."""
     seq_len: int = 512
+    """Tokens per training sequence."""
     epochs: float = 1.0
+    """Passes over the data."""
     batch_size: int = 8
+    """Sequences per batch."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     lr: float = 1e-4
+    """Peak learning rate."""
     kl_examples: int = field(default=32, metadata=MAY_CHANGE)
     """Examples (of val_data, else data) on which the KL to the teacher is measured before and after."""
     # the run block's time budget, with distillation's own help: the teacher's generation is not counted
@@ -138,9 +210,10 @@ class DistillLMConfig(RunConfig):
 @dataclass
 class MergeConfig:
     adapter: str
-    """A LoRA adapter dir (`slm finetune --method lora` writes RUN/adapter; the run dir works too)."""
+    """LoRA adapter dir (or the finetune run dir holding adapter/)."""
     out: str
-    """Where the merged plain transformers model goes."""
+    """Directory for the merged transformers model."""
     base: str | None = None
-    """The full-precision base (default: the one the adapter records)."""
+    """Full-precision base (default: the one recorded)."""
     overwrite: bool = False
+    """Replace an existing --out."""

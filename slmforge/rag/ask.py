@@ -39,21 +39,36 @@ SYSTEM = (
 
 @dataclass
 class AskConfig:
-    """index/store: as for search. k: chunks retrieved. min_cosine: the relevance gate (None: the default
-    for the index's model). context_tokens: budget for system prompt + sources + question."""
+    """What `slm rag ask` needs."""
 
     index: str
+    """An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store."""
     question: str
+    """The question."""
     model: str = "smollm2-135m-instruct"
+    """A catalog name, model dir, or hub id."""
     store: str | None = None
+    """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
     mode: str = "hybrid"
+    """Retrieval: hybrid, bm25 or vector."""
     k: int = 4
+    """Chunks to retrieve."""
     min_cosine: float | None = None
+    """Abstain below this best cosine similarity [default: calibrated].
+
+    The relevance gate; None: the default for the index's model."""
     context_tokens: int = 1024
+    """Prompt budget: sources + question.
+
+    The system prompt counts too."""
     max_new_tokens: int = 128
+    """Stop after this many new tokens."""
     path_filter: str | None = None
+    """Only files matching this."""
     tags: list[str] = field(default_factory=list)
+    """Only files with this tag (repeatable)."""
     threads: int | None = None
+    """Compute threads [default: the free cores, never more]."""
     repetition_penalty: float = 1.3
     """SmolLM2-135M loops ("The answer to your question is:" over and over) without it."""
     guard: str | None = None

@@ -24,13 +24,18 @@ from slmforge.core.errors import SlmError
 
 @dataclass
 class ChunkConfig:
-    """max_chars: upper bound of a chunk (~4 characters per token: 800 fits MiniLM's 256 tokens).
-    overlap: characters repeated from the end of the previous chunk of the same section.
-    min_chars: chunks with fewer non-space characters are dropped (rules, lone labels)."""
+    """How documents are cut into chunks (see the module docstring)."""
 
     max_chars: int = 800
+    """Largest chunk, in characters.
+
+    About 4 characters per token: 800 fits MiniLM's 256 tokens."""
     overlap: int = 100
+    """Characters shared by consecutive chunks of a section.
+
+    Repeated from the end of the previous chunk of the same section."""
     min_chars: int = 20
+    """Chunks with fewer non-space characters are dropped (rules, lone labels)."""
 
 
 @dataclass

@@ -32,18 +32,27 @@ EVAL_MODES = ("bm25", "vector", "hybrid", "hybrid-rrf")  # hybrid = the default 
 
 @dataclass
 class RagEvalConfig:
-    """modes: which retrieval modes to compare. model: also answer the questions with this model
-    (`ask`), scoring citations/exact/F1 where a query has `answer` and abstention where it is
-    unanswerable. limit: only the first N queries."""
+    """What `slm rag eval` needs."""
 
     index: str
+    """An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store."""
     queries: str
+    """JSONL: query, relevant docs/sections/chunks, answer."""
     store: str | None = None
+    """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
     modes: list[str] = field(default_factory=lambda: list(EVAL_MODES))
+    """Modes to compare: bm25, vector, hybrid (convex fusion), hybrid-rrf."""
     k: int = 10
+    """Results retrieved per query."""
     model: str | None = None
+    """Also answer with this model: citations, F1.
+
+    Scored on citations, exact match and F1 where a query has `answer`, and on abstention where it is
+    unanswerable."""
     min_cosine: float | None = None
+    """The relevance gate of the answers and the gate report [default: the one `slm rag ask` uses]."""
     limit: int | None = None
+    """Only the first N queries."""
 
 
 def evaluate_rag(cfg: RagEvalConfig, progress: bool = True) -> dict:

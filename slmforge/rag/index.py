@@ -35,32 +35,49 @@ RECHECK_BATCH = 2000  # stored chunks re-checked (and committed) per step
 
 @dataclass
 class RagIndexConfig:
-    """paths: files or folders (recursive) read by the ingest readers (.txt .md .rst .html .jsonl .csv).
-    index: a name (`$SLMFORGE_HOME/indexes/NAME.sqlite`), a .sqlite path, or the index's name inside
-    PostgreSQL when `store` is a postgresql:// URL.
-    embed_model: any sentence-transformers model (catalog name, directory or hub id); fixed per index.
-    runtime: onnx (default, exported once) or torch, for the embedding model.
-    tags: attached to every file indexed by this run (search can filter on them).
-    batch_files / batch_chunks: a batch is committed once it holds this many files or chunks.
-    guard: the injection check run on every chunk: rules (default), auto (also the built detector, if
-    there is one), none, or a detector directory (slmforge.rag.guarding says why rules is the default).
-    """
+    """What `slm rag index` needs."""
 
     paths: list[str]
+    """Files or folders (recursive): .txt .md .rst .html .jsonl .csv
+
+    Read by the ingest readers."""
     index: str
+    """An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store."""
     store: str | None = None
+    """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
     embed_model: str = "minilm-l6"
+    """Any sentence-transformers model.
+
+    A catalog name, directory or hub id; fixed per index."""
     runtime: str = "onnx"
+    """Embedding runtime: onnx, onnx-int8 or torch.
+
+    onnx is exported once."""
     max_chars: int = 800
+    """Largest chunk, in characters."""
     overlap: int = 100
+    """Characters shared by consecutive chunks of a section."""
     tags: list[str] = field(default_factory=list)
+    """Tag every file of this run (repeatable).
+
+    Search can filter on them."""
     text_field: str = "text"
+    """JSON field with the text in .jsonl files."""
     text_column: str = "text"
+    """Column holding the text in .csv files."""
     batch_files: int = 16
+    """A batch is committed once it holds this many files."""
     batch_chunks: int = 512
+    """A batch is committed once it holds this many chunks."""
     embed_batch_size: int = 32
+    """Chunks embedded per forward pass."""
     threads: int | None = None
+    """Compute threads [default: the free cores, never more]."""
     guard: str = "rules"
+    """Injection check on every chunk (flagged ones are quarantined): rules, auto (also the built detector; it
+    flags most documentation), none, or a detector directory.
+
+    slmforge.rag.guarding says why rules is the default."""
 
 
 @dataclass

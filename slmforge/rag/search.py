@@ -41,24 +41,39 @@ _STOP = frozenset(
 
 @dataclass
 class SearchConfig:
-    """index: a name, a .sqlite path, or the index name in PostgreSQL when `store` is a URL.
-    mode: hybrid (default), bm25 or vector. path_filter: substring, or glob when it holds * ? [.
-    embed_model: must be the index's own (default: the one the index records).
-    fusion (hybrid): convex (alpha x BM25 + (1 - alpha) x cosine, min-max normalised) or rrf.
-    include_flagged: also return the chunks the guard quarantined (each says so in `chunk.flag`)."""
+    """What `slm rag search` needs."""
 
     index: str
+    """An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store."""
     query: str
+    """What to look for."""
     mode: str = "hybrid"
+    """hybrid (BM25 + vectors, fused), bm25 or vector."""
     k: int = 10
+    """Results to show."""
     path_filter: str | None = None
+    """Only files whose path contains this (or matches it, if a glob).
+
+    A glob holds * ? or [."""
     tags: list[str] = field(default_factory=list)
+    """Only files with this tag (repeatable)."""
     store: str | None = None
+    """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
     embed_model: str | None = None
-    runtime: str | None = None  # default: the runtime the index was embedded with
+    """Must be the index's model [default: the one it records]."""
+    runtime: str | None = None
+    """The query encoder's runtime [default: the one the index was embedded with]."""
     fusion: str = "convex"
+    """hybrid: convex (alpha x BM25 + (1-alpha) x cosine, normalised) or rrf.
+
+    Each score is min-max normalised over its candidate list."""
     alpha: float = ALPHA
+    """hybrid, convex: weight of BM25 (0..1)."""
     include_flagged: bool = False
+    """Also show the chunks the injection guard quarantined (marked; answers never use them).
+
+    Each says so in `chunk.flag`. `slm rag search` shows them by default; from Python they are left out unless
+    asked for."""
 
 
 @dataclass

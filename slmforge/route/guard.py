@@ -111,22 +111,38 @@ class Verdict:
 @dataclass
 class RoutePolicy:
     pii: str = "redact"
+    """What personal data does to a request: block, redact, flag or allow."""
     injection: str = "block"
-    threshold: float | None = None  # None: the guard's threshold
-    detector: str | None = None  # None: the guard's detector
+    """What a detected prompt injection does: block, flag or allow."""
+    threshold: float | None = None
+    """Injection probability at or above which the classifier fires on this route; None: the guard's
+    threshold."""
+    detector: str | None = None
+    """A detector directory for this route; None: the guard's detector."""
 
 
 @dataclass
 class GuardConfig:
     detector: str | None = "auto"
-    threshold: float | None = None  # None (auto): the detector's validated threshold, else 0.5
+    """auto (the built detector if there is one, else rules only, with a warning), a classifier dir (torch or
+    ONNX, from `slm classify train/export`), or None: rules only."""
+    threshold: float | None = None
+    """Injection probability at or above which the classifier fires; None (auto): the detector's validated
+    threshold, else 0.5."""
     rules: bool = True
+    """Regular expressions for classic attacks (see RULES)."""
     threads: int = 1
+    """ONNX Runtime / torch threads per check."""
     window_chars: int = 500
+    """The classifier scores every window of this many characters (half overlapping)."""
     max_chars: int = MAX_CHARS
+    """A longer text is not scored at all: it is blocked with reason guard:too_long."""
     batch_size: int = 32
+    """Windows the classifier scores per forward pass."""
     default: RoutePolicy = field(default_factory=RoutePolicy)
+    """The policy of every route no entry of `routes` matches."""
     routes: dict[str, RoutePolicy] = field(default_factory=dict)
+    """Route name or glob (fnmatch) -> its policy; the first match wins."""
 
 
 def load_guard(cfg: dict | None) -> Guard:

@@ -56,43 +56,65 @@ NO_ANSWER = "I couldn't find this in our help pages."
 @dataclass
 class Branch:
     type: str
-    # rag
+    """rag, template, generate, cascade or human (see the module docstring)."""
     index: str | None = None
+    """rag: the index to search (a name, a .sqlite path, or its name in `store`)."""
     store: str | None = None
+    """rag: postgresql://… for an index in PostgreSQL [default: SQLite]."""
     mode: str = "hybrid"
+    """rag: hybrid, bm25 or vector retrieval."""
     k: int = 3
+    """rag: chunks retrieved."""
     path_filter: str | None = None
+    """rag: only files whose path contains (or, as a glob, matches) this; `{label}` is the predicted label."""
     tags: list[str] = field(default_factory=list)
+    """rag: only files with these tags; `{label}` is the predicted label."""
     min_cosine: float = 0.3
-    passages: int = 2  # extractive answers: the best this many passages, each cited
-    # rag (generative) and generate
+    """rag: below this best cosine similarity nothing is relevant enough and the fallback branch runs."""
+    passages: int = 2
+    """rag, extractive (no `model`): the answer is the best this many passages, each cited."""
     model: str | None = None
+    """rag: a generative SLM that answers from the passages (without it the answer is extractive); generate:
+    the SLM that answers; cascade: the bigger classifier."""
     system: str | None = None
+    """generate: the system prompt."""
     max_new_tokens: int = 128
+    """rag (generative), generate: longest answer, in tokens."""
     context_tokens: int = 1024
-    # template
+    """rag (generative): prompt budget, sources + question."""
     text: str | None = None
-    # cascade (model = the bigger classifier)
+    """template: the fixed reply; {label}, {confidence} and {text} are filled in."""
     min_confidence: float = 0.5
-    # human
+    """cascade: below this confidence of the bigger classifier the fallback branch runs."""
     queue: str = "support"
+    """human: the queue the question is handed to."""
     message: str = DEFAULT_HUMAN
+    """human: the reply that says a person will answer."""
 
 
 @dataclass
 class ClassifyStep:
     model: str
+    """The intent classifier: a dir from `slm classify train` (or its ONNX export)."""
     min_confidence: float = 0.5
+    """Below this confidence the low_confidence branch runs (else the fallback)."""
 
 
 @dataclass
 class PipelineConfig:
     name: str
+    """The pipeline's name (/v1/pipelines/NAME)."""
     classify: ClassifyStep
+    """The first step: the intent model."""
     routes: dict[str, Branch]
+    """Predicted label -> branch; "*" catches every other label."""
     low_confidence: Branch | None = None
+    """The branch for a label predicted below classify.min_confidence; None: the fallback."""
     fallback: Branch = field(default_factory=lambda: Branch(type="human"))
+    """The branch when no route takes the label, or the chosen branch finds nothing (RAG below min_cosine, an
+    unsure cascade)."""
     description: str = ""
+    """What the pipeline is for, in a sentence."""
 
 
 _REQUIRED = {"rag": ("index",), "template": ("text",), "generate": ("model",), "cascade": ("model",)}

@@ -59,39 +59,63 @@ ENDPOINTS = ("models", "chat", "completions", "embeddings", "classify", "rag", "
 @dataclass
 class AuthConfig:
     open_on_loopback: list[str] = field(default_factory=list)
-    # uvicorn believes X-Forwarded-For only from these (IPs or CIDRs); with none, the socket's peer is the
-    # client, so rotating the header from loopback cannot dodge the failed-key limiter
+    """Endpoints served without a key, to loopback clients only (e.g. [models])."""
     trusted_proxies: list[str] = field(default_factory=list)
+    """Proxy addresses / CIDRs whose X-Forwarded-For is believed (default: none).
+
+    uvicorn believes X-Forwarded-For only from these; with none, the socket's peer is the client, so rotating
+    the header from loopback cannot dodge the failed-key limiter."""
 
 
 @dataclass
 class LimitsConfig:
     max_body_bytes: int = 1 << 20
+    """Largest request body, in bytes (413 above)."""
     max_messages: int = 256
+    """Messages in one chat request (400 above, before any guard work)."""
     max_content_parts: int = 64
-    max_prompt_chars: int = 65536  # the guard scores at most this much text per check
+    """Content parts in one message (400 above)."""
+    max_prompt_chars: int = 65536
+    """Characters of a request's messages / prompt / question / each input (400 above).
+
+    The guard scores at most this much text per check."""
     max_stop_chars: int = 64
+    """Characters of each of the (at most 4) stop strings (400 above)."""
     max_tokens: int = 512
+    """Cap on a request's max_tokens (400 above)."""
     max_inputs: int = 256
+    """Texts in one classify / embeddings request (400 above)."""
     rate_per_minute: int = 600
+    """Requests per minute per key (a key may carry its own); 429 with Retry-After above."""
     burst: int = 60
+    """Requests a key may spend at once (its token bucket's size), refilled at rate_per_minute."""
     timeout_s: float = 60.0
+    """Seconds per request; 504 after."""
     queue_size: int = 64
+    """Requests admitted (running + waiting); 503 above."""
     generation_workers: int = 2
+    """Generations decoded at once; the rest wait in the queue."""
 
 
 @dataclass
 class AuditConfig:
     store_prompts: bool = False
-    log_json: bool = False  # also log each record as a JSON line (for a cluster's log collector)
-    retention_days: float = 90.0  # 0: keep forever
-    unauthenticated_per_minute: int = 60  # full records of keyless refusals per client and minute
+    """Store each request's prompt too, PII-redacted."""
+    log_json: bool = False
+    """Also log each record as one JSON line (slmforge.audit logger), for a cluster's log collector."""
+    retention_days: float = 90.0
+    """Records older than this are deleted at start and hourly; 0 keeps them forever."""
+    unauthenticated_per_minute: int = 60
+    """Refusals without a key (401/429): this many per client address and minute in full, the rest as one
+    summary record (count) per minute."""
 
 
 @dataclass
 class BatchConfig:
     max_size: int = 32
+    """Texts run in one batch at most."""
     max_wait_ms: float = 5.0
+    """Milliseconds a batch keeps collecting after its first request (a lone request waits at most this)."""
 
 
 @dataclass
@@ -101,32 +125,56 @@ class ModelConfig:
     `generator` (a chat model's name here, or a model path)."""
 
     name: str
+    """The name clients ask for (the `model` of a request)."""
     kind: str
+    """chat, classify, embeddings or rag."""
     path: str = ""
+    """chat: a causal LM (catalog name, directory or .gguf); classify: a classifier directory; embeddings: a
+    sentence-transformers model."""
     max_new_tokens: int = 128
-    runtime: str = "onnx"  # embeddings: onnx | onnx-int8 | torch
-    backend: str = "auto"  # chat: auto | ort | torch | llama.cpp (slmforge.infer.engines)
-    precision: str = "int8"  # chat on the ort backend: int8 | int4 | fp32
+    """Default cap on the tokens generated per request (chat, rag)."""
+    runtime: str = "onnx"
+    """embeddings: onnx, onnx-int8 or torch."""
+    backend: str = "auto"
+    """chat: auto, ort, torch or llama.cpp (slmforge.infer.engines)."""
+    precision: str = "int8"
+    """chat on the ort backend: int8, int4 or fp32."""
     index: str = ""
+    """rag: the index answered from (a name, a .sqlite path, or its name in `store`)."""
     generator: str = ""
+    """rag: the model that answers, a chat model's name here or a model path."""
     store: str | None = None
-    upstream: str = ""  # chat: an OpenAI-compatible base URL (vLLM ...) that decodes instead of slmforge
-    upstream_model: str = ""  # the model's name there (default: name)
-    upstream_key_env: str = ""  # an environment variable holding the upstream's API key, if it wants one
+    """rag: postgresql://… for an index in PostgreSQL [default: SQLite]."""
+    upstream: str = ""
+    """chat: an OpenAI-compatible base URL (vLLM ...) that decodes instead of slmforge."""
+    upstream_model: str = ""
+    """The model's name upstream (default: name)."""
+    upstream_key_env: str = ""
+    """An environment variable holding the upstream's API key, if it wants one."""
     batch: BatchConfig = field(default_factory=BatchConfig)
+    """classify, embeddings: how requests are micro-batched."""
 
 
 @dataclass
 class ServeConfig:
     models: list[ModelConfig] = field(default_factory=list)
+    """The served models (see ModelConfig)."""
     host: str = "127.0.0.1"
+    """The address to listen on (`slm serve --host` overrides it)."""
     port: int = 8000
+    """The port to listen on (`slm serve --port` overrides it)."""
     threads: int | None = None
+    """Torch / ONNX threads per worker (default: the free cores)."""
     auth: AuthConfig = field(default_factory=AuthConfig)
+    """Keys and who may skip them (see AuthConfig)."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """Request size, rate and concurrency limits (see LimitsConfig)."""
     audit: AuditConfig = field(default_factory=AuditConfig)
+    """The audit log: one record per request in the workspace DB (see AuditConfig)."""
     guard: dict | None = None
+    """A slmforge.route.guard config (block / redact / flag per route); None: the guard's defaults."""
     pipelines: str | dict | None = None
+    """A pipelines YAML file (or its parsed dict) for /v1/pipelines (slmforge.route.pipeline)."""
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

@@ -19,52 +19,86 @@ TASKS = ("perplexity", "generation", "classification", "multiple-choice")
 @dataclass
 class EvalConfig:
     models: list[str]
-    """Models: catalog names, local HF dirs or hub ids. The first is the baseline for the change column."""
-    data: list[str] = field(default_factory=list)
-    """Dataset dirs (val split), .jsonl (text field) or .txt files."""
+    """Models to compare; the first is the baseline. MODEL@5shot: this model gets 5 shots (overrides --shots).
+
+    Catalog names, local HF dirs or hub ids; the first is the baseline of the change column."""
+    data: list[str]
+    """Dataset dir (val split), .jsonl, .csv or .txt; repeatable.
+
+    A .jsonl file's text field is scored for perplexity."""
     task: str = "perplexity"
-    seq_len: int = 512
-    """Tokens per scored window (non-overlapping)."""
-    max_tokens: int = 32768
-    """Score at most this many tokens per data source (the same text for every model)."""
-    batch_size: int = 4
+    """perplexity, generation, classification or multiple-choice."""
+    seq_len: int = field(default=512, metadata={"family": "causal LM"})
+    """Perplexity: tokens per scored window.
+
+    The windows do not overlap."""
+    max_tokens: int = field(default=32768, metadata={"family": "causal LM"})
+    """Perplexity: tokens scored per data source.
+
+    The same text for every model."""
+    batch_size: int = field(default=4, metadata={"family": "causal LM"})
+    """Perplexity: windows per forward pass."""
     threads: int | None = None
-    device: str = "auto"
+    """Compute threads (default: free cores)."""
+    device: str = field(default="auto", metadata={"family": "causal LM"})
+    """Perplexity: auto, cpu or cuda."""
     text_col: str | None = None
-    """Classification: the text column (default: the one the model was trained with)."""
+    """Prompt column / JSONL key.
+
+    Classifiers: default the one the model was trained with."""
     label_col: str | None = None
-    report_dir: str | None = None
-    """Classification: write metrics.json, per_class.json and confusion.png here (one subdir per row)."""
-    unseen_as_oos: bool = False
-    """Classification: score labels the model never saw as out-of-scope instead of refusing the file."""
-    latency_queries: int = 200
-    """Classification: single queries timed for the p50 / p95 latency."""
+    """Answer / label column / JSONL key."""
+    report_dir: str | None = field(default=None, metadata={"family": "classifier"})
+    """Classifiers: write metrics, per-class report, confusion.png here.
+
+    One subdir per (model, data) row: metrics.json, per_class.json, confusion.png."""
+    unseen_as_oos: bool = field(default=False, metadata={"family": "classifier"})
+    """Classifiers: score labels the model never saw as `oos`.
+
+    Instead of refusing the file."""
+    latency_queries: int = field(default=200, metadata={"family": "classifier"})
+    """Classifiers: single queries timed for p50/p95."""
     # causal-LM tasks (generation, classification / multiple-choice by log-likelihood): see gen_eval
-    backend: str = "auto"
-    """Generation engine: auto (ONNX Runtime GenAI on CPU), ort, torch or llama.cpp."""
-    precision: str = "int8"
-    """The ort backend's weights: int8, int4 or fp32."""
-    max_new_tokens: int = 32
-    limit: int | None = None
-    """Evaluate a seeded sample of this many items per data file."""
-    seed: int = 0
-    shots: int = 0
-    shots_from: str | None = None
-    """File the `shots` examples are drawn from (seeded), shown as earlier user/assistant turns."""
-    instruction: str | None = None
+    backend: str = field(default="auto", metadata={"family": "causal LM"})
+    """Generation: auto, ort, torch or llama.cpp.
+
+    auto: ONNX Runtime GenAI on CPU."""
+    precision: str = field(default="int8", metadata={"family": "causal LM"})
+    """ort weights: int8, int4 or fp32."""
+    max_new_tokens: int = field(default=32, metadata={"family": "causal LM"})
+    """Generation: longest answer."""
+    limit: int | None = field(default=None, metadata={"family": "causal LM"})
+    """Evaluate a seeded sample of N items.
+
+    Per data file."""
+    seed: int = field(default=0, metadata={"family": "causal LM"})
+    """Seed for --limit and --shots."""
+    shots: int = field(default=0, metadata={"family": "causal LM"})
+    """Examples shown before each prompt (needs --shots-from)."""
+    shots_from: str | None = field(default=None, metadata={"family": "causal LM"})
+    """File the shots are drawn from.
+
+    Seeded; shown as earlier user/assistant turns."""
+    instruction: str | None = field(default=None, metadata={"family": "causal LM"})
     """System prompt text."""
-    labels_from: str | None = None
-    """Allowed labels (.json list, .txt lines, or a labelled .csv/.jsonl): listed in the system prompt and,
-    for classification, the candidates scored."""
-    chat: bool = True
-    latency_items: int = 20
-    """Items timed one request at a time for p50 / p95 latency (batched backends)."""
-    gen_batch_size: int = 16
+    labels_from: str | None = field(default=None, metadata={"family": "causal LM"})
+    """Allowed labels (.json list, .txt, or a labelled .csv/.jsonl).
+
+    Listed in the system prompt and, for classification, the candidates scored."""
+    chat: bool = field(default=True, metadata={"family": "causal LM"})
+    """Use the tokenizer's chat template."""
+    latency_items: int = field(default=20, metadata={"family": "causal LM"})
+    """Items timed one at a time for p50/p95.
+
+    One request at a time, for the batched backends too."""
+    gen_batch_size: int = field(default=16, metadata={"family": "causal LM"})
     """Equal-length prompts decoded together on the ort backend."""
-    price_per_hour: float = 0.10
-    """USD per hour of the machine (default: a small 2-vCPU cloud VM), for the cost per 1,000 requests."""
-    isolate: bool = True
-    """Run each model in a fresh process, so its peak memory is its own."""
+    price_per_hour: float = field(default=0.10, metadata={"family": "causal LM"})
+    """Machine price (USD/hour) for the cost per 1,000 requests.
+
+    The default is a small 2-vCPU cloud VM."""
+    isolate: bool = field(default=True, metadata={"family": "causal LM"})
+    """One fresh process per model (its own peak memory)."""
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> list[dict]:

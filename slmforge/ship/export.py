@@ -43,16 +43,23 @@ VERIFY_TEXTS = [
 @dataclass
 class ExportConfig:
     model: str
-    """A classifier dir (`slm classify train`), or an encoder: catalog name or directory."""
+    """A classifier dir, an encoder, or a causal LM (catalog name or dir).
+
+    A classifier dir from `slm classify train`; an encoder such as minilm-l6."""
     out: str
+    """Directory to write (model.onnx or model.gguf, …)."""
     format: str = "onnx"
+    """onnx (encoders, classifiers; causal LMs with KV cache) or gguf (Llama LMs)."""
     opset: int = 17
+    """ONNX opset (encoders)."""
     verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
+    """Texts the source and the export are both run on to check they agree."""
     tolerance: float = 1e-3
     """Largest |difference| between the source's and the export's outputs that passes verification."""
     overwrite: bool = False
+    """Replace --out if it exists."""
     quant: str = "q8_0"
-    """GGUF only: f32, f16, q8_0 or q4_0."""
+    """GGUF weights: f32, f16, q8_0 or q4_0."""
 
 
 def export(cfg: ExportConfig) -> dict:

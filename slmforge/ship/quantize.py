@@ -36,27 +36,42 @@ HELDOUT_WINDOWS = 64
 @dataclass
 class QuantizeConfig:
     model: str
-    """An ONNX dir from `slm export`, or a classifier / encoder dir (exported to ONNX first)."""
+    """A causal LM (catalog name or dir), an ONNX dir from `slm export`, or a classifier / encoder.
+
+    A classifier or encoder dir is exported to ONNX first."""
     out: str
+    """Directory to write."""
     scheme: str = "int8"
+    """int8, or int4 (causal LMs: weight-only, ONNX Runtime GenAI MatMulNBits)."""
     per_channel: bool = True
-    """One scale per output channel (cosine 0.992 vs 0.964 per-tensor on MiniLM; slightly slower)."""
+    """Weight scales per channel.
+
+    One scale per output channel: cosine 0.992 vs 0.964 per-tensor on MiniLM; slightly slower."""
     weight_type: str = "uint8"
-    """`uint8` or `int8` weights. int8 weights run ORT's u8s8 kernels, which saturate on x86 CPUs without
-    AVX-512 VNNI (measured on an AVX2 EPYC: a MiniLM classifier's top-1 agreement with fp32 fell to 67 %);
-    uint8 weights (u8u8 kernels) stay faithful on every CPU."""
+    """uint8 (faithful on every x86) or int8 (needs AVX-512 VNNI).
+
+    int8 weights run ORT's u8s8 kernels, which saturate on x86 CPUs without AVX-512 VNNI (measured on an AVX2
+    EPYC: a MiniLM classifier's top-1 agreement with fp32 fell to 67 %); uint8 weights (u8u8 kernels) stay
+    faithful on every CPU."""
     verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
+    """Texts the int8 and the fp32 model are both run on to check they agree."""
     min_cosine: float = 0.95
     """Refuse (write nothing) when the mean cosine between int8 and fp32 outputs falls below this."""
     overwrite: bool = False
+    """Replace --out if it exists."""
     calib: str | None = None
-    """Causal LMs, int4: calibration text for GPTQ (.txt/.md/.rst, or .jsonl with a "text" field), ideally
-    like the text the model will see; default: the Python documentation's tutorial and HOWTO pages."""
+    """Causal LMs, int4: calibration text for GPTQ (txt/md/rst, or jsonl with 'text') [default: the Python
+    docs' tutorial and HOWTOs].
+
+    Ideally like the text the model will see."""
     heldout: str | None = None
-    """Causal LMs: held-out text (same formats) on which perplexity is measured before and after; default:
-    a sample of the Python documentation's library pages. Keep it apart from --calib."""
+    """Causal LMs: held-out text for the perplexity check [default: Python docs library pages].
+
+    The same formats as --calib; perplexity is measured on it before and after. Keep it apart from --calib."""
     method: str = "gptq"
-    """Causal LMs, int4: `gptq` (error-compensating, calibrated) or `rtn` (round to nearest, no data)."""
+    """Causal LMs, int4: gptq (calibrated, error-compensating) or rtn.
+
+    rtn: round to nearest, no data."""
 
 
 def quantize(cfg: QuantizeConfig) -> dict:

@@ -1,0 +1,210 @@
+"""`slm rag index / search / quarantine / ask / eval`: retrieval over your documents (slmforge.rag)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from slmforge.cli.options import Opts, options
+from slmforge.cli.render import console, out, table, warnings_to_console
+
+rag_app = typer.Typer(help="Retrieval-augmented generation over your documents.", no_args_is_help=True)
+TAGS = {"tags": "--tag"}  # repeatable: one tag per flag
+
+
+@rag_app.command("index")
+@options(
+    Opts("slmforge.rag.index:RagIndexConfig", args=("paths",), rename={**TAGS, "max_chars": "--chunk-chars"},
+         exclude=("batch_files", "batch_chunks", "embed_batch_size"))
+)  # fmt: skip
+def rag_index(cfg) -> None:
+    """Index documents for retrieval (incremental: only new or changed files are embedded again)."""
+    from slmforge.rag.index import build_index
+
+    r = build_index(cfg)
+    skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.skipped.items() if v) or "none"
+    if r.guard == "none":
+        guarded = f"none: {r.unchecked_total:,} chunks unchecked"
+    else:
+        rechecked = f", {r.chunks_rechecked:,} stored chunks re-checked" if r.chunks_rechecked else ""
+        guarded = (
+            f"{r.guard}: {r.flagged_total:,} chunks quarantined ({r.chunks_flagged:,} flagged by this run"
+            f"{rechecked}; {r.guard_seconds:.1f} s)"
+        )
+        if r.flagged_total:
+            guarded += f"; list them with `slm rag quarantine {cfg.index}`"
+        if "detector" in r.guard and r.flagged_total > 0.2 * max(r.chunks_total, 1):
+            console.print(
+                f"[yellow]warning:[/yellow] the detector quarantined {r.flagged_total:,} of {r.chunks_total:,} "
+                "chunks: it is trained on chat messages, not documents; re-index with --guard rules",
+                highlight=False,
+            )
+    table(
+        "rag index",
+        {
+            "index": r.location,
+            "files": f"{r.files_seen:,} seen: {r.files_indexed:,} indexed, {r.files_unchanged:,} unchanged, "
+            f"{r.files_deleted:,} deleted",
+            "skipped": skipped,
+            "hidden HTML dropped": f"{r.hidden_html:,} elements",
+            "chunks": f"{r.chunks_total:,} ({r.chunks_added:,} added)",
+            "guard": guarded,
+            "size": f"{r.size_bytes / 1e6:.1f} MB",
+            "seconds": f"{r.seconds:.1f}",
+        },
+    )
+
+
+@rag_app.command("search")
+@options(
+    Opts("slmforge.rag.search:SearchConfig", args=("index", "query"), exclude=("runtime",),
+         rename={**TAGS, "include_flagged": "--flagged/--hide-flagged"},
+         defaults={"include_flagged": True})  # the CLI shows quarantined chunks, marked; Python callers do not
+)  # fmt: skip
+def rag_search(cfg) -> None:
+    """Search an index: the best chunks with their file, section and score."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from slmforge.rag.search import search
+
+    warnings_to_console()
+    res = search(cfg)
+    t = Table(title=f"{cfg.mode} search: {len(res.hits)} hits in {res.seconds * 1000:.1f} ms")
+    for col in ("#", "score", "file", "section", "text"):
+        t.add_column(col, overflow="fold")
+    for i, h in enumerate(res.hits, 1):
+        # Document text is shown as plain text: a chunk must not restyle (or hide) itself with markup.
+        snippet = Text(" ".join(h.chunk.text.split())[:160])
+        if h.chunk.flagged:
+            snippet = Text.assemble((f"QUARANTINED ({h.chunk.flag}) ", "bold red"), snippet)
+        where = f"{Path(h.chunk.path).name}:{h.chunk.start}-{h.chunk.end}"
+        t.add_row(str(i), f"{h.score:.4g}", Text(where), Text(h.chunk.section), snippet)
+    out.print(t)
+    quarantined = sum(h.chunk.flagged for h in res.hits)
+    if quarantined:
+        out.print(
+            f"{quarantined} of these chunks are quarantined by the injection guard: answers never use them.",
+            highlight=False,
+        )
+
+
+@rag_app.command("quarantine")
+def rag_quarantine(
+    index: str = typer.Argument(
+        ...,
+        help="An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store.",
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help=escape("postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."),
+    ),
+    limit: int = typer.Option(50, "--limit", help="Chunks to list."),
+) -> None:
+    """List the chunks the injection guard quarantined at index time, with its reasons."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from slmforge.rag.stores import open_store
+
+    s = open_store(index, store)
+    try:
+        counts, chunks = s.counts(), s.flagged(max(limit, 0))
+        guard = s.meta().get("guard", "none (index built before the guard)")
+    finally:
+        s.close()
+    t = Table(
+        title=f"{counts.get('flagged', 0):,} of {counts['chunks']:,} chunks quarantined (guard: {guard})"
+    )
+    for col in ("file", "section", "reasons", "text"):
+        t.add_column(col, overflow="fold")
+    for c in chunks:
+        where = f"{Path(c.path).name}:{c.start}-{c.end}"
+        t.add_row(Text(where), Text(c.section), Text(c.flag or ""), Text(" ".join(c.text.split())[:160]))
+    out.print(t)
+    if counts.get("unchecked"):
+        out.print(
+            f"{counts['unchecked']:,} chunks were never checked: run `slm rag index` with --guard rules.",
+            highlight=False,
+        )
+
+
+@rag_app.command("ask")
+@options(
+    Opts("slmforge.rag.ask:AskConfig", args=("index", "question"), rename={**TAGS, "min_cosine": "--min-score"},
+         exclude=("repetition_penalty", "guard"))
+)  # fmt: skip
+def rag_ask(cfg) -> None:
+    """Answer a question from the index with numbered citations, or say it does not know."""
+    from slmforge.rag.ask import ask
+
+    warnings_to_console()
+    a = ask(cfg)
+    out.print(a.text, highlight=False, markup=False)
+    for n in a.citations:
+        h = a.sources[n - 1]
+        out.print(
+            f"[{n}] {h.chunk.path}:{h.chunk.start}-{h.chunk.end}  {h.chunk.section}",
+            highlight=False,
+            markup=False,
+        )
+    how = "abstained" if a.abstained else ("cited by the model" if a.model_cited else "citation attributed")
+    best = "n/a" if a.best_cosine is None else f"{a.best_cosine:.2f}"
+    withheld = (
+        f"{a.dropped_chunks} retrieved chunks withheld by the injection guard; " if a.dropped_chunks else ""
+    )
+    console.print(
+        f"[dim]{how}; best similarity {best}; {len(a.sources)} sources, {withheld}{a.prompt_tokens} prompt "
+        f"tokens; {a.seconds:.1f} s[/dim]",
+        highlight=False,
+    )
+
+
+@rag_app.command("eval")
+@options(
+    Opts(
+        "slmforge.rag.evaluate:RagEvalConfig",
+        args=("index",),
+        rename={"modes": "--mode"},
+        exclude=("min_cosine",),
+    )
+)
+def rag_eval(
+    cfg,
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report to this JSON file."),
+) -> None:
+    """Retrieval quality (recall@k, MRR, nDCG@10) and latency per mode; answer checks with --model."""
+    from rich.table import Table
+
+    from slmforge.core.fsutil import write_json
+    from slmforge.rag.evaluate import evaluate_rag
+
+    rep = evaluate_rag(cfg)
+    t = Table(title=f"rag eval: {rep['answerable']} answerable queries")
+    cols = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "p50_ms", "p95_ms")
+    t.add_column("mode")
+    for c in cols:
+        t.add_column(c.replace("_ms", " ms"), justify="right")
+    for mode, m in rep["retrieval"].items():
+        t.add_row(mode, *(f"{m[c]:.1f}" if c.endswith("_ms") else f"{m.get(c, 0):.3f}" for c in cols))
+    out.print(t)
+    g = rep["gate"]
+    if g["unanswerable_abstained"] is not None:
+        out.print(
+            f"relevance gate (cosine ≥ {g['min_cosine']}): passes {g['answerable_passed']:.1%} of answerable, "
+            f"abstains on {g['unanswerable_abstained']:.1%} of unanswerable",
+            highlight=False,
+        )
+    if g.get("suggested_min_cosine") is not None:
+        out.print(
+            f"suggested --min-cosine for these questions: {g['suggested_min_cosine']} "
+            "(lets 99 % of the answerable ones through)",
+            highlight=False,
+        )
+    if rep["answers"]:
+        table("answers", {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in rep["answers"].items()})
+    if json_out:
+        write_json(json_out, rep)
