@@ -148,6 +148,8 @@ def _default(module: str, node) -> tuple[Any, dict]:
     if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "field":
         kw = {k.arg: k.value for k in node.keywords}
         metadata = _value(module, kw["metadata"]) if "metadata" in kw else {}
+        if not isinstance(metadata, dict):
+            raise ValueError(f"options: {module}: field metadata must be a dict literal or constant")
         if "default" in kw:
             return _value(module, kw["default"]), metadata
         if "default_factory" in kw:
@@ -180,10 +182,11 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 
 
 def _constant(module: str, name: str) -> Any:
-    """A module-level `NAME = literal` (one or more lines)."""
+    """A module-level `NAME = literal` (one or more lines), or one imported from another module of ours."""
     m = re.search(rf"^{name}(?:: [^=]+)? = ", _source(module), re.M)
     if m is None:
-        return UNKNOWN
+        home = _imported(module, name)
+        return _constant(home, name) if home != module and home.split(".")[0] == ROOT.name else UNKNOWN
     lines = _source(module)[m.end() :].splitlines()
     for n in range(1, min(len(lines), 200) + 1):
         try:
