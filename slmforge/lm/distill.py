@@ -650,7 +650,7 @@ def _resume_config(cfg: DistillLMConfig, out: Path) -> DistillLMConfig:
 
 def _run_dirs_to_models(cfg: DistillLMConfig) -> DistillLMConfig:
     """A full fine-tuning (or distillation) run dir as teacher or student means its model/."""
-    from slmforge.lm.finetune import output_dir
+    from slmforge.infer.model_dirs import output_dir
 
     def model_of(name: str | None) -> str | None:
         if name is None or not Path(name).is_dir():

@@ -12,17 +12,15 @@ Output, inside the run directory `--out` (beside config.json, metrics.jsonl, los
   generation_config.json whose EOS ids include the end-of-turn token, e.g. `<|im_end|>`);
 - lora / prompt-tuning: `adapter/`, a PEFT adapter (adapter_config.json, adapter_model.safetensors) with
   the tokenizer, generation config and `base_model.json` (the base's name, path and shape). `slm merge`
-  folds a LoRA adapter into its base; `load_finetuned` loads any of the three.
+  folds a LoRA adapter into its base; `slmforge.infer.model_dirs.load_finetuned` loads any of the three.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,21 +32,14 @@ from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir, check_replaceable, sha256_file, write_json
 from slmforge.data import sft_data
+from slmforge.infer.model_dirs import BASE_FILE, base_fingerprint
+from slmforge.infer.model_dirs import load_base as _load_base  # distill, merge and the tests import these two
+from slmforge.infer.model_dirs import quiet as _quiet  # from here under these names
 from slmforge.lm.configs import FinetuneConfig
 from slmforge.train import checkpoint
 
 METHODS = ("full", "lora", "prompt-tuning")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4, "prompt-tuning": 3e-2}
-BASE_FILE = "base_model.json"
-SHAPE_KEYS = (
-    "model_type",
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-)
 
 
 # Fields that may differ between a run and its resumption; every other field must match exactly.
@@ -252,99 +243,6 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
 # ----------------------------------------------------------------------------- loading
 
 
-def load_finetuned(path: str | Path, device: str = "auto"):
-    """(model, tokenizer) in eval mode for a full model dir, a LoRA or prompt-tuning adapter dir, or a run dir.
-
-    A LoRA adapter comes back merged into its base (a plain transformers model); a prompt-tuning adapter
-    comes back as a PEFT model, whose `generate()` prepends the virtual tokens.
-    """
-    from transformers import AutoTokenizer
-
-    from slmforge.core.runtime import pick_device
-    from slmforge.infer.generate import load
-
-    p = output_dir(path)
-    if not (p / "adapter_config.json").exists():
-        return load(str(p), device)
-    model = load_adapter(p)
-    if adapter_type(p) == "LORA":
-        model = model.merge_and_unload()
-    return model.to(pick_device(device)).eval(), AutoTokenizer.from_pretrained(p)
-
-
-def output_dir(path: str | Path) -> Path:
-    """A run dir → its model/ or adapter/; anything else → itself."""
-    p = Path(path)
-    if (p / "adapter_config.json").exists():
-        return p
-    for sub, marker in (("model", "config.json"), ("adapter", "adapter_config.json")):
-        if (p / sub / marker).exists():
-            return p / sub
-    return p
-
-
-def adapter_type(adapter: Path) -> str:
-    try:
-        return json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
-    except (OSError, ValueError, KeyError) as e:
-        raise SlmError(f"{adapter}/adapter_config.json is unreadable ({e})") from None
-
-
-def adapter_base(adapter: Path) -> dict:
-    """What the adapter records of its base: name, path and shape (shape may be absent for foreign adapters)."""
-    if (adapter / BASE_FILE).exists():
-        return json.loads((adapter / BASE_FILE).read_text())
-    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not recorded:
-        raise SlmError(f"{adapter} does not record its base model; pass --base")
-    return {"name": recorded, "path": recorded, "shape": None}
-
-
-def locate_base(adapter: Path, base: str | None = None) -> str:
-    """The base model path: `base` if given, else the recorded path, else the recorded catalog name."""
-    from slmforge.core.hub import resolve_model
-
-    if base:
-        return resolve_model(base)
-    info = adapter_base(adapter)
-    if info.get("path") and Path(info["path"]).exists():
-        return info["path"]
-    return resolve_model(info["name"])
-
-
-def load_adapter(adapter: Path, base: str | None = None):
-    """The fp32 base with the adapter applied (a PeftModel), after the shape check."""
-    from peft import PeftModel
-
-    base_path = locate_base(adapter, base)
-    model = _load_base(base_path, base or base_path)
-    check_same_base(adapter, model.config, base or base_path)
-    try:
-        with _quiet():
-            return PeftModel.from_pretrained(model, str(adapter))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise SlmError(
-            f"{adapter} does not fit the base {base or base_path}: {str(e).strip().splitlines()[0]}"
-        ) from None
-
-
-def check_same_base(adapter: Path, config, base_name: str) -> None:
-    shape = adapter_base(adapter).get("shape")
-    if not shape:
-        return
-    mine = base_fingerprint(config)
-    diff = [f"{k} {shape.get(k)} vs {mine.get(k)}" for k in SHAPE_KEYS if shape.get(k) != mine.get(k)]
-    if diff:
-        raise SlmError(
-            f"{adapter} was trained on a different base than {base_name} ({'; '.join(diff)}); "
-            f"use the base it was trained on ({adapter_base(adapter)['name']})"
-        )
-
-
-def base_fingerprint(config) -> dict:
-    return {k: getattr(config, k, None) for k in SHAPE_KEYS}
-
-
 def check_full_precision(path: str, name: str, advice: str) -> None:
     """SlmError unless `path` holds full-precision transformers weights (not GGUF, ONNX or a quantised config)."""
     p = Path(path)
@@ -454,32 +352,6 @@ def _load_tokenizer(base: str, template_file: str | None):
     if template_file:
         tokenizer.chat_template = Path(template_file).read_text(encoding="utf-8")
     return tokenizer
-
-
-def _load_base(path: str, name: str):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with _quiet():
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise SlmError(f"cannot load {name} as a causal LM ({str(e).strip().splitlines()[0]})") from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """No transformers progress bars for second-long loads and saves, no PEFT/transformers deprecation noise."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _rows(cfg: FinetuneConfig, path: str, tokenizer, room: int, stop_ids: list[int]):

@@ -14,18 +14,9 @@ from pathlib import Path
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir
+from slmforge.infer.model_dirs import adapter_base, adapter_type, load_adapter, locate_base, output_dir
 from slmforge.lm.configs import MergeConfig
-from slmforge.lm.finetune import (
-    _abs,
-    _generation_config,
-    _quiet,
-    adapter_base,
-    adapter_type,
-    check_full_precision,
-    load_adapter,
-    locate_base,
-    output_dir,
-)
+from slmforge.lm.finetune import _abs, _generation_config, _quiet, check_full_precision
 
 
 @dataclass
@@ -79,7 +70,7 @@ def _check_adapter(path: str) -> Path:
     if kind in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):
         raise SlmError(
             f"{path} is a {kind.lower().replace('_', '-')} adapter: its virtual tokens are inputs, not weights, "
-            "so there is nothing to merge; load it with its base instead (slmforge.lm.finetune.load_finetuned)"
+            "so there is nothing to merge; load it with its base instead (slmforge.infer.model_dirs.load_finetuned)"
         )
     if kind != "LORA":
         raise SlmError(f"{path} is a {kind} adapter; only LoRA adapters can be merged")

@@ -232,6 +232,6 @@ def _token_stream(tokenizer, docs: list[str], limit: int) -> np.ndarray:
 
 
 def _load(name: str, device):
-    from slmforge.infer.generate import load
+    from slmforge.infer.model_dirs import load
 
     return load(name, device=str(device))
