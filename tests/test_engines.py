@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from slmforge.core.errors import SlmError
-from slmforge.infer import engines
+from slmforge.infer import engines, model_dirs, onnx_graph, ort_build
 from slmforge.infer.generate import GenerateConfig, complete, complete_batch, generate_completion, prompt_ids
 
 PROMPTS = ["The cat sees", "Every student reads a long book", "the old man walks to the sea", "hi"]
@@ -41,7 +41,7 @@ def test_head_reads_the_last_position_and_ort_session_gives_every_position(tiny_
     import torch
     from transformers import AutoModelForCausalLM
 
-    made = engines.ort_model_dir(tiny_model_dir, precision)
+    made = ort_build.ort_model_dir(tiny_model_dir, precision)
     ids = [1, 5, 9, 17, 33, 65, 12]
     feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
     decoder = json.loads((made / "genai_config.json").read_text())["model"]["decoder"]
@@ -49,7 +49,7 @@ def test_head_reads_the_last_position_and_ort_session_gives_every_position(tiny_
     plain = ort.InferenceSession(str(made / "model.onnx"), providers=["CPUExecutionProvider"])
     feed.update({i.name: empty for i in plain.get_inputs() if i.name.startswith("past_key_values")})
     last = plain.run(["logits"], feed)[0]
-    every = engines.ort_logits(engines.ort_session(made), ids)
+    every = ort_build.ort_logits(ort_build.ort_session(made), ids)
     assert last.shape[:2] == (1, 1) and every.shape[0] == len(ids)
     np.testing.assert_allclose(last[0, 0], every[-1], atol=1e-4)  # the same head on the same last row
     if precision == "fp32":  # and every row is the torch model's
@@ -63,7 +63,7 @@ def test_int8_conversion_is_verified_and_close(tiny_model_dir):
     lm = engines.open_lm(str(tiny_model_dir), "ort", "int8", threads=1)
     made = json.loads((engines.Path(lm.info["model_dir"]) / "slmforge.json").read_text())
     assert made["precision"] == "int8"
-    assert made["verify"]["cosine_mean"] >= engines.MIN_COSINE["int8"]
+    assert made["verify"]["cosine_mean"] >= ort_build.MIN_COSINE["int8"]
     same = sum(
         _greedy(lm, t, 8)[:4] == _greedy(engines.open_lm(str(tiny_model_dir), "torch"), t, 8)[:4]
         for t in PROMPTS
@@ -95,9 +95,9 @@ def test_sampling_is_seeded_and_same_on_both_engines(tiny_model_dir):
 
 
 def test_conversion_is_cached_and_a_corrupt_cache_is_rebuilt(tiny_model_dir, capsys):
-    first = engines.ort_model_dir(tiny_model_dir, "fp32")
+    first = ort_build.ort_model_dir(tiny_model_dir, "fp32")
     stamp = (first / "genai_config.json").stat().st_mtime_ns
-    assert engines.ort_model_dir(tiny_model_dir, "fp32") == first
+    assert ort_build.ort_model_dir(tiny_model_dir, "fp32") == first
     assert (first / "genai_config.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     data = first / "model.onnx"
     data.write_bytes(data.read_bytes()[:200])  # truncate the graph
@@ -110,7 +110,7 @@ def test_conversion_is_cached_and_a_corrupt_cache_is_rebuilt(tiny_model_dir, cap
 
 def test_a_corrupt_converted_model_is_named(tiny_model_dir, tmp_path):
     out = tmp_path / "q"
-    shutil.copytree(engines.ort_model_dir(tiny_model_dir, "fp32"), out)
+    shutil.copytree(ort_build.ort_model_dir(tiny_model_dir, "fp32"), out)
     (out / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(SlmError, match="not a loadable ONNX Runtime GenAI model"):
         engines.open_lm(str(out))
@@ -134,7 +134,7 @@ def test_quantize_causal_lm_measures_perplexity_and_size(tiny_model_dir, tmp_pat
 def test_int8_embedding_shares_the_output_head(tiny_model_dir, tmp_path):
     import onnx
 
-    made = engines.ort_model_dir(tiny_model_dir, "int8")
+    made = ort_build.ort_model_dir(tiny_model_dir, "int8")
     graph = onnx.load(str(made / "model.onnx"), load_external_data=False).graph
     assert not any(i.name == "model.embed_tokens.weight" for i in graph.initializer)
     assert any(n.name.endswith("shared_int8/GatherQ") for n in graph.node)
@@ -182,18 +182,18 @@ def test_a_failed_conversion_runs_on_torch_and_is_not_retried(tiny_model_dir, tm
         calls.append(source)
         raise SlmError(f"ONNX Runtime conversion of {source} failed: KeyError: 'rope_type'")
 
-    monkeypatch.setattr(engines, "build_ort", broken)
+    monkeypatch.setattr(ort_build, "build_ort", broken)
     assert engines.open_lm(str(model)).backend == "torch"
     lm = engines.open_lm(str(model))
     assert lm.backend == "torch" and "rope_type" in lm.info["why"] and len(calls) == 1  # not retried
     with pytest.raises(SlmError, match="rope_type"):  # forcing ort still says why
         engines.open_lm(str(model), "ort")
-    assert engines._cause("Traceback...\n  File x\nKeyError: 'rope_type'\nWARNING: float16", "") == (
+    assert ort_build._cause("Traceback...\n  File x\nKeyError: 'rope_type'\nWARNING: float16", "") == (
         "KeyError: 'rope_type'"
     )
-    before = engines._fingerprint(model)
+    before = model_dirs.fingerprint(model)
     (model / "slmforge.json").write_text("{}")  # registering a model does not invalidate its conversion
-    assert engines._fingerprint(model) == before
+    assert model_dirs.fingerprint(model) == before
 
 
 def test_bad_backend_precision_and_too_many_threads(tiny_model_dir):
@@ -241,7 +241,8 @@ def test_adapters_decode_on_torch(tiny_model_dir, tmp_path):
     """A LoRA run decodes as its merged model; a prompt-tuning run prepends its virtual tokens."""
     import torch
 
-    from slmforge.lm.finetune import FinetuneConfig, finetune, load_finetuned
+    from slmforge.infer.model_dirs import load_finetuned
+    from slmforge.lm.finetune import FinetuneConfig, finetune
 
     data = tmp_path / "d.jsonl"
     data.write_text(
@@ -313,22 +314,22 @@ def test_fused_gate_and_up_compute_exactly_what_the_two_nodes_did(tmp_path, bits
     before = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, x)
 
     fused = onnx.load(str(tmp_path / "model.onnx"))
-    assert engines.fuse_shared_input_matmuls(fused) == 1
-    engines.save_onnx_in_place(fused, tmp_path)
+    assert onnx_graph.fuse_shared_input_matmuls(fused) == 1
+    onnx_graph.save_onnx_in_place(fused, tmp_path)
     mm = [n for n in fused.graph.node if n.op_type == "MatMulNBits"]
     assert [n.name for n in mm] == [f"/model/layers.0/mlp/gate_up_proj/MatMul_Q{bits}"]
     assert len(fused.graph.initializer) == len(inits) // 2 + 1  # each tensor once, plus the split sizes
     after = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, x)
     for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert engines.fuse_shared_input_matmuls(onnx.load(str(tmp_path / "model.onnx"))) == 0  # none left
+    assert onnx_graph.fuse_shared_input_matmuls(onnx.load(str(tmp_path / "model.onnx"))) == 0  # none left
 
 
 def test_converted_models_decode_with_fused_gate_and_up(tiny_model_dir):
     import onnx
 
     for precision in ("int8", "int4"):
-        made = engines.ort_model_dir(tiny_model_dir, precision)
+        made = ort_build.ort_model_dir(tiny_model_dir, precision)
         assert json.loads((made / "slmforge.json").read_text())["fused_matmuls"] == 2  # one per layer
         names = [n.name for n in onnx.load(str(made / "model.onnx"), load_external_data=False).graph.node]
         assert sum("gate_up_proj/MatMul" in n for n in names) == 2

@@ -12,7 +12,8 @@ import torch
 
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
-from slmforge.lm.finetune import FinetuneConfig, finetune, load_finetuned
+from slmforge.infer.model_dirs import load_finetuned
+from slmforge.lm.finetune import FinetuneConfig, finetune
 
 SUBJECTS = ["the cat", "a small dog", "my friend", "the teacher", "our team", "the old man", "a young girl"]
 VERBS = ["sees", "likes", "builds", "finds", "reads", "carries", "follows", "paints", "remembers"]
@@ -84,7 +85,7 @@ def test_full_sft_learns_and_the_saved_model_stops_at_eos_in_plain_transformers(
 
 def test_prompt_tuning_with_20_virtual_tokens_trains_saves_and_loads(tiny_model_dir, verb_data, tmp_path):
     from slmforge.data.sft_data import load_sft
-    from slmforge.infer.generate import load
+    from slmforge.infer.model_dirs import load
     from slmforge.lm.finetune import masked_loss
 
     run = tmp_path / "pt"

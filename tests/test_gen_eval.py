@@ -125,7 +125,8 @@ def _direct_logprob(model, prompt: list[int], answer: list[int]) -> float:
 
 
 def test_label_log_likelihood_picks_the_label_the_model_prefers(tiny_model_dir, tmp_path):
-    from slmforge.infer.generate import load, prompt_ids
+    from slmforge.infer.generate import prompt_ids
+    from slmforge.infer.model_dirs import load
 
     model, tok = load(str(tiny_model_dir))
     eos = [tok.convert_tokens_to_ids("<|im_end|>")]

@@ -6,19 +6,18 @@ import pytest
 import torch
 
 from slmforge.core.errors import SlmError
+from slmforge.infer.engines import TorchStep, eos_token_ids
 from slmforge.infer.generate import (
     GenerateConfig,
     TextStream,
-    TorchStep,
     chat,
     complete,
-    eos_token_ids,
     generate,
     generate_completion,
-    load,
     pick_token,
     prompt_ids,
 )
+from slmforge.infer.model_dirs import load
 
 PROMPTS = ["The cat sees", "Every student reads a long book", "héllo 🙂"]
 

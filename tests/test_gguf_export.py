@@ -217,7 +217,7 @@ def test_a_broken_llama_cpp_fails_the_check_in_one_line_without_taking_the_proce
     """The llama.cpp check runs in a child process: a crash or import failure there is a one-line SlmError."""
     import importlib.util
 
-    from slmforge.infer.gguf import _llama_cpp_check
+    from slmforge.infer.gguf import llama_cpp_check
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -226,5 +226,5 @@ def test_a_broken_llama_cpp_fails_the_check_in_one_line_without_taking_the_proce
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + bytes(60))  # not loadable, whether or not llama-cpp-python is installed
     with pytest.raises(SlmError, match=r"^llama.cpp cannot run \S+model\.gguf: \S") as e:
-        _llama_cpp_check(bad, None, "Hello")
+        llama_cpp_check(bad, None, "Hello")
     assert "\n" not in str(e.value)

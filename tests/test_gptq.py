@@ -56,7 +56,7 @@ def test_int4_quantize_runs_gptq_and_the_onnx_weights_are_its_weights(tiny_model
     from onnx import helper, numpy_helper
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.infer.engines import ort_logits, ort_session
+    from slmforge.infer.ort_build import ort_logits, ort_session
     from slmforge.ship.quantize import QuantizeConfig, quantize
 
     calib, heldout = tmp_path / "calib.txt", tmp_path / "heldout.txt"
@@ -173,11 +173,11 @@ def test_split_head_keeps_frequent_rows_finer_and_the_model_exact(tiny_model_dir
     from onnx import helper, numpy_helper
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.infer import engines
-    from slmforge.infer.engines import ort_logits, ort_session
+    from slmforge.infer import ort_build
+    from slmforge.infer.ort_build import ort_logits, ort_session
     from slmforge.ship.quantize import QuantizeConfig, quantize
 
-    monkeypatch.setattr(engines, "INT4_HEAD_SPLIT", (64, 16))
+    monkeypatch.setattr(ort_build, "INT4_HEAD_SPLIT", (64, 16))
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(["the cat sees the red house every day."] * 400))
     out = tmp_path / "q4"

@@ -74,7 +74,7 @@ def test_pull_minilm_links_the_package_files(slm_cli):
     assert hub.resolve_model("minilm-l6") == str(path)
     code, stdout, _ = slm_cli("pull", "minilm-l6")
     assert code == 0 and stdout.strip() == str(path)
-    from slmforge.infer.generate import load
+    from slmforge.infer.model_dirs import load
 
     with pytest.raises(SlmError, match="encoder"):
         load("minilm-l6")
@@ -91,7 +91,8 @@ def test_pull_smollm2_and_generate_equals_transformers():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slmforge.infer.generate import GenerateConfig, generate_completion, load
+    from slmforge.infer.generate import GenerateConfig, generate_completion
+    from slmforge.infer.model_dirs import load
 
     path = hub.pull("smollm2-135m-instruct")
     assert (path / "model.safetensors").exists() and (path / "config.json").exists()
@@ -281,7 +282,8 @@ def test_pull_assembled_model_and_generate_equals_transformers(name, module, arc
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slmforge.infer.generate import GenerateConfig, generate_completion, load
+    from slmforge.infer.generate import GenerateConfig, generate_completion
+    from slmforge.infer.model_dirs import load
 
     path = hub.pull(name)
     config = json.loads((path / "config.json").read_text())

@@ -8,24 +8,21 @@ loop and give the same greedy output for the same engine.
 
 Backends, chosen by measurement on a 2-core AVX2 CPU (BENCHMARKS.md, `benchmarks/generate.py`):
 - `ort`: ONNX Runtime GenAI on a model converted once by its model builder (weight-only int8 or int4
-  `MatMulNBits`, fp32 for exactness) and cached under `cache_root()/ort/`. Default on CPU.
+  `MatMulNBits`, fp32 for exactness) and cached under `cache_root()/ort/` (`slmforge.infer.ort_build`).
+  Default on CPU.
 - `torch`: plain transformers fp32 (bf16 on GPUs), the reference; the default on CUDA and the fallback
   for what the converter does not support (adapters, GGUF files, unknown architectures).
 - `llama.cpp`: a GGUF file (or a model exported to q8_0 GGUF once) through `llama-cpp-python`, when
   installed.
+What a model reference may be (catalog name, run dir, adapter, GGUF, converted dir) is `slmforge.infer.model_dirs`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,45 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from slmforge.core import runtime, workspace
+from slmforge.core import runtime
 from slmforge.core.errors import SlmError
-from slmforge.core.fsutil import atomic_dir
+from slmforge.infer import ort_build
+from slmforge.infer.gguf import export_gguf
+from slmforge.infer.model_dirs import (
+    adapter_type,
+    cache_root,
+    fingerprint,
+    is_ort_dir,
+    load,
+    load_finetuned,
+    read_manifest,
+    resolve_causal_lm,
+)
+from slmforge.infer.ort_build import note, ort_unsupported, require_package
 
 BACKENDS = ("auto", "ort", "torch", "llama.cpp")
 PRECISIONS = ("int8", "int4", "fp32")
-# Architectures the ONNX Runtime GenAI model builder converts (a subset of its list, the ones we test).
-ORT_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-    "Gemma3ForCausalLM",
-    "Phi3ForCausalLM",
-    "GraniteForCausalLM",
-    "SmolLM3ForCausalLM",
-)
-# int4: asymmetric 4-bit blocks of 32, GPTQ-rewritten; the output head's rows (which the tied embedding shares)
-# of the 2,048 tokens most frequent in the calibration text in blocks of 16 (`gptq.split_head`). See build_ort,
-# and the sizes, speeds and perplexities in BENCHMARKS.md.
-INT4_OPTIONS = {"is_symmetric": "false", "block_size": "32"}
-# Every precision: the output head reads only the last position (the builder's `Gather` + `Unsqueeze` before
-# it), so a prompt's prefill computes one row of logits, not one per prompt token; `ort_session` undoes it for
-# full-sequence logits.
-HEAD_OPTIONS = {"prune_lm_head": "true"}
-INT4_HEAD_SPLIT = (2048, 16)
-# Logits cosine to torch fp32 on the check prompts (mean over positions) below which a conversion is refused.
-MIN_COSINE = {"fp32": 0.999, "int8": 0.99, "int4": 0.9}  # mean over positions
-# Copied next to the ONNX model so a converted directory loads on its own (`open_lm(dir)`).
-STANDALONE_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-)
-CHECK_TEXTS = ("The capital of France is", "def fibonacci(n):\n    ")
 
 
 @dataclass
@@ -102,21 +78,12 @@ def open_lm(
     device: str = "auto",
 ) -> LM:
     """Load `model` (catalog name, directory, .gguf file or hub id) for generation on `backend`."""
-    from slmforge.core import hub
-
     if backend not in BACKENDS:
         raise SlmError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise SlmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     threads = runtime.set_threads(threads)
-    entry = hub.CATALOG.get(model)
-    if entry is not None and entry.kind != "causal-lm":
-        raise SlmError(f"{model} is an {entry.kind}, not a model that generates text")
-    path = Path(hub.resolve_model(model))
-    if path.is_dir():
-        from slmforge.lm.finetune import output_dir
-
-        path = output_dir(path)  # a finetune run dir -> its model/ or adapter/
+    path = resolve_causal_lm(model)  # a finetune run dir -> its model/ or adapter/
     if (path / "adapter_config.json").exists():
         if backend not in ("auto", "torch"):
             raise SlmError(
@@ -126,7 +93,7 @@ def open_lm(
     if is_ort_dir(path):  # already converted (`slm quantize` / `slm export --format onnx`)
         if backend not in ("auto", "ort"):
             raise SlmError(f"{model} is an ONNX Runtime GenAI model: it runs on the ort backend only")
-        made = _manifest(path)
+        made = read_manifest(path)
         precision = made.get("precision") or made.get("metrics", {}).get("precision", "?")
         return _load_ort(path, path, precision, threads, "a converted model")
     if backend == "auto":
@@ -140,7 +107,7 @@ def open_lm(
             marker = _failed_marker(path, precision)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(e))
-            _note(f"{e}; running on torch instead (`--backend torch` skips the attempt)")
+            note(f"{e}; running on torch instead (`--backend torch` skips the attempt)")
             return _open_torch(str(path), device, f"ONNX Runtime conversion failed: {e}")
     if backend == "ort":
         return _open_ort(path, precision, threads, why)
@@ -149,431 +116,47 @@ def open_lm(
     return _open_torch(str(path) if path.exists() else model, device, why)
 
 
-# Part of a conversion's cache key; it changes with the recipe, so a model cached by an older recipe is rebuilt
-# (int4 "gptq4": sequential GPTQ, refitted scales, q/k/v in blocks of 32, the head split by token frequency;
-# "fused": gate and up projections in one MatMulNBits; "last": the head reads the last position only).
-RECIPES = {"fp32": "-last", "int8": "-fused-last", "int4": "-gptq4-fused-last"}
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a reply: generation_config's EOS ids, the tokenizer's EOS, ChatML's <|im_end|>."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    if "<|im_end|>" in getattr(tokenizer, "all_special_tokens", []):
+        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted({i for i in ids if i is not None})
 
 
-def cache_root() -> Path:
-    """Where converted runtime artifacts live: $SLMFORGE_CACHE, else $SLMFORGE_HOME/cache."""
-    return Path(os.environ.get("SLMFORGE_CACHE") or workspace.home() / "cache")
+class TorchStep:
+    """The step function behind the decode loop: token ids in, next-token logits out, KV cache kept inside."""
 
+    def __init__(self, model, prefix: torch.Tensor | None = None):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.prefix = prefix  # [1, n, hidden] embeddings put before every prompt (prompt tuning)
+        self.past = None
 
-def ort_unsupported(path: Path) -> str | None:
-    """Why the ONNX Runtime converter cannot take `path` (None when it can)."""
-    if path.is_file():
-        return f"{path.name} is a file, not a transformers model directory"
-    cfg_path = path / "config.json"
-    if not cfg_path.exists():
-        return "no config.json (an adapter or not a transformers model)"
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("quantization_config"):
-        return "the model is already quantised"
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ORT_ARCHITECTURES:
-        return f"architecture {arch} is not supported (supported: {', '.join(ORT_ARCHITECTURES)})"
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        return "no weights (*.safetensors) in the directory"
-    return None
-
-
-def ort_model_dir(source: Path, precision: str = "int8") -> Path:
-    """The ONNX Runtime GenAI conversion of `source` at `precision`, built once and cached.
-
-    The conversion runs the model builder in a subprocess, writes to a temp dir and is renamed into
-    place only after its logits agree with torch fp32 on `CHECK_TEXTS` (cosine in the manifest).
-    """
-    reason = ort_unsupported(source)
-    if reason:
-        raise SlmError(f"cannot convert {source} for ONNX Runtime: {reason}")
-    _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
-    dest = cache_root() / "ort" / f"{_fingerprint(source)}-{precision}{RECIPES[precision]}"
-    if (dest / "genai_config.json").exists():
-        return dest
-    build_ort(source, dest, precision)
-    return dest
-
-
-def build_ort(
-    source: Path,
-    dest: Path,
-    precision: str,
-    extra: dict | None = None,
-    measure: Callable[[Path], dict] | None = None,
-    overwrite: bool = False,
-    calib: list[str] | None = None,
-    int4_method: str = "gptq",
-) -> dict:
-    """Convert `source` into `dest` (ONNX + genai_config.json + the tokenizer and generation files, so the
-    directory stands alone) and verify it; `measure(tmp_dir)` adds metrics before the rename. Returns the
-    manifest.
-
-    int4: GPTQ weights (`slmforge.infer.gptq`, calibrated on `calib`, default the Python documentation when
-    installed, else the builder's round-to-nearest) in asymmetric 4-bit blocks of 32, except the output head's
-    rows of the 2,048 tokens most frequent in the calibration text, in blocks of 16 (the head is the most
-    sensitive matrix, and mostly on those rows; the tied embedding reads the same codes): SmolLM2-135M stays
-    under 17 % of its fp32 size. (q/k/v in blocks of 16 too cost 6 % of decode speed for 0.4 points of
-    perplexity, which the refitted scales more than make up; the whole head in 16 cost 9 % of decode speed.)
-    """
-    _require("onnx_ir", "onnx-ir", "the ONNX Runtime GenAI model builder")
-    started = time.perf_counter()
-    _note(f"converting {source.name} for ONNX Runtime ({precision}), once; cached in {dest.parent}")
-    with atomic_dir(dest, overwrite=overwrite) as tmp:
-        cache = tmp / ".hf-cache"
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
-        cmd += ["-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(cache)]
-        options = {**HEAD_OPTIONS, **({"shared_embeddings": "true"} if _tied(source) else {})}
-        if precision == "int4":
-            options.update(INT4_OPTIONS)
-        options.update(extra or {})
-        if options:
-            cmd += ["--extra_options", *[f"{k}={v}" for k, v in options.items()]]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=_quiet_env())
-        if done.returncode != 0 or not (tmp / "genai_config.json").exists():
-            raise SlmError(f"ONNX Runtime conversion of {source} failed: {_cause(done.stderr, done.stdout)}")
-        _rmtree(cache)
-        gptq_report, fused = _edit_built_model(tmp, source, precision, calib, int4_method)
-        for name in STANDALONE_FILES:
-            if (source / name).exists():
-                shutil.copy2(source / name, tmp / name)
-        check = compare_logits(source, tmp)
-        if check["cosine_mean"] < MIN_COSINE[precision]:
-            raise SlmError(
-                f"the {precision} conversion of {source} disagrees with the source "
-                f"(mean logits cosine {check['cosine_mean']:.4f} < {MIN_COSINE[precision]})"
-            )
-        manifest = {
-            "source": str(source),
-            "precision": precision,
-            "builder_options": options,
-            **gptq_report,
-            "fused_matmuls": fused,
-            "verify": check,
-            "bytes": _dir_bytes(tmp),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        if measure is not None:
-            manifest.update(measure(tmp))
-        (tmp / workspace.MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
-
-
-def _edit_built_model(
-    model_dir: Path, source: Path, precision: str, calib: list[str] | None, int4_method: str
-) -> tuple[dict, int]:
-    """The edits slmforge makes to the builder's model, on one in-memory copy saved once: the int8 shared
-    embedding, or the int4 shared-head repair and GPTQ weights; then the gate/up fusion. Returns the GPTQ
-    report and the number of fused nodes. fp32 models are left as built (nothing to edit)."""
-    import onnx
-
-    if precision not in ("int8", "int4"):
-        return {}, 0
-    model = onnx.load(str(model_dir / "model.onnx"))
-    report = {"int4_method": "rtn"} if precision == "int4" else {}
-    if precision == "int8":
-        share_int8_embeddings(model)
-    if precision == "int4":
-        repair_shared_head(model)
-    if precision == "int4" and int4_method == "gptq":
-        from slmforge.infer import gptq
-
-        texts = calib if calib is not None else gptq.default_calibration_texts()
-        if texts:
-            report = gptq.requantize_int4(model, source, texts, head_split=INT4_HEAD_SPLIT)
-        else:
-            _note(
-                "no calibration text (the Python docs are not installed): int4 keeps round-to-nearest weights"
-            )
-    fused = fuse_shared_input_matmuls(model)
-    save_onnx_in_place(model, model_dir)
-    return report, fused
-
-
-def share_int8_embeddings(model) -> bool:
-    """Let the token embedding read the int8 output head's weights when the model ties them.
-
-    The builder quantises the output head to int8 but keeps a second, fp32 copy of the same matrix for the
-    embedding lookup (its quantised lookup is 4-bit only): for SmolLM2-135M that copy is 113 MB of 270.
-    Here the lookup gathers the head's int8 rows and scales instead (standard Gather/Cast/Sub/Mul ops;
-    MatMulNBits stores symmetric 8-bit weights offset by 128), and the fp32 copy is dropped.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits), None)
-    head = next(
-        (n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None
-    )
-    if gather is None or head is None or len(head.input) > 3:
-        return False
-    attrs = onnx_attrs(head)
-    table = inits[gather.input[0]]
-    if attrs.get("bits") != 8 or list(table.dims) != [attrs["N"], attrs["K"]]:
-        return False
-    weights, scales = head.input[1], head.input[2]
-    ids, out, p = gather.input[1], gather.output[0], "/model/embed_tokens/shared_int8"
-    consts = [
-        numpy_helper.from_array(np.array(128.0, np.float32), f"{p}/offset"),
-        numpy_helper.from_array(np.array([-1], np.int64), f"{p}/last_axis"),
-        numpy_helper.from_array(np.array([0, 0, attrs["K"]], np.int64), f"{p}/shape"),
-    ]
-    nodes = [
-        helper.make_node("Gather", [weights, ids], [f"{p}/q"], name=f"{p}/GatherQ"),
-        helper.make_node("Cast", [f"{p}/q"], [f"{p}/qf"], name=f"{p}/Cast", to=TensorProto.FLOAT),
-        helper.make_node("Sub", [f"{p}/qf", f"{p}/offset"], [f"{p}/centred"], name=f"{p}/Sub"),
-        helper.make_node("Gather", [scales, ids], [f"{p}/s"], name=f"{p}/GatherScales"),
-        helper.make_node("Unsqueeze", [f"{p}/s", f"{p}/last_axis"], [f"{p}/s1"], name=f"{p}/Unsqueeze"),
-        helper.make_node("Mul", [f"{p}/centred", f"{p}/s1"], [f"{p}/rows"], name=f"{p}/Mul"),
-        helper.make_node("Reshape", [f"{p}/rows", f"{p}/shape"], [out], name=f"{p}/Reshape"),
-    ]
-    at = list(graph.node).index(gather)
-    graph.node.remove(gather)
-    for offset, node in enumerate(nodes):
-        graph.node.insert(at + offset, node)
-    graph.initializer.remove(table)
-    graph.initializer.extend(consts)
-    return True
-
-
-def fuse_shared_input_matmuls(model) -> int:
-    """Merge `MatMulNBits` nodes that read the same input with the same shape and quantisation (the MLP's
-    gate and up projections, which the model builder keeps apart) into one wider node and a `Split`.
-
-    The same weights and arithmetic in one kernel call instead of two: ONNX Runtime pays a fixed cost of
-    about 25 µs per `MatMulNBits` call at batch 1, which is a fifth of a small model's decode step. Weights,
-    scales and zero points all lead with the output axis N, so they concatenate row-wise. The fused node is
-    named after its parts (`gate_up_proj`). Edits the ModelProto `model`; returns the number of nodes
-    merged away.
-    """
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    groups: dict[tuple, list] = {}
-    for node in graph.node:
-        if node.op_type == "MatMulNBits" and all(name in inits for name in node.input[1:]):
-            attrs = onnx_attrs(node)
-            key = (node.input[0], len(node.input), *sorted((k, v) for k, v in attrs.items() if k != "N"))
-            groups.setdefault(key, []).append((node, attrs))
-    merged, replace, gone = 0, {}, set()
-    for members in (g for g in groups.values() if len(g) > 1):
-        nodes = [n for n, _ in members]
-        parts = [re.match(r"^(.*)/(\w+)_proj/(MatMul\w*)$", n.name) for n in nodes]
-        if all(parts) and len({(m[1], m[3]) for m in parts}) == 1:
-            base = f"{parts[0][1]}/{'_'.join(m[2] for m in parts)}_proj"
-            name = f"{base}/{parts[0][3]}"
-        else:
-            base = name = nodes[0].name + "_fused"
-        tensors = []
-        for j in range(1, len(nodes[0].input)):
-            arrays = [numpy_helper.to_array(inits[n.input[j]]) for n in nodes]
-            tensors.append(numpy_helper.from_array(np.concatenate(arrays), f"{base}.MatMul.input{j}"))
-            gone.update(n.input[j] for n in nodes)
-        sizes = [a["N"] for _, a in members]
-        tensors.append(numpy_helper.from_array(np.array(sizes, np.int64), f"{base}/split_sizes"))
-        out = f"{base}/MatMul/output_0"
-        attrs = {**members[0][1], "N": sum(sizes)}
-        fused = helper.make_node(
-            "MatMulNBits", [nodes[0].input[0], *(t.name for t in tensors[:-1])], [out], name=name,
-            domain=nodes[0].domain, **attrs,
-        )  # fmt: skip
-        split = helper.make_node(
-            "Split", [out, tensors[-1].name], [n.output[0] for n in nodes], name=f"{base}/Split", axis=-1
-        )
-        replace[nodes[0].name] = [fused, split]
-        replace.update({n.name: [] for n in nodes[1:]})
-        graph.initializer.extend(tensors)
-        merged += len(nodes) - 1
-    if not merged:
-        return 0
-    new_nodes = [m for n in graph.node for m in replace.get(n.name, [n])]
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    for init in [i for i in graph.initializer if i.name in gone]:
-        graph.initializer.remove(init)
-    return merged
-
-
-def repair_shared_head(model) -> bool:
-    """Point the tied embedding's quantized lookup at the quantized output head's tensors.
-
-    For an asymmetric int4 model, or an int8 head in an int4 model (`matmul_mixed_precision=
-    last_matmul:int8`), the model builder (onnxruntime-genai 0.18) writes a `GatherBlockQuantized` embedding
-    that reads the fp32 matrix or names tensors the head stores under other names, so ONNX Runtime refuses
-    the model (and an fp32 copy would cost 113 MB for SmolLM2-135M). The lookup and the head share one
-    matrix: re-point the lookup's data, scales and zero points at the head's and drop what no node reads,
-    when the bit width and block size agree and the rows need no padding. Edits the ModelProto `model`.
-    """
-    graph = model.graph
-    gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized"), None)
-    head = next(
-        (n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None
-    )
-    if gather is None or head is None:
-        return False
-    reshape = next((n for n in graph.node if gather.input[0] in n.output and n.op_type == "Reshape"), None)
-    want = list(head.input[2:])
-    if reshape is not None and reshape.input[0] == head.input[1] and list(gather.input[2:]) == want:
-        return False
-    g, h = onnx_attrs(gather), onnx_attrs(head)
-    if (
-        reshape is None
-        or g.get("bits") != h["bits"]
-        or g.get("block_size") != h["block_size"]
-        or h["K"] % h["block_size"]
-    ):
-        raise SlmError("the model builder wrote an invalid shared embedding that cannot be repaired")
-    reshape.input[0] = head.input[1]
-    del gather.input[2:]
-    gather.input.extend(want)
-    used = {name for n in graph.node for name in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-    return True
-
-
-def drop_unread(graph, names) -> None:
-    """Remove the `Constant` nodes and initialisers among `names` that no node of `graph` reads any more."""
-    gone = set(names) - {name for n in graph.node for name in n.input}
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in gone]:
-        graph.node.remove(node)
-    for init in [i for i in graph.initializer if i.name in gone]:
-        graph.initializer.remove(init)
-
-
-def onnx_attrs(node) -> dict:
-    """An ONNX node's attributes as {name: value}."""
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def save_onnx_in_place(model, model_dir: Path) -> None:
-    """Write an edited `model.onnx` (+ `model.onnx.data`) of `model_dir`: under temporary names first, then
-    re-pointed at the final data file name and swapped in."""
-    import onnx
-
-    path, data = model_dir / "model.onnx", model_dir / "model.onnx.data"
-    tmp_model, tmp_data = model_dir / "edited.onnx", model_dir / "edited.onnx.data"
-    onnx.save(model, str(tmp_model), save_as_external_data=True, location=tmp_data.name, size_threshold=1024)
-    del model
-    m2 = onnx.load(str(tmp_model), load_external_data=False)
-    for t in m2.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location":
-                entry.value = data.name
-    data.unlink(missing_ok=True)
-    os.replace(tmp_data, data)
-    onnx.save(m2, str(path))
-    tmp_model.unlink()
-
-
-def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:
-    """Next-token logits of torch fp32 vs the ONNX model on `texts`: cosine and top-1 agreement."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(source)
-    ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    session = ort_session(ort_dir)
-    cosines, top1, diff = [], [], 0.0
-    for text in texts:
-        ids = tok(text)["input_ids"]
+    def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
+        self.past = None
+        if self.prefix is None:
+            return self._forward(ids)
         with torch.inference_mode():
-            a = ref(torch.tensor([ids])).logits[0].float().numpy()
-        b = ort_logits(session, ids)
-        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-        cosines.extend(cos.tolist())
-        diff = max(diff, float(np.abs(a - b).max()))
-        top1.extend((a.argmax(-1) == b.argmax(-1)).tolist())
-    return {
-        "cosine_mean": round(float(np.mean(cosines)), 5),
-        "cosine_min": round(float(np.min(cosines)), 5),
-        "top1_agreement": round(float(np.mean(top1)), 4),
-        "max_abs_diff": round(diff, 5),
-        "positions": len(cosines),
-    }
+            x = torch.tensor([ids], dtype=torch.long, device=self.device)
+            embeds = torch.cat([self.prefix, self.model.get_input_embeddings()(x)], dim=1)
+            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        return out.logits[0, -1].float()
 
+    def next(self, token: int) -> torch.Tensor:
+        return self._forward([token])
 
-def verify_rows(made: dict, source: Path) -> dict:
-    """`build_ort`'s manifest flattened into the `verify_*` metrics every export and quantization reports."""
-    out = {k: v for k, v in made.items() if k != "verify"}
-    out.update({f"verify_{k}": v for k, v in made["verify"].items()})
-    out["verify_vs"] = f"{source} (torch fp32)"
-    out["verify_texts"] = len(CHECK_TEXTS)
-    return out
-
-
-def ort_session(ort_dir: Path, threads: int = 1):
-    """A plain ONNX Runtime session on the converted decoder with full-sequence logits (for perplexity and
-    the conversion check): a head that reads only the last position (`HEAD_OPTIONS`) is made to read every
-    position again, in memory; the weights load from the directory as they are."""
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    path = Path(ort_dir) / "model.onnx"
-    graph = onnx.load(str(path), load_external_data=False)
-    if every_position_head(graph):
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(ort_dir))
-        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    else:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    decoder = json.loads((Path(ort_dir) / "genai_config.json").read_text())["model"]["decoder"]
-    session.kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
-    return session
-
-
-def every_position_head(model) -> bool:
-    """Undo the model builder's `prune_lm_head` in the ModelProto `model`: the head's input goes back from
-    the last position (`/lm_head/prune/Gather` + `Unsqueeze`) to the whole sequence, and the logits output's
-    sequence axis is symbolic again. Returns False (nothing changed) for a head that reads every position."""
-    graph = model.graph
-    nodes = {n.name: n for n in graph.node}
-    gather, unsqueeze = nodes.get("/lm_head/prune/Gather"), nodes.get("/lm_head/prune/Unsqueeze")
-    if gather is None or unsqueeze is None:
-        return False
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == unsqueeze.output[0]:
-                node.input[i] = gather.input[0]
-    graph.node.remove(gather)
-    graph.node.remove(unsqueeze)
-    drop_unread(graph, [gather.input[1], unsqueeze.input[1]])  # their index and axis constants
-    for out in graph.output:
-        if out.name == "logits":
-            axis = out.type.tensor_type.shape.dim[1]
-            axis.Clear()
-            axis.dim_param = "sequence_length"
-    return True
-
-
-def ort_logits(session, ids: list[int]) -> np.ndarray:
-    """Logits for every position of `ids` from an `ort_session`, starting from an empty KV cache."""
-    x = np.asarray([ids], dtype=np.int64)
-    feed = {"input_ids": x, "attention_mask": np.ones_like(x)}
-    heads, size = session.kv_shape
-    for inp in session.get_inputs():
-        if inp.name.startswith("past_key_values"):
-            feed[inp.name] = np.zeros((1, heads, 0, size), np.float32)
-    return session.run(["logits"], feed)[0][0]
-
-
-class OrtLogits:
-    """Full-sequence logits from a converted decoder, shaped like a transformers model call
-    (`model(input_ids=...).logits`), so `slmforge.lm.perplexity.perplexity` scores it unchanged."""
-
-    def __init__(self, ort_dir: Path, threads: int = 1):
-        self.session = ort_session(ort_dir, threads)
-
-    def eval(self):
-        return self
-
-    def __call__(self, input_ids: torch.Tensor, **_) -> Any:
-        rows = [ort_logits(self.session, row.tolist()) for row in input_ids]
-        return type("Out", (), {"logits": torch.from_numpy(np.stack(rows))})()
+    @torch.inference_mode()
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=x, past_key_values=self.past, use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        return out.logits[0, -1].float()
 
 
 class OrtStep:
@@ -693,21 +276,17 @@ def _auto_backend(path: Path, device: str, precision: str = "int8") -> tuple[str
 
 def _failed_marker(source: Path, precision: str) -> Path:
     """Records that converting this model failed, so `auto` goes straight to torch next time."""
-    return cache_root() / "ort" / f"{_fingerprint(source)}-{precision}.failed"
-
-
-def is_ort_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "genai_config.json").exists()
+    return cache_root() / "ort" / f"{fingerprint(source)}-{precision}.failed"
 
 
 def _open_ort(path: Path, precision: str, threads: int, why: str) -> LM:
-    ort_dir = ort_model_dir(path, precision)
+    ort_dir = ort_build.ort_model_dir(path, precision)
     try:
         return _load_ort(ort_dir, path, precision, threads, why)
     except SlmError:
-        _note(f"the cached conversion in {ort_dir} is unreadable; converting again")
-        _rmtree(ort_dir)
-        return _load_ort(ort_model_dir(path, precision), path, precision, threads, why)
+        note(f"the cached conversion in {ort_dir} is unreadable; converting again")
+        shutil.rmtree(ort_dir, ignore_errors=True)
+        return _load_ort(ort_build.ort_model_dir(path, precision), path, precision, threads, why)
 
 
 def genai_session_options(threads: int) -> dict:
@@ -724,7 +303,7 @@ def genai_session_options(threads: int) -> dict:
 
 
 def _load_ort(ort_dir: Path, path: Path, precision: str, threads: int, why: str) -> LM:
-    _require("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
+    require_package("onnxruntime_genai", "onnxruntime-genai", "the ort backend")
     import onnxruntime_genai as og
     from transformers import AutoTokenizer
 
@@ -751,8 +330,6 @@ def _load_ort(ort_dir: Path, path: Path, precision: str, threads: int, why: str)
 
 
 def _open_torch(ref: str, device: str, why: str) -> LM:
-    from slmforge.infer.generate import TorchStep, eos_token_ids, load
-
     model, tokenizer = load(ref, device)
     limit = getattr(model.config, "max_position_embeddings", None)
     eos = eos_token_ids(model, tokenizer)
@@ -764,9 +341,6 @@ def _open_torch(ref: str, device: str, why: str) -> LM:
 def _open_adapter(path: Path, device: str) -> LM:
     """A LoRA adapter (merged into its base for decoding) or a prompt-tuning adapter (its virtual tokens
     are prepended to every prompt's embeddings by the step), on torch."""
-    from slmforge.infer.generate import TorchStep, eos_token_ids
-    from slmforge.lm.finetune import adapter_type, load_finetuned
-
     model, tokenizer = load_finetuned(path, device)
     prefix = None
     if adapter_type(path) == "PROMPT_TUNING":
@@ -782,7 +356,7 @@ def _open_adapter(path: Path, device: str) -> LM:
 
 
 def _open_llama_cpp(path: Path, threads: int, why: str) -> LM:
-    _require("llama_cpp", "llama-cpp-python", "the llama.cpp backend")
+    require_package("llama_cpp", "llama-cpp-python", "the llama.cpp backend")
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
@@ -799,9 +373,7 @@ def _open_llama_cpp(path: Path, threads: int, why: str) -> LM:
 
 def _gguf_for(path: Path) -> Path:
     """A q8_0 GGUF export of the model directory `path`, made once and cached."""
-    from slmforge.infer.gguf import export_gguf
-
-    dest = cache_root() / "gguf" / f"{_fingerprint(path)}-q8_0"
+    dest = cache_root() / "gguf" / f"{fingerprint(path)}-q8_0"
     if not (dest / "model.gguf").exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         export_gguf(path, dest, "q8_0", overwrite=True)
@@ -809,6 +381,7 @@ def _gguf_for(path: Path) -> Path:
 
 
 def _eos_ids(path: Path | None, tokenizer) -> list[int]:
+    """The ids that end a reply by the files: the tokenizer's EOS, generation_config.json's, ChatML's <|im_end|>."""
     ids = [tokenizer.eos_token_id]
     gen = path / "generation_config.json" if path is not None else None
     if gen is not None and gen.exists():
@@ -817,61 +390,3 @@ def _eos_ids(path: Path | None, tokenizer) -> list[int]:
     if "<|im_end|>" in getattr(tokenizer, "all_special_tokens", []):
         ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
     return sorted({i for i in ids if i is not None})
-
-
-def _manifest(path: Path) -> dict:
-    f = path / workspace.MANIFEST
-    try:
-        return json.loads(f.read_text()) if f.exists() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _cause(stderr: str, stdout: str) -> str:
-    """The line of a failed subprocess's output that says why: its exception, else its last line."""
-    lines = [line.strip() for line in (stdout + "\n" + stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
-    return (errors or lines or ["no output"])[-1]
-
-
-def _fingerprint(path: Path) -> str:
-    """Identifies a model directory's content cheaply: each file's name, size and mtime (the slmforge.json
-    manifest aside: registering a model again does not change its weights)."""
-    h = hashlib.sha256(str(path.resolve()).encode())
-    if path.is_file():
-        st = path.stat()
-        return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    for f in sorted(path.iterdir()):
-        if f.is_file() and f.name != "slmforge.json":
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def _tied(source: Path) -> bool:
-    return bool(json.loads((source / "config.json").read_text()).get("tie_word_embeddings"))
-
-
-def _require(module: str, package: str, what: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise SlmError(f"{what} needs {package}: run `pip install {package}`")
-
-
-def _quiet_env() -> dict:
-    env = dict(os.environ)
-    env.update(
-        {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    )
-    return env
-
-
-def _note(message: str) -> None:
-    print(f"[slmforge] {message}", file=sys.stderr, flush=True)
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

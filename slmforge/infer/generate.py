@@ -1,8 +1,8 @@
 """Text generation with our own decode loop: KV cache, greedy or seeded sampling, streaming text.
 
 The loop talks to the model through a tiny step interface (`prefill(ids)` then `next(token)`, each
-returning next-token logits), so a faster backend (ONNX Runtime, CTranslate2) can stand in for
-`TorchStep` unchanged. Greedy output equals transformers' `generate(do_sample=False)` token for token.
+returning next-token logits), so every backend of `slmforge.infer.engines` (torch's `TorchStep`, ONNX
+Runtime GenAI, llama.cpp) runs it unchanged. Greedy output equals transformers' `generate(do_sample=False)` token for token.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from slmforge.core import hub, runtime
 from slmforge.core.errors import SlmError
 from slmforge.infer.configs import GenerateConfig
+from slmforge.infer.engines import LM, OrtBatch, open_lm
 
 
 @dataclass
@@ -52,10 +51,8 @@ def generate_completion(cfg: GenerateConfig, on_text: Callable[[str], None] | No
     return complete(lm.step(), lm.tokenizer, input_ids, cfg, lm.eos, on_text)
 
 
-def open_cfg(cfg: GenerateConfig):
+def open_cfg(cfg: GenerateConfig) -> LM:
     """The `slmforge.infer.engines.LM` that `cfg` asks for."""
-    from slmforge.infer.engines import open_lm
-
     return open_lm(cfg.model, cfg.backend, cfg.precision, cfg.threads, cfg.device)
 
 
@@ -100,36 +97,6 @@ def chat(
         on_text("\n")
         history.append({"role": "assistant", "content": reply.text})
     return history
-
-
-def load(model: str, device: str = "auto"):
-    """(model, tokenizer) for a catalog name, local directory or .gguf file, or hub id; in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    entry = hub.CATALOG.get(model)
-    if entry is not None and entry.kind != "causal-lm":
-        raise SlmError(f"{model} is an {entry.kind}, not a model that generates text")
-    ref = hub.resolve_model(model)
-    path, kwargs = Path(ref), {}
-    if path.is_file() and path.suffix == ".gguf":
-        ref, kwargs = str(path.parent), {"gguf_file": path.name}
-    elif path.is_file():
-        raise SlmError(f"{model} is a file, not a model directory")
-    elif path.is_dir() and not (path / "config.json").exists():
-        raise SlmError(f"{model} holds no model (no config.json)")
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a model that loads in a second is noise
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SlmError(f"could not load a text-generation model from {model}: {cause}") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return lm.to(runtime.pick_device(device)).eval(), tokenizer
 
 
 def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
@@ -236,49 +203,6 @@ def _escaped_chat_ids(tokenizer, messages: list[dict], specials: list[str], find
     return ids
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a reply: generation_config's EOS ids, the tokenizer's EOS, ChatML's <|im_end|>."""
-    ids: list[int] = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += configured if isinstance(configured, list) else [configured]
-    ids.append(tokenizer.eos_token_id)
-    if "<|im_end|>" in getattr(tokenizer, "all_special_tokens", []):
-        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    return sorted({i for i in ids if i is not None})
-
-
-class TorchStep:
-    """The step function behind the decode loop: token ids in, next-token logits out, KV cache kept inside."""
-
-    def __init__(self, model, prefix: torch.Tensor | None = None):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
-        self.prefix = prefix  # [1, n, hidden] embeddings put before every prompt (prompt tuning)
-        self.past = None
-
-    def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
-        self.past = None
-        if self.prefix is None:
-            return self._forward(ids)
-        with torch.inference_mode():
-            x = torch.tensor([ids], dtype=torch.long, device=self.device)
-            embeds = torch.cat([self.prefix, self.model.get_input_embeddings()(x)], dim=1)
-            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        self.past = out.past_key_values
-        return out.logits[0, -1].float()
-
-    def next(self, token: int) -> torch.Tensor:
-        return self._forward([token])
-
-    @torch.inference_mode()
-    def _forward(self, ids: list[int]) -> torch.Tensor:
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=x, past_key_values=self.past, use_cache=True, logits_to_keep=1)
-        self.past = out.past_key_values
-        return out.logits[0, -1].float()
-
-
 def complete(
     step,
     tokenizer,
@@ -357,8 +281,6 @@ def complete_batch(
 
 
 def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[Completion]:
-    from slmforge.infer.engines import OrtBatch
-
     limit, length = lm.max_positions, len(prompts[0])
     if limit and length >= limit:
         raise SlmError(f"the prompt is {length} tokens; this model reads at most {limit}")

@@ -434,7 +434,7 @@ def verify_gguf(model, tokenizer, path: Path, prompts: list[str], plan: dict) ->
         "chat_template_roundtrip": g_tok.chat_template is not None,
         "eos_token": g_tok.convert_ids_to_tokens(eos) if eos is not None else None,
     }
-    return result | _llama_cpp_check(path, tokenizer, texts[0])
+    return result | llama_cpp_check(path, tokenizer, texts[0])
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -463,7 +463,7 @@ def _rounded_copy(model, plan: dict):
     return rounded.eval()
 
 
-def _llama_cpp_check(path: Path, tokenizer, prompt: str) -> dict:
+def llama_cpp_check(path: Path, tokenizer, prompt: str) -> dict:
     """When llama-cpp-python is installed: llama.cpp loads the file and greedily continues `prompt`.
 
     In its own process, so a broken llama.cpp build fails the export with a cause instead of killing it: a

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from slmforge.core.errors import SlmError
-from slmforge.infer.engines import drop_unread, onnx_attrs
+from slmforge.infer.onnx_graph import drop_unread, onnx_attrs
 
 BITS = 4
 CALIB_SEQUENCES = 128

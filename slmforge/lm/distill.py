@@ -560,7 +560,7 @@ def _check_student_source(teacher_name: str, teacher: str, name: str) -> str:
 
 def _run_dirs_to_models(cfg: DistillLMConfig) -> DistillLMConfig:
     """A full fine-tuning (or distillation) run dir as teacher or student means its model/."""
-    from slmforge.lm.finetune import output_dir
+    from slmforge.infer.model_dirs import output_dir
 
     def model_of(name: str | None) -> str | None:
         if name is None or not Path(name).is_dir():

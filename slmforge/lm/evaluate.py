@@ -466,7 +466,7 @@ def is_causal_lm(model: str) -> bool:
     entry = hub.CATALOG.get(model)
     if entry is not None:
         return entry.kind == "causal-lm"
-    from slmforge.lm.finetune import output_dir
+    from slmforge.infer.model_dirs import output_dir
 
     path = output_dir(Path(model).expanduser())  # a finetune/distill run dir → its model/ or adapter/
     if path.is_file():

@@ -18,7 +18,6 @@ Output, inside the run directory `--out` (beside config.json, metrics.jsonl, los
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -35,7 +34,7 @@ from slmforge.core.progress import quiet_hf
 from slmforge.data import sft_data
 from slmforge.lm.configs import FinetuneConfig
 from slmforge.train import checkpoint, loop
-from slmforge.train.adapters import BASE_FILE, base_fingerprint, load_adapter
+from slmforge.train.adapters import BASE_FILE, base_fingerprint
 from slmforge.train.pretrained import (
     base_config,
     base_model,
@@ -207,44 +206,6 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, loss_fn=None) -> Finetu
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def load_finetuned(path: str | Path, device: str = "auto"):
-    """(model, tokenizer) in eval mode for a full model dir, a LoRA or prompt-tuning adapter dir, or a run dir.
-
-    A LoRA adapter comes back merged into its base (a plain transformers model); a prompt-tuning adapter
-    comes back as a PEFT model, whose `generate()` prepends the virtual tokens.
-    """
-    from transformers import AutoTokenizer
-
-    from slmforge.core.runtime import pick_device
-    from slmforge.infer.generate import load
-
-    p = output_dir(path)
-    if not (p / "adapter_config.json").exists():
-        return load(str(p), device)
-    model = load_adapter(p)
-    if adapter_type(p) == "LORA":
-        model = model.merge_and_unload()
-    return model.to(pick_device(device)).eval(), AutoTokenizer.from_pretrained(p)
-
-
-def output_dir(path: str | Path) -> Path:
-    """A run dir → its model/ or adapter/; anything else → itself."""
-    p = Path(path)
-    if (p / "adapter_config.json").exists():
-        return p
-    for sub, marker in (("model", "config.json"), ("adapter", "adapter_config.json")):
-        if (p / sub / marker).exists():
-            return p / sub
-    return p
-
-
-def adapter_type(adapter: Path) -> str:
-    try:
-        return json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
-    except (OSError, ValueError, KeyError) as e:
-        raise SlmError(f"{adapter}/adapter_config.json is unreadable ({e})") from None
 
 
 # ----------------------------------------------------------------------------- helpers

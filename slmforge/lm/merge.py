@@ -15,8 +15,8 @@ from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir
 from slmforge.core.progress import quiet_hf
+from slmforge.infer.model_dirs import adapter_type, output_dir
 from slmforge.lm.configs import MergeConfig
-from slmforge.lm.finetune import adapter_type, output_dir
 from slmforge.train.adapters import adapter_base, load_adapter, locate_base
 from slmforge.train.pretrained import check_full_precision, generation_config, local_path
 
@@ -72,7 +72,7 @@ def _check_adapter(path: str) -> Path:
     if kind in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):
         raise SlmError(
             f"{path} is a {kind.lower().replace('_', '-')} adapter: its virtual tokens are inputs, not weights, "
-            "so there is nothing to merge; load it with its base instead (slmforge.lm.finetune.load_finetuned)"
+            "so there is nothing to merge; load it with its base instead (slmforge.infer.model_dirs.load_finetuned)"
         )
     if kind != "LORA":
         raise SlmError(f"{path} is a {kind} adapter; only LoRA adapters can be merged")

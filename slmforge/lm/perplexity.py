@@ -134,6 +134,6 @@ def token_stream(tokenizer, docs: list[str], limit: int) -> np.ndarray:
 
 
 def _load(name: str, device):
-    from slmforge.infer.generate import load
+    from slmforge.infer.model_dirs import load
 
     return load(name, device=str(device))

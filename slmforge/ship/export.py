@@ -76,7 +76,7 @@ def export(cfg: ExportConfig) -> dict:
     kind = model_kind(source)
     if kind == "causal-lm":  # fp32 decoder with KV cache, for ONNX Runtime (GenAI)
         from slmforge.core import workspace
-        from slmforge.infer.engines import build_ort, ort_unsupported, verify_rows
+        from slmforge.infer.ort_build import build_ort, ort_unsupported, verify_rows
 
         reason = ort_unsupported(source)
         if reason:

@@ -169,12 +169,12 @@ def quantize_onnx_int8(source: Path, out: Path, cfg: QuantizeConfig, verify_vs: 
 def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     """Weight-only int8 (symmetric, per block of 32 weights) or int4 (GPTQ, asymmetric blocks of 32, and of 16
     for the head's rows of the calibration text's most frequent tokens; the tied head in 4 bits too; see
-    `engines.build_ort` and `slmforge.infer.gptq`) for a causal LM, as an ONNX Runtime GenAI model (`MatMulNBits`):
+    `ort_build.build_ort` and `slmforge.infer.gptq`) for a causal LM, as an ONNX Runtime GenAI model (`MatMulNBits`):
     the model `slm generate` and the server run by default.
     Verified against torch fp32 (logits cosine) and measured: perplexity on held-out text before and
     after, and the size on disk against the fp32 weights; all in the manifest."""
     from slmforge.core import workspace
-    from slmforge.infer.engines import OrtLogits, build_ort, ort_unsupported, verify_rows
+    from slmforge.infer.ort_build import OrtLogits, build_ort, ort_unsupported, verify_rows
 
     reason = ort_unsupported(source)
     if reason:
@@ -183,7 +183,7 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     calib = read_texts(cfg.calib) if cfg.calib and cfg.scheme == "int4" else None
 
     def measure(tmp: Path) -> dict:
-        from slmforge.infer.generate import load
+        from slmforge.infer.model_dirs import load
 
         model, tokenizer = load(str(source), "cpu")
         window = min(256, getattr(model.config, "max_position_embeddings", 256) - 1)

@@ -246,8 +246,8 @@ def _validate(cfg: RightsizeGenConfig) -> None:
 
 def _check_causal(model: str) -> None:
     from slmforge.core import hub
+    from slmforge.infer.model_dirs import output_dir
     from slmforge.lm.evaluate import is_causal_lm
-    from slmforge.lm.finetune import output_dir
 
     entry = hub.CATALOG.get(model)
     if entry is not None:
@@ -271,7 +271,7 @@ def _check_causal(model: str) -> None:
 def _is_tuned(model: str) -> bool:
     """Whether `model` is already fine-tuned: a finetune run dir, an adapter, or a model finetune wrote."""
     from slmforge.core import workspace
-    from slmforge.lm.finetune import output_dir
+    from slmforge.infer.model_dirs import output_dir
 
     path = Path(model).expanduser()
     if not path.is_dir():
@@ -400,7 +400,9 @@ def _tune_settings(cfg: RightsizeGenConfig) -> dict:
 def _tune(cfg: RightsizeGenConfig, rung: Rung, rec: dict, progress: bool) -> None:
     """Fine-tune the rung's base into `rung.model` unless an earlier run already did with these settings."""
     from slmforge.core.progress import say
-    from slmforge.lm.finetune import FinetuneConfig, finetune, output_dir
+    from slmforge.infer.model_dirs import output_dir
+    from slmforge.lm.configs import FinetuneConfig
+    from slmforge.lm.finetune import finetune
 
     run = Path(rung.model)
     settings = _tune_settings(cfg)
@@ -432,8 +434,8 @@ def _evaluate(cfg: RightsizeGenConfig, rung: Rung, out: Path, progress: bool) ->
     from dataclasses import replace
 
     from slmforge.core.fsutil import atomic_file
+    from slmforge.infer.model_dirs import output_dir
     from slmforge.lm import evaluate as gen_eval
-    from slmforge.lm.finetune import output_dir
     from slmforge.train.adapters import locate_base
 
     path = Path(rung.model).expanduser()
@@ -603,7 +605,7 @@ def plot_pareto(table: list[dict], pick, quality: str, png: Path) -> None:
 
 def _register(pick: dict, cfg: RightsizeGenConfig, out: Path) -> None:
     from slmforge.core import hub, workspace
-    from slmforge.lm.finetune import output_dir
+    from slmforge.infer.model_dirs import output_dir
 
     path = Path(pick["model"]).expanduser()
     if not path.exists():
