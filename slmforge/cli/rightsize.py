@@ -14,7 +14,7 @@ from slmforge.core.errors import SlmError
 
 TASKS = ("classification", "generation")
 CLASSIFICATION = Opts(
-    "slmforge.ship.rightsize.classification:RightsizeConfig",
+    "slmforge.ship.rightsize.configs:RightsizeConfig",
     family="classification",
     short={"out": "-o"},
     exclude=("task",),
@@ -22,7 +22,7 @@ CLASSIFICATION = Opts(
     defaults={"eval_data": None},  # checked below, with the task's own message
 )
 GENERATION = Opts(
-    "slmforge.ship.rightsize.generation:RightsizeGenConfig",
+    "slmforge.ship.rightsize.configs:RightsizeGenConfig",
     family="generation",
     short={"out": "-o"},
     exclude=("device", "tune_epochs", "tune_options"),

@@ -28,10 +28,11 @@ import json
 import operator
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
+from slmforge.ship.rightsize.configs import RightsizeConfig
 
 METRICS = ("accuracy", "macro_f1", "p50_ms", "params", "disk_mb")
 TASK_METRICS = {
@@ -88,48 +89,6 @@ def parse_target(expr: str, metrics: tuple[str, ...] = METRICS) -> list[Clause]:
         factor = float(m["factor"]) if m["factor"] else (1.0 if m["base"] else None)
         clauses.append(Clause(m["metric"], m["op"], float(m["value"]) if m["value"] else None, factor))
     return clauses
-
-
-@dataclass
-class RightsizeConfig:
-    data: str
-    """Labelled training file.
-
-    What the base trained on; the pruned rungs heal on it."""
-    eval_data: str
-    """The labelled file the targets are checked on, e.g. the test split."""
-    out: str
-    """Ladder directory (rerun to resume)."""
-    target: str = "accuracy>=0.97*base"
-    """Clauses like accuracy>=0.92 or accuracy>=0.97*base, comma-separated.
-
-    Metrics: accuracy, macro_f1, p50_ms, params, disk_mb (see the module docstring)."""
-    max_latency_ms: float | None = None
-    """Adds p50_ms<=VALUE."""
-    base_model: str | None = None
-    """A trained classifier to start from.
-
-    Without it one is trained from --base with default settings."""
-    base: str = "minilm-l6"
-    """Encoder to train the base from (no --base-model)."""
-    task: str = "classification"
-    """Always classification here (`slmforge.ship.rightsize.generation` is the generation ladder)."""
-    layers: list[int] = field(default_factory=lambda: [4, 3, 2])
-    """Layer counts of the pruned rungs."""
-    int8: bool = True
-    """An int8 rung after each model."""
-    heal_epochs: int = 3
-    """Healing epochs of pruned rungs."""
-    text_col: str = "text"
-    """Text column."""
-    label_col: str = "label"
-    """Label column."""
-    latency_queries: int = 200
-    """Single queries timed per rung."""
-    threads: int | None = None
-    """Compute threads [default: the free cores, never more]."""
-    seed: int = 0
-    """Seed of the base's training and the rungs' healing."""
 
 
 def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:

@@ -35,11 +35,12 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
 from slmforge.ship.rightsize.classification import TASK_METRICS, Clause, parse_target
+from slmforge.ship.rightsize.configs import RightsizeGenConfig
 
 METRICS = TASK_METRICS["generation"]
 QUALITY = ("exact_match", "token_f1", "rouge_l", "chrf")
@@ -47,87 +48,6 @@ TUNE_METHODS = ("lora", "full")
 _KEPT = ("exact_match", "token_f1", "rouge_l", "chrf", "tokens_per_s", "params", "disk_mb", "cost_per_1k",
          "peak_rss_mb", "backend", "precision", "items", "shots", "eos_rate", "generated_tokens_mean",
          "seconds", "price_per_hour")  # fmt: skip
-
-
-@dataclass
-class RightsizeGenConfig:
-    models: list[str]
-    """The ladder, comma-separated (catalog names, dirs, finetune runs).
-
-    Or PEFT adapters; largest first by convention."""
-    eval_data: str
-    """The prompt/completion JSONL the targets are checked on.
-
-    Prompt/completion (or messages) JSONL or CSV, as for `slm eval`."""
-    out: str
-    """Ladder directory (rerun to resume).
-
-    ladder.json, report.md, pareto.png, predictions/, tuned/."""
-    target: str = "exact_match>=0.97*base"
-    """Clauses like exact_match>=0.85 or exact_match>=0.97*base, comma-separated.
-
-    Metrics: exact_match, token_f1, rouge_l, chrf, p50_ms, p95_ms, params, disk_mb, tokens_per_s (see the
-    module docstring)."""
-    max_latency_ms: float | None = None
-    """Adds p50_ms<=VALUE."""
-    shots: int = 0
-    """Also evaluate each base model K-shot.
-
-    The NAME@Kshot variant."""
-    shots_from: str | None = None
-    """Where shots come from [--tune-data, else --eval-data].
-
-    From --eval-data, the scored items are left out."""
-    zero_shot: bool = True
-    """Evaluate base models as they are too."""
-    instruction: str | None = None
-    """System prompt text."""
-    labels_from: str | None = None
-    """Allowed answers, listed in the system prompt."""
-    text_col: str | None = None
-    """Prompt column / JSONL key."""
-    label_col: str | None = None
-    """Answer column / JSONL key."""
-    limit: int | None = None
-    """Score a seeded sample of N items."""
-    seed: int = 0
-    """Seed for --limit, --shots and tuning."""
-    max_new_tokens: int = 32
-    """Longest answer."""
-    backend: str = "auto"
-    """auto, ort, torch or llama.cpp.
-
-    PEFT adapters run on torch whatever this says."""
-    precision: str = "int8"
-    """ort weights: int8, int4 or fp32."""
-    chat: bool = True
-    """Use the chat template."""
-    latency_items: int = 20
-    """Items timed one at a time."""
-    price_per_hour: float = 0.10
-    """Machine USD/hour for the cost per 1,000 requests."""
-    isolate: bool = True
-    """One fresh process per rung (its own peak memory)."""
-    threads: int | None = None
-    """Compute threads [default: the free cores, never more]."""
-    device: str = "auto"
-    """auto, cpu or cuda (the torch backend)."""
-    tune_data: str | None = None
-    """Also fine-tune every base model on this JSONL.
-
-    And add the tuned rung NAME+METHOD."""
-    tune_method: str = "lora"
-    """lora or full."""
-    tune_minutes: float | None = None
-    """Time budget per fine-tune."""
-    tune_steps: int | None = None
-    """Steps per fine-tune."""
-    tune_epochs: float = 1.0
-    """Passes over --tune-data per fine-tune (unless --tune-minutes or --tune-steps stop it first)."""
-    tune_lr: float | None = None
-    """Fine-tuning learning rate."""
-    tune_options: dict = field(default_factory=dict)
-    """Further `slmforge.lm.finetune.FinetuneConfig` fields for the tuned rungs (seq_len, batch_size, ...)."""
 
 
 @dataclass
