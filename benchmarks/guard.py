@@ -53,7 +53,7 @@ def recall_at_fpr(
 
 
 def evaluate(path: Path, guard, threshold: float) -> dict:
-    from slmforge.route.guard import rule_hits
+    from slmforge.guard import rule_hits
 
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -170,9 +170,7 @@ def markdown(results: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--detector", required=True, help="A built detector dir (python -m slmforge.route.guard)."
-    )
+    ap.add_argument("--detector", required=True, help="A built detector dir (python -m slmforge.guard).")
     ap.add_argument("--data", nargs="+", default=[str(p) for p in DATA])
     ap.add_argument("--threshold", type=float, help="Default: the detector's own (guard.json).")
     ap.add_argument("--threads", type=int, default=1)
@@ -186,7 +184,7 @@ def main() -> int:
         os.environ.setdefault(var, str(args.threads))
 
     from slmforge.core.runtime import set_threads
-    from slmforge.route.guard import load_guard, rule_hits
+    from slmforge.guard import load_guard, rule_hits
 
     set_threads(args.threads)
     route = {"default": {"pii": "redact", "injection": "block"}}

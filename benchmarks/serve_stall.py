@@ -36,7 +36,7 @@ def main() -> None:
     import transformers  # noqa: F401
     import uvicorn
 
-    from slmforge.route.guard import load_guard
+    from slmforge.guard import load_guard
     from slmforge.serve import app as app_mod
     from slmforge.serve.auth import create_key
     from slmforge.serve.backends import GenResult

@@ -25,6 +25,6 @@ python3 -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smol
 # built once (about 3 minutes on 2 cores) from the hand-written data in benchmarks/data/injection; skipped when
 # it is there. Without it the server runs its guard on rules only and says so in the log and in /readyz.
 if [ "${SLMFORGE_SKIP_DETECTOR_BUILD:-0}" != 1 ]; then
-  python3 -m slmforge.route.guard --if-missing --quiet
+  python3 -m slmforge.guard --if-missing --quiet
 fi
 echo "slmforge installed: $(command -v slm)"

@@ -1,7 +1,7 @@
 """The issue-24 probes: 25 obfuscated / multilingual / role-placed injections and 16 benign requests, the
 guard with no detector and with the built one, and an attack in the middle of a 21 kB text.
 
-The built detector is the one `scripts/install.sh` makes (`python3 -m slmforge.route.guard --if-missing`) at
+The built detector is the one `scripts/install.sh` makes (`python3 -m slmforge.guard --if-missing`) at
 $SLMFORGE_HOME/models/guard-injection, read from the environment as it was before the tests' own
 workspace fixture replaced SLMFORGE_HOME. Without one these tests fail, naming the command that builds
 it; SLMFORGE_SKIP_DETECTOR_TESTS=1 skips them on purpose (never silently).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.route.guard import DETECTOR_NAME, GUARD_META, load_guard, rule_hits
+from slmforge.guard import DETECTOR_NAME, GUARD_META, load_guard, rule_hits
 
 BUILT = (
     Path(os.environ.get("SLMFORGE_HOME", Path.home() / ".slmforge")).expanduser() / "models" / DETECTOR_NAME
@@ -137,7 +137,7 @@ def built_guard():
         pytest.skip("SLMFORGE_SKIP_DETECTOR_TESTS=1: the built-detector tests were switched off on purpose")
     if not (BUILT / "classifier.json").exists() or not (BUILT / GUARD_META).exists():
         pytest.fail(
-            f"no guard detector built at {BUILT}: run `python3 -m slmforge.route.guard` (scripts/install.sh does), "
+            f"no guard detector built at {BUILT}: run `python3 -m slmforge.guard` (scripts/install.sh does), "
             "or set SLMFORGE_SKIP_DETECTOR_TESTS=1 to skip these tests"
         )
     return load_guard({"detector": str(BUILT)})

@@ -1,7 +1,7 @@
 """The injection guard applied to retrieved text (indirect prompt injection): at index time and at answer time.
 
 A document can carry instructions meant for the model that will read it ("Ignore all previous
-instructions and ..."), so `slm rag index` runs the input guard's injection check (`slmforge.route.guard`:
+instructions and ..."), so `slm rag index` runs the input guard's injection check (`slmforge.guard`:
 rules, plus the classifier detector when one is chosen) on every chunk it stores, on the text a prompt
 would hold (its title, the section path or file name, and its text), and records what it found (`StoredChunk.flag`). Flagged chunks are
 quarantined: retrieval for answers (`slm rag ask`, the server's `/v1/rag/ask`, pipelines) never returns
@@ -55,7 +55,7 @@ def check_setting(setting: str | None) -> str:
     if not (Path(value).expanduser() / "classifier.json").exists():
         raise SlmError(
             f"guard: {value} is not one of {', '.join(SETTINGS)} nor a detector directory "
-            "(one holding classifier.json; build it with `python -m slmforge.route.guard`)"
+            "(one holding classifier.json; build it with `python -m slmforge.guard`)"
         )
     return value
 
@@ -65,7 +65,7 @@ class ChunkGuard:
     flag rather than block. `check` gives '' for clean text, else the reasons joined by commas."""
 
     def __init__(self, setting: str = DEFAULT, threads: int = 1):
-        from slmforge.route.guard import load_guard
+        from slmforge.guard import load_guard
 
         self.setting = check_setting(setting)
         if self.setting == "none":
@@ -86,7 +86,7 @@ class ChunkGuard:
 
     def signature(self) -> str:
         """Changes when the rules or the detector do: the index re-checks its chunks then."""
-        import slmforge.route.guard as guard_module
+        import slmforge.guard as guard_module
 
         h = hashlib.sha256()
         for name, pattern in sorted(getattr(guard_module, "RULES", {}).items()):

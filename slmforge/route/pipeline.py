@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.core.errors import SlmError
-from slmforge.route.guard import check_fields, check_unit
+from slmforge.guard import check_fields, check_unit
 
 BRANCH_TYPES = ("rag", "template", "generate", "cascade", "human")
 DEFAULT_HUMAN = "I'm passing your question to a member of our team, who will get back to you shortly."

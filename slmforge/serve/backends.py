@@ -3,7 +3,7 @@
 chat: a causal LM decoded by `slmforge.infer.generate.complete` in a pool of worker threads, each request with
 its own KV cache, so one long generation never blocks the others. classify and embeddings: one
 `MicroBatcher` each. rag: an `Asker` on its own thread (its SQLite index belongs to the thread that opened
-it). The guard and pipelines are whatever `slmforge.route.guard` / `slmforge.route.pipeline` provide, reached only
+it). The guard and pipelines are whatever `slmforge.guard` / `slmforge.route.pipeline` provide, reached only
 through `Guarded` / `load_pipelines` here, so tests can stand in fakes with the same duck type.
 """
 
@@ -386,26 +386,18 @@ class Guarded:
 def load_guard(spec: dict | None) -> Guarded:
     if spec is None:
         return Guarded(None)
-    try:
-        from slmforge.route import guard as guard_module
-    except ImportError:
-        raise SlmError(
-            "the config has a guard section but this slmforge has no slmforge.route.guard"
-        ) from None
-    return Guarded(guard_module.load_guard(spec))
+    from slmforge.guard import load_guard as build
+
+    return Guarded(build(spec))
 
 
 def load_pipelines(spec: str | dict | None, threads: int | None = None) -> dict[str, Any]:
     """{name: pipeline} from slmforge.route.pipeline, warmed up (models loaded) when it can be."""
     if spec is None:
         return {}
-    try:
-        from slmforge.route import pipeline as pipeline_module
-    except ImportError:
-        raise SlmError(
-            "the config names pipelines but this slmforge has no slmforge.route.pipeline"
-        ) from None
     import inspect
+
+    from slmforge.route import pipeline as pipeline_module
 
     takes_threads = "threads" in inspect.signature(pipeline_module.load_pipelines).parameters
     pipelines = pipeline_module.load_pipelines(spec, **({"threads": threads} if takes_threads else {}))

@@ -30,7 +30,7 @@ audit:                          # one record per request in the workspace DB (sl
   # to audit-spill.jsonl next to the DB and replayed exactly once when it works again (or at the next
   # start); /readyz answers 503 while the writer's DB writes fail; slm_audit_dropped_total counts the
   # records neither the DB nor the spill file took.
-guard: null                     # a slmforge.route.guard config (block / redact / flag per route)
+guard: null                     # a slmforge.guard config (block / redact / flag per route)
 pipelines: null                 # a pipelines YAML file (slmforge.route.pipeline)
 models:
   - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}
@@ -172,7 +172,7 @@ class ServeConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     """The audit log: one record per request in the workspace DB (see AuditConfig)."""
     guard: dict | None = None
-    """A slmforge.route.guard config (block / redact / flag per route); None: the guard's defaults."""
+    """A slmforge.guard config (block / redact / flag per route); None: the guard's defaults."""
     pipelines: str | dict | None = None
     """A pipelines YAML file (or its parsed dict) for /v1/pipelines (slmforge.route.pipeline)."""
 

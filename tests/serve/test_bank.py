@@ -12,7 +12,7 @@ from slmforge.serve.config import from_dict
 from tests.serve.conftest import bearer
 
 pipeline = pytest.importorskip("slmforge.route.pipeline")
-pytest.importorskip("slmforge.route.guard")
+pytest.importorskip("slmforge.guard")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_bank_pipeline_over_http_with_the_guard(bank, new_key):
                      "guard": {"detector": "none", "default": {"pii": "redact", "injection": "block"}}})  # fmt: skip
     app = create_app(
         cfg
-    )  # the real loading path: slmforge.route.guard.load_guard, slmforge.route.pipeline.load_pipelines
+    )  # the real loading path: slmforge.guard.load_guard, slmforge.route.pipeline.load_pipelines
     k = bearer(new_key("pipelines:bank", name="teller"))
     with TestClient(app) as c:
         r = c.post("/v1/pipelines/bank", json={"input": "my credit card was stolen"}, headers=k)

@@ -39,7 +39,7 @@ class SpyChat(SlowChat):
 
 
 def rules_guard():
-    from slmforge.route.guard import load_guard
+    from slmforge.guard import load_guard
 
     return load_guard({"detector": None})
 

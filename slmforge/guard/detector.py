@@ -7,7 +7,7 @@ reads any script; MiniLM's vocabulary is English), with `guard.json` saying how 
 threshold chosen on validation data. Every window of a text (`text_windows`) of every classifier variant
 (`classifier_variants`) is scored, batched, and the highest score counts (`component_scores`).
 
-`build_detector()` (`python -m slmforge.route.guard`, which runs `main` here; about 3 minutes on 2 cores)
+`build_detector()` (`python -m slmforge.guard`, which runs `main` here; about 3 minutes on 2 cores)
 trains it with slmforge's own workflows. Measured: benchmarks/guard.py, benchmarks/results/guard.md.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.core.errors import SlmError
-from slmforge.route.normalise import classifier_variants, normalise
-from slmforge.route.rules import rule_hits
+from slmforge.guard.normalise import classifier_variants, normalise
+from slmforge.guard.rules import rule_hits
 
 INJECTION_LABEL = "injection"
 DETECTOR_NAME = "guard-injection"
@@ -456,7 +456,7 @@ def _write_csv(path: Path, texts: list[str], labels: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m slmforge.route.guard [--out DIR] [--extra-benign CSV ...] [--if-missing]: build the detector."""
+    """python -m slmforge.guard [--out DIR] [--extra-benign CSV ...] [--if-missing]: build the detector."""
     import argparse
 
     ap = argparse.ArgumentParser(description=build_detector.__doc__)

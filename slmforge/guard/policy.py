@@ -1,4 +1,4 @@
-"""The input guard: personal data and prompt-injection / jailbreak detection, with an action per route.
+"""The guard's policy: personal data and prompt-injection / jailbreak detection, with an action per route.
 
 `load_guard(cfg)` reads a config dict (the `guard:` section of serve.yaml), `Guard.check(text, route)`
 returns a `Verdict`: `action` (allow | flag | redact | block, the most severe one any check asked for),
@@ -28,7 +28,7 @@ dotted l.e.t.t.e.r.s joined, line breaks joined, and base64 segments that decode
 text. The rules also see accent-folded, leetspeak-mapped and ROT13 copies; the classifier also scores
 the ROT13 copy when it reads more like English than the text does (the higher score counts).
 
-The classifier (`build_detector()`, `python -m slmforge.route.guard`, about 3 minutes on 2 cores) is two
+The classifier (`build_detector()`, `python -m slmforge.guard`, about 3 minutes on 2 cores) is two
 models whose probabilities are averaged: MiniLM fine-tuned by `slmforge.clf.train` on the hand-written set
 in benchmarks/data/injection, pruned to 3 layers (healed by distillation) and exported to ONNX, and a
 character n-gram TF-IDF logistic regression (which reads any script; MiniLM's vocabulary is English).
@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slmforge.core.errors import SlmError
-from slmforge.route.detector import (
+from slmforge.guard.detector import (
     DEFAULT_THRESHOLD,
     DETECTOR_NAME,
     GUARD_META,
@@ -71,8 +71,8 @@ from slmforge.route.detector import (
     softmax,
     text_windows,
 )
-from slmforge.route.normalise import classifier_variants, normalise, rot13, rule_variants
-from slmforge.route.rules import LINE_RULES, RULES, rule_hits
+from slmforge.guard.normalise import classifier_variants, normalise, rot13, rule_variants
+from slmforge.guard.rules import LINE_RULES, RULES, rule_hits
 
 __all__ = [
     "DEFAULT_THRESHOLD", "DETECTOR_NAME", "GUARD_META", "INJECTION_LABEL", "LINE_RULES", "MAX_CHARS", "NGRAM_FILE",
@@ -81,7 +81,7 @@ __all__ = [
     "load_guard", "main", "normalise", "parse_config", "rot13", "rule_hits", "rule_variants", "text_windows",
 ]  # fmt: skip
 
-log = logging.getLogger("slmforge.route.guard")
+log = logging.getLogger("slmforge.guard")
 
 PII_ACTIONS = ("block", "redact", "flag", "allow")
 INJECTION_ACTIONS = ("block", "flag", "allow")
@@ -238,7 +238,7 @@ class Guard:
         if cfg.detector == "auto" and self.detector is None:
             message = (
                 f"guard.detector is auto but no detector is built at {default_detector_path()}: injection "
-                "detection is rules only (build it with `python3 -m slmforge.route.guard`)"
+                "detection is rules only (build it with `python3 -m slmforge.guard`)"
             )
             log.warning(message)
             self.warnings.append(message)
@@ -368,7 +368,3 @@ class Guard:
 
 def _worse(a: str, b: str) -> str:
     return a if SEVERITY[a] >= SEVERITY[b] else b
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from slmforge.route.normalise import rule_variants
+from slmforge.guard.normalise import rule_variants
 
 # Attack phrasings, matched case-insensitively on every copy from rule_variants(). Each is written for
 # precision: a customer who says "ignore the previous transaction" or "what is a system prompt?" is not
