@@ -136,3 +136,16 @@ def slm_cli(monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is; torch is imported only when some are collected."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in gpu:
+            item.add_marker(skip)

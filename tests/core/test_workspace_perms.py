@@ -100,6 +100,7 @@ def test_overwrite_still_replaces_what_slmforge_made(tmp_path, slm_cli, tiny_cor
     assert slm_cli(*args, "--overwrite")[0] == 0 and (out / "tokenizer.json").exists()
 
 
+@pytest.mark.recipe
 def test_pretrain_overwrite_refuses_a_foreign_directory(tmp_path, tiny_corpus_dir, tiny_tokenizer_dir):
     from slmforge.lm.pretrain import PretrainConfig, pretrain
 

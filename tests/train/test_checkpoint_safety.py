@@ -63,6 +63,7 @@ def test_a_forged_checkpoint_is_refused_and_runs_nothing(tmp_path, fmt):
         assert "io.open" in message  # the offending global, named
 
 
+@pytest.mark.recipe
 def test_resume_through_pretrain_refuses_a_forged_checkpoint(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
     from slmforge.lm.pretrain import PretrainConfig, pretrain
 

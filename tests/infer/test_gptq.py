@@ -51,6 +51,7 @@ def test_matmulnbits_packing_round_trips():
     assert torch.equal(c2, codes) and torch.equal(z2, zeros) and torch.equal(s2, scales)
 
 
+@pytest.mark.recipe
 def test_int4_quantize_runs_gptq_and_the_onnx_weights_are_its_weights(tiny_model_dir, tmp_path):
     import onnx
     from onnx import helper, numpy_helper
@@ -100,6 +101,7 @@ def test_int4_quantize_runs_gptq_and_the_onnx_weights_are_its_weights(tiny_model
     assert np.abs(got - want_fake).max() < 0.5 * np.abs(got - want_fp32).max()
 
 
+@pytest.mark.recipe
 def test_cli_quantize_bad_method_is_one_line(tiny_model_dir, tmp_path, slm_cli):
     code, _, err = slm_cli(
         "quantize", tiny_model_dir, "--scheme", "int4", "--method", "awq", "--out", tmp_path / "x"
@@ -165,6 +167,7 @@ def test_refit_scales_lowers_the_output_error_and_recovers_exact_scales():
     assert float(kept[0, 0]) == pytest.approx(float(scales[0, 0]), rel=1e-4)
 
 
+@pytest.mark.recipe
 def test_split_head_keeps_frequent_rows_finer_and_the_model_exact(tiny_model_dir, tmp_path, monkeypatch):
     """The head split in two row groups (the calibration text's 64 most frequent tokens in blocks of 16, the
     rest in 32): the ONNX model still computes exactly the GPTQ weights, logits in vocabulary order, and the

@@ -116,6 +116,7 @@ def test_a_corrupt_converted_model_is_named(tiny_model_dir, tmp_path):
         engines.open_lm(str(out))
 
 
+@pytest.mark.recipe
 def test_quantize_causal_lm_measures_perplexity_and_size(tiny_model_dir, tmp_path):
     from slmforge.ship.quantize import QuantizeConfig, quantize
 
@@ -140,6 +141,7 @@ def test_int8_embedding_shares_the_output_head(tiny_model_dir, tmp_path):
     assert any(n.name.endswith("shared_int8/GatherQ") for n in graph.node)
 
 
+@pytest.mark.recipe
 def test_export_causal_lm_to_onnx(tiny_model_dir, tmp_path):
     from slmforge.ship.export import ExportConfig, export
 
@@ -237,6 +239,7 @@ def test_generate_and_server_give_the_same_greedy_text(tiny_model_dir):
     assert r.json()["choices"][0]["message"]["content"] == done.text
 
 
+@pytest.mark.recipe
 def test_adapters_decode_on_torch(tiny_model_dir, tmp_path):
     """A LoRA run decodes as its merged model; a prompt-tuning run prepends its virtual tokens."""
     import torch

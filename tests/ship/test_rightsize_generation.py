@@ -184,6 +184,7 @@ def test_bad_target_metric_fails_before_any_work(ladder, tmp_path):
     assert not (tmp_path / "l").exists()
 
 
+@pytest.mark.recipe
 def test_cli_happy_path(ladder, tmp_path, slm_cli):
     out = tmp_path / "cli"
     code, stdout, err = slm_cli(
@@ -202,6 +203,7 @@ def test_cli_happy_path(ladder, tmp_path, slm_cli):
     assert code == 0 and "No rung meets every target" in stdout and err.count("resumed") == 2, err
 
 
+@pytest.mark.recipe
 @pytest.mark.parametrize(
     "args, message",
     [

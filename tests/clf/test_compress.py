@@ -16,7 +16,7 @@ from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.ship.rightsize.classification import RightsizeConfig, parse_target, rightsize
 
-FIXTURES = Path(__file__).parent / "fixtures" / "classify"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "classify"
 TRAIN, TEST = FIXTURES / "train.csv", FIXTURES / "test.csv"
 
 
@@ -37,6 +37,7 @@ def teacher(tmp_path_factory):
         ).model_dir
 
 
+@pytest.mark.recipe
 def test_prune_drops_layers_and_vocabulary(teacher, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
@@ -50,6 +51,7 @@ def test_prune_drops_layers_and_vocabulary(teacher, tmp_path):
     assert workspace.read_manifest(m["out"])["source"].startswith("prune:")
 
 
+@pytest.mark.recipe
 def test_distill_into_a_one_layer_student(teacher, tmp_path, slm_cli):
     code, out, err = slm_cli("distill", teacher, "--data", TRAIN, "--out", tmp_path / "d", "--student", "minilm-l6",
                              "--layers", "1", "--epochs", "1", "--threads", "1")  # fmt: skip
@@ -104,6 +106,7 @@ def test_rightsize_ladder_picks_and_resumes(teacher, tmp_path, slm_cli):
     assert picked and Path(picked[-1].path).name == state["pick"]
 
 
+@pytest.mark.recipe
 @pytest.mark.parametrize(
     "expr", ["accuracy>=", "accuracy => 0.9", "speed>=3", "accuracy>=0.97*bass", "", "accuracy>=0.9,,"]
 )
@@ -125,6 +128,7 @@ def test_good_targets_parse():
     assert a.threshold({}) == 0.8 and b.holds({"p50_ms": 4.0}, {})
 
 
+@pytest.mark.recipe
 def test_rightsize_refuses_a_non_classifier_base(tmp_path, tiny_model_dir):
     with pytest.raises(SlmError, match="not a torch classifier"):
         rightsize(RightsizeConfig(data=str(TRAIN), eval_data=str(TEST), out=str(tmp_path / "l"),

@@ -13,7 +13,7 @@ from slmforge.clf.predict import load_classifier, predict
 from slmforge.clf.train import train_classifier
 from slmforge.core import workspace
 
-FIXTURES = Path(__file__).parent / "fixtures" / "classify"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "classify"
 TEXTS = [
     "I am still waiting for my new card",
     "what is the euro exchange rate",
@@ -75,6 +75,7 @@ def test_int8_agrees_with_fp32_and_is_smaller(exported):
     assert clf.params() == onnx["params"]  # counts the source's parameters, not the scale tensors
 
 
+@pytest.mark.recipe
 def test_cli_export_and_quantize_torch_dir_directly(exported, slm_cli, tmp_path):
     model, _, _ = exported
     code, out, err = slm_cli("quantize", model, "--out", tmp_path / "q", "--scheme", "int8")

@@ -48,6 +48,7 @@ def _losses(run) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+@pytest.mark.recipe
 def test_full_sft_learns_and_the_saved_model_stops_at_eos_in_plain_transformers(
     tiny_model_dir, verb_data, tmp_path
 ):
@@ -83,6 +84,7 @@ def test_full_sft_learns_and_the_saved_model_stops_at_eos_in_plain_transformers(
     assert kinds["model"].path == str(model_dir.resolve()) and kinds["model"].metrics["method"] == "full"
 
 
+@pytest.mark.recipe
 def test_prompt_tuning_with_20_virtual_tokens_trains_saves_and_loads(tiny_model_dir, verb_data, tmp_path):
     from slmforge.data.sft_data import load_sft
     from slmforge.infer.model_dirs import load
@@ -110,6 +112,7 @@ def test_prompt_tuning_with_20_virtual_tokens_trains_saves_and_loads(tiny_model_
     assert tuned.generate(**enc, max_new_tokens=8).shape[1] > enc["input_ids"].shape[1]
 
 
+@pytest.mark.recipe
 def test_an_interrupted_run_resumes_with_the_uninterrupted_losses_and_weights(
     tiny_model_dir, verb_data, tmp_path, monkeypatch
 ):
@@ -146,6 +149,7 @@ def test_an_interrupted_run_resumes_with_the_uninterrupted_losses_and_weights(
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+@pytest.mark.recipe
 def test_resume_refuses_a_different_config_and_a_missing_run(tiny_model_dir, verb_data, tmp_path):
     run = tmp_path / "run"
     finetune(_cfg(tiny_model_dir, verb_data, run, method="lora", max_steps=2), progress=False)
@@ -157,6 +161,7 @@ def test_resume_refuses_a_different_config_and_a_missing_run(tiny_model_dir, ver
         finetune(_cfg(tiny_model_dir, verb_data, tmp_path / "new", resume=True), progress=False)
 
 
+@pytest.mark.recipe
 def test_time_budget_stops_early_and_still_saves(tiny_model_dir, verb_data, tmp_path):
     run = tmp_path / "run"
     result = finetune(
@@ -166,6 +171,7 @@ def test_time_budget_stops_early_and_still_saves(tiny_model_dir, verb_data, tmp_
     assert 0 < result.steps < 10_000 and (run / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.recipe
 @pytest.mark.parametrize("kind", ["quantization_config", "onnx"])
 def test_a_quantised_base_is_refused_naming_the_right_order(tiny_model_dir, verb_data, tmp_path, kind):
     base = tmp_path / "base"
@@ -182,6 +188,7 @@ def test_a_quantised_base_is_refused_naming_the_right_order(tiny_model_dir, verb
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.recipe
 def test_bad_data_fails_in_one_line_and_writes_nothing(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"\n')
@@ -240,6 +247,7 @@ def test_the_head_on_labelled_positions_gives_the_full_forwards_loss(tiny_model_
     assert all(torch.allclose(g0, g1, atol=1e-5) for g0, g1 in zip(*grads, strict=True))
 
 
+@pytest.mark.recipe
 def test_mfu_counts_the_output_head_on_the_labelled_positions_only(tiny_model_dir, verb_data, tmp_path):
     from slmforge.train.metrics import flops_per_token, head_flops_per_token
     from slmforge.train.pretrained import base_config, load_base

@@ -18,7 +18,7 @@ import typer
 from slmforge.cli import app
 from slmforge.cli.options import REQUIRED, UNKNOWN, Opts, build_options, config_fields
 
-PACKAGE = Path(__file__).resolve().parents[1] / "slmforge"
+PACKAGE = Path(__file__).resolve().parents[2] / "slmforge"
 NOT_NAMED_CONFIG = {"RoutePolicy", "Branch", "ClassifyStep"}  # workflow configs all the same
 # TODO(RunConfig): the run block's docstrings arrive with train/run.py's RunConfig (another branch of issue
 # 25); until the lead merges it these fields of the three LM trainer configs may go without one.
@@ -161,6 +161,7 @@ def test_a_config_field_becomes_a_flag_with_its_default_type_and_help():
     assert table["lr"].type == float | None and table["out"].default is REQUIRED
 
 
+@pytest.mark.recipe
 def test_family_options_merge_defaults_and_convert_values(slm_cli, tmp_path):
     from slmforge.cli.rightsize import CLASSIFICATION, GENERATION
 

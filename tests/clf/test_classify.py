@@ -19,7 +19,7 @@ from slmforge.clf.train import fit_linear_head, train_classifier
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "classify"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "classify"
 TRAIN, TEST, UNSEEN = FIXTURES / "train.csv", FIXTURES / "test.csv", FIXTURES / "unseen.csv"
 TINY = dict(label_col="category", epochs=1, max_len=32, threads=1, val_fraction=0.25)
 
@@ -102,6 +102,7 @@ def test_unseen_labels_refused_or_scored_as_oos(trained, slm_cli):
     assert r["oos_examples"] == 4 and 0 <= r["oos_recall"] <= 1 and r["in_scope_accuracy"] is not None
 
 
+@pytest.mark.recipe
 def test_few_shot_mode(tmp_path):
     r = train_classifier(_cfg(tmp_path / "fs", few_shot=True, few_shot_steps=3), progress=False)
     assert r.epochs_run == 0 and r.val_accuracy >= 0.5
@@ -164,6 +165,7 @@ def test_bad_encodings(slm_cli, tmp_path):
     assert texts[0] == "café crème"
 
 
+@pytest.mark.recipe
 def test_min_per_class_can_be_lowered_and_jsonl_is_read(tmp_path):
     rows = [{"text": t, "category": c} for t, c in [("hi", "a"), ("hello", "a"), ("bye", "b")]]
     data = tmp_path / "d.jsonl"

@@ -137,6 +137,7 @@ def test_round_trip_model_stops_at_eos_by_itself(eos_model_dir, tmp_path):
     assert tok.decode(out, skip_special_tokens=True).strip() == REPLY
 
 
+@pytest.mark.recipe
 def test_unsupported_architecture_is_a_clear_error(tmp_path, tiny_model_dir):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -205,6 +206,7 @@ def test_tensor_types_follow_llama_cpp_rules():
     assert tensor_type((64, 64), "f16") == T.F16 and tensor_type((64, 64), "f32") == T.F32
 
 
+@pytest.mark.recipe
 def test_cli_export_gguf(slm_cli, tiny_model_dir, tmp_path):
     code, out, err = slm_cli("export", tiny_model_dir, "--out", tmp_path / "g", "--format", "gguf")
     assert code == 0, err

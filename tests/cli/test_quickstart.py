@@ -22,9 +22,9 @@ def _corpus(tmp_path, docs):
     return root
 
 
+@pytest.mark.recipe
 def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
-    from conftest import _tiny_docs
-
+    from tests.conftest import _tiny_docs
     from tests.test_rag import write_docs
 
     corpus = _corpus(tmp_path, _tiny_docs(300, seed=1))
@@ -81,6 +81,7 @@ def test_quickstart_missing_corpus_is_one_line(tmp_path):
     assert proc.stderr.strip().startswith("error: corpus") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.recipe
 def test_finetune_step_tunes_and_tables_three_models(tmp_path, tiny_model_dir, capsys):
     """Step 7 on the tiny model: the shipped split is written, LoRA trains, one table holds the base
     zero-shot, the base few-shot and the LoRA model, scored on the same held-out questions."""
@@ -132,6 +133,7 @@ def test_finetune_step_tunes_and_tables_three_models(tmp_path, tiny_model_dir, c
     assert f"{rows[2]['exact_match']:.3f}" in shown and "eval.md" in shown
 
 
+@pytest.mark.recipe
 def test_finetune_step_without_bank_data_skips_with_a_note(tmp_path, tiny_model_dir):
     cfg = QuickstartConfig(base=str(tiny_model_dir), threads=1)
     ft = intent_finetune(cfg, tmp_path / "qs", bank_dir=tmp_path / "nowhere")

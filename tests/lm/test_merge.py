@@ -43,6 +43,7 @@ def _logits(model) -> torch.Tensor:
         return model(input_ids=IDS).logits
 
 
+@pytest.mark.recipe
 def test_merged_logits_equal_base_plus_adapter(tiny_model_dir, lora_run, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -70,6 +71,7 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model_dir, lora_run, tmp_pat
     assert tok.convert_tokens_to_ids("<|im_end|>") in merged_model.generation_config.eos_token_id
 
 
+@pytest.mark.recipe
 def test_merge_refuses_a_quantised_base_naming_the_right_order(tiny_model_dir, lora_run, tmp_path):
     base = tmp_path / "q"
     shutil.copytree(tiny_model_dir, base)
@@ -81,6 +83,7 @@ def test_merge_refuses_a_quantised_base_naming_the_right_order(tiny_model_dir, l
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.recipe
 def test_merge_refuses_an_adapter_for_another_base(tiny_model_dir, lora_run, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -96,6 +99,7 @@ def test_merge_refuses_an_adapter_for_another_base(tiny_model_dir, lora_run, tmp
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.recipe
 def test_merge_refuses_prompt_tuning_and_non_adapters(tiny_model_dir, tmp_path):
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -353,7 +353,7 @@ def test_zero_width_characters_inside_a_number_are_redacted_with_it():
 
 # --- The labelled sets (benchmarks/data/pii): the acceptance figures, and that the files match the script. ---
 
-DATA = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "pii"
+DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "pii"
 
 
 def _load(name):

@@ -44,7 +44,7 @@ def _llama(tokenizer, out: Path, seed: int, hidden: int = 32, layers: int = 1) -
 @pytest.fixture(scope="module")
 def sft_file(tmp_path_factory) -> Path:
     """40 prompt/completion rows from the tiny corpus's grammar."""
-    from conftest import _tiny_docs
+    from tests.conftest import _tiny_docs
 
     path = tmp_path_factory.mktemp("kd_data") / "train.jsonl"
     with open(path, "w", encoding="utf-8") as f:
@@ -78,6 +78,7 @@ def other_tok_student(tiny_corpus_dir, tmp_path_factory) -> Path:
     return _llama(AutoTokenizer.from_pretrained(tok_dir), tmp_path_factory.mktemp("o") / "m", seed=2)
 
 
+@pytest.mark.recipe
 def test_logit_distillation_lowers_the_kl_to_the_teacher(
     tiny_model_dir, same_tok_student, sft_file, tmp_path
 ):
@@ -220,6 +221,7 @@ def test_kd_hidden_adds_one_minus_cosine_of_the_mapped_layers(tiny_model_dir, tm
     assert mean > 0.01 and both - plain == pytest.approx(2.0 * mean * 3, rel=1e-3)  # 3 labelled tokens
 
 
+@pytest.mark.recipe
 def test_kd_hidden_trains_the_students_layers_towards_the_teachers(tiny_tokenizer_dir, sft_file, tmp_path,
                                                                    slm_cli):  # fmt: skip
     """A 2-layer student cut from a 3-layer teacher (layers 0 and 2): --kd-hidden lowers the intermediate-state
@@ -264,6 +266,7 @@ def test_kd_hidden_trains_the_students_layers_towards_the_teachers(tiny_tokenize
     assert code != 0 and "the teacher's hidden size (32), not 16" in err and not bad.exists(), err
 
 
+@pytest.mark.recipe
 def test_cli_kd_on_all_trains_and_bad_kd_on_is_one_line(tiny_model_dir, same_tok_student, sft_file, tmp_path,
                                                         slm_cli):  # fmt: skip
     out = tmp_path / "kd-all"
@@ -283,6 +286,7 @@ def test_cli_kd_on_all_trains_and_bad_kd_on_is_one_line(tiny_model_dir, same_tok
     assert "Traceback" not in err and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.recipe
 def test_mismatched_tokenizers_name_sequence_level_distillation(tiny_model_dir, other_tok_student, sft_file,
                                                                 tmp_path):  # fmt: skip
     out = tmp_path / "kd"
@@ -294,6 +298,7 @@ def test_mismatched_tokenizers_name_sequence_level_distillation(tiny_model_dir, 
     assert not out.exists()
 
 
+@pytest.mark.recipe
 def test_sequence_level_trains_on_the_teachers_completions(
     tiny_model_dir, other_tok_student, sft_file, tmp_path
 ):
@@ -347,6 +352,7 @@ def test_student_depth_cuts_a_student_from_the_teacher(tiny_model_dir, tmp_path)
     assert not (tmp_path / "too-deep").exists()
 
 
+@pytest.mark.recipe
 def test_cli_distills_a_causal_lm_into_a_student_depth_student(tiny_model_dir, sft_file, tmp_path, slm_cli):
     out = tmp_path / "run"
     code, stdout, err = slm_cli("distill", "--teacher", tiny_model_dir, "--student-depth", "1", "--data", sft_file,
@@ -361,6 +367,7 @@ def test_cli_distills_a_causal_lm_into_a_student_depth_student(tiny_model_dir, s
     assert result["kl_after"] < result["kl_before"] and (out / "student-init" / "student.json").exists()
 
 
+@pytest.mark.recipe
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, other_tok_student, sft_file, tmp_path,
                                                       slm_cli):  # fmt: skip
     out = tmp_path / "run"
@@ -378,6 +385,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, other_tok_
     assert code == 2 and "line 2" in err and not out.exists()
 
 
+@pytest.mark.recipe
 def test_cli_sends_classifier_teachers_to_the_encoder_path(tmp_path, slm_cli, monkeypatch):
     import slmforge.clf.compress
 
@@ -404,6 +412,7 @@ def test_cli_sends_classifier_teachers_to_the_encoder_path(tmp_path, slm_cli, mo
     assert code == 2 and "classifier" in err
 
 
+@pytest.mark.recipe
 def test_an_interrupted_distillation_resumes_with_the_same_losses(
     tiny_model_dir, sft_file, tmp_path, monkeypatch
 ):
@@ -447,6 +456,7 @@ def test_run_dirs_stand_for_their_models(tmp_path):
     assert cfg.teacher == str(tmp_path / "full" / "model") and cfg.student == "hub/id"
 
 
+@pytest.mark.recipe
 def test_student_from_cuts_the_student_from_another_model_and_checks_it(
     tiny_model_dir, same_tok_student, other_tok_student, sft_file, tmp_path, slm_cli
 ):

@@ -27,6 +27,7 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+@pytest.mark.recipe
 def test_pretrain_writes_a_plain_hf_model_that_learns(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,6 +49,7 @@ def test_pretrain_writes_a_plain_hf_model_that_learns(tiny_corpus_dir, tiny_toke
     assert workspace.read_manifest(result.model_dir)["kind"] == "model"
 
 
+@pytest.mark.recipe
 def test_trained_model_greedy_equals_transformers(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,6 +79,7 @@ def test_ladder_parameter_count_matches_the_built_model():
     assert ladder(8, 8192).params > 4 * ladder(4, 8192).params
 
 
+@pytest.mark.recipe
 def test_continued_pretraining_from_an_hf_model(tiny_corpus_dir, tiny_model_dir, tmp_path):
     cfg = PretrainConfig(
         data=str(tiny_corpus_dir),
@@ -255,6 +258,7 @@ def test_torchrun_two_processes_match_one_process(tiny_corpus_dir, tiny_tokenize
         assert abs(a[step] - b[step]) <= 1e-3
 
 
+@pytest.mark.recipe
 def test_corrupted_checkpoint_is_detected(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
     run = tmp_path / "run"
     pretrain(_cfg(tiny_corpus_dir, tiny_tokenizer_dir, run, max_steps=6, checkpoint_every=3), progress=False)
@@ -271,6 +275,7 @@ def test_corrupted_checkpoint_is_detected(tiny_corpus_dir, tiny_tokenizer_dir, t
         checkpoint.load_latest(run)
 
 
+@pytest.mark.recipe
 def test_full_disk_during_checkpoint_keeps_the_previous_one(
     tiny_corpus_dir, tiny_tokenizer_dir, tmp_path, monkeypatch
 ):
@@ -293,6 +298,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(
     assert checkpoint.load_latest(run)["step"] == 3
 
 
+@pytest.mark.recipe
 def test_resume_rejects_a_different_config(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
     run = tmp_path / "run"
     pretrain(_cfg(tiny_corpus_dir, tiny_tokenizer_dir, run, max_steps=3), progress=False)
@@ -307,6 +313,7 @@ def test_resume_rejects_a_different_config(tiny_corpus_dir, tiny_tokenizer_dir, 
         pretrain(_cfg(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path / "new", resume=True), progress=False)
 
 
+@pytest.mark.recipe
 def test_depth_that_does_not_fit_is_refused_before_training(
     tiny_corpus_dir, tiny_tokenizer_dir, tmp_path, monkeypatch
 ):
