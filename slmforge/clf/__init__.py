@@ -1,1 +1,11 @@
-"""clf"""
+"""The encoder-classifier family (intent, sentiment, topic): configs, training, prediction, compression.
+
+configs      ClassifyTrainConfig, CompressConfig (torch-free; the CLI's options)
+examples     labelled examples: read .csv/.tsv/.jsonl, check labels, stratified splits
+model        the mean-pooling encoder + linear head saved with every classifier (copied as modeling_slmforge.py)
+io           build a classifier from a base encoder, save it, measure it
+train        `slm classify train`: fine-tuning, few-shot (SetFit-style) and the calibrated `oos` threshold
+predict      `slm classify predict`: the one interface evaluation and serving use
+evaluate     `slm eval --task classification` on classifiers: accuracy, macro-F1, per class, confusion plot
+compress     `slm prune` / `slm distill` of classifiers: fewer layers, trimmed vocabulary, healed
+"""

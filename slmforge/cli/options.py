@@ -18,7 +18,7 @@ one config whose fields carry `metadata={"family": ...}`); its first parameter i
 receives a `Flags`: `flags.config(family)` builds that family's config, refusing the flags of the other.
 Per verb, `Opts` can rename a flag, add a short name, take fields as positional arguments, read a list
 from one comma-separated value, or set a different default (each such default is listed in
-tests/test_cli_options.py). Field metadata may set `flag`, `short` and `hidden` too.
+tests/cli/test_options.py). Field metadata may set `flag`, `short` and `hidden` too.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def options(*specs: Opts):
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
-        command.options, command.specs = table, specs  # read by tests/test_cli_options.py
+        command.options, command.specs = table, specs  # read by tests/cli/test_options.py
         return command
 
     return wrap

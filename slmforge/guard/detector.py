@@ -68,7 +68,7 @@ class NgramModel:
 
     Fitted with scikit-learn (`TfidfVectorizer(analyzer="char_wb", sublinear_tf=True)`); scored here with
     the same features computed directly, which is several times faster on one short text than the
-    vectorizer's own transform (tests/test_guard.py checks the two agree)."""
+    vectorizer's own transform (tests/guard/test_guard.py checks the two agree)."""
 
     def __init__(self, path: Path):
         with np.load(path, allow_pickle=False) as z:

@@ -25,7 +25,7 @@ def _corpus(tmp_path, docs):
 @pytest.mark.recipe
 def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     from tests.conftest import _tiny_docs
-    from tests.test_rag import write_docs
+    from tests.rag.test_index_search import write_docs
 
     corpus = _corpus(tmp_path, _tiny_docs(300, seed=1))
     rag_docs = write_docs(tmp_path / "kb")

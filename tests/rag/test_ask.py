@@ -6,7 +6,7 @@ import pytest
 
 from slmforge.rag.ask import IDK, AskConfig, Asker
 from slmforge.rag.index import build_index
-from tests.test_rag import index_cfg, write_docs
+from tests.rag.test_index_search import index_cfg, write_docs
 
 
 @pytest.fixture

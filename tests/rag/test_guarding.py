@@ -16,8 +16,8 @@ from slmforge.rag.guarding import ChunkGuard, check_setting, guarded_text
 from slmforge.rag.index import build_index
 from slmforge.rag.search import Retriever
 from slmforge.rag.store import Filters
-from tests.test_rag import index_cfg, write_docs
-from tests.test_rag_pg import pg_url  # noqa: F401  (the private PostgreSQL server fixture)
+from tests.rag.test_index_search import index_cfg, write_docs
+from tests.rag.test_pg_store import pg_url  # noqa: F401  (the private PostgreSQL server fixture)
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "rag" / "hidden_injection.html"
 PYDOCS = Path("/usr/share/doc/python3.11/html")

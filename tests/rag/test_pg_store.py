@@ -8,7 +8,7 @@ from slmforge.core.errors import SlmError
 from slmforge.rag.index import build_index
 from slmforge.rag.search import Retriever
 from slmforge.rag.store import Filters
-from tests.test_rag import DOCS, index_cfg, write_docs
+from tests.rag.test_index_search import DOCS, index_cfg, write_docs
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,7 @@ def test_rag_ask_over_http(make_app, new_key, tmp_path, tiny_model_dir):
     from slmforge.rag.index import build_index
     from slmforge.serve.backends import RagBackend
     from slmforge.serve.config import ModelConfig
-    from tests.test_rag import index_cfg, write_docs
+    from tests.rag.test_index_search import index_cfg, write_docs
 
     index = tmp_path / "kb.sqlite"
     build_index(index_cfg(write_docs(tmp_path / "docs"), index), progress=False)
