@@ -361,26 +361,14 @@ def requantize_int4(
             fine = frequent_tokens(batches, n_out, fine_rows, tokenizer.all_special_ids)
             rest = torch.ones(n_out, dtype=torch.bool)
             rest[fine] = False
-            q, parts = torch.empty_like(w), []
-            for rows, rows_bs in ((fine, fine_bs), (rest.nonzero()[:, 0], new_bs)):
-                codes, scales, zeros = gptq(w[rows], hh, rows_bs)
-                q[rows] = dequantize(codes, scales, zeros)
-                packed_b, packed_z = _pack(codes, zeros, len(rows), k, rows_bs)
-                parts.append(
-                    (rows.numpy(), packed_b, scales.numpy().astype(arrays[1].dtype), packed_z, rows_bs)
-                )
+            groups = ((fine, fine_bs), (rest.nonzero()[:, 0], new_bs))
+            q, split[node.name] = _gptq_row_groups(w, hh, groups, arrays[1].dtype)
+            for _, rows_bs in groups:
                 blocks[rows_bs] = blocks.get(rows_bs, 0) + 1
-            split[node.name] = parts
         else:
             codes, scales, zeros = gptq(w, hh, new_bs)
             q = dequantize(codes, scales, zeros)
-            packed_b, packed_z = _pack(codes, zeros, n_out, k, new_bs)
-            for init, old, arr in zip((b_init, s_init, z_init), arrays, (packed_b, scales.numpy(), packed_z),
-                                      strict=True):  # fmt: skip
-                init.CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), init.name))
-            for attr in node.attribute:
-                if attr.name == "block_size":
-                    attr.i = new_bs
+            _write_node(node, (b_init, s_init, z_init), arrays, codes, scales, zeros, new_bs)
             blocks[new_bs] = blocks.get(new_bs, 0) + 1
         err_rtn += float(torch.einsum("nk,kl,nl->", rtn - w, hh, rtn - w))
         err_gptq += float(torch.einsum("nk,kl,nl->", q - w, hh, q - w))
@@ -404,6 +392,32 @@ def requantize_int4(
         "gptq_output_error_vs_rtn": round(err_gptq / err_rtn, 4) if err_rtn else None,
         "gptq_seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _gptq_row_groups(w: torch.Tensor, hh: torch.Tensor, groups, scale_dtype) -> tuple[torch.Tensor, list]:
+    """GPTQ of each group of rows of `w` (`groups`: (row ids, block size)) on the same H: the dequantised
+    matrix and, per group, (token ids, packed codes, scales, packed zero points, block size) for `split_head`."""
+    q, parts = torch.empty_like(w), []
+    k = w.shape[1]
+    for rows, rows_bs in groups:
+        codes, scales, zeros = gptq(w[rows], hh, rows_bs)
+        q[rows] = dequantize(codes, scales, zeros)
+        packed_b, packed_z = _pack(codes, zeros, len(rows), k, rows_bs)
+        parts.append((rows.numpy(), packed_b, scales.numpy().astype(scale_dtype), packed_z, rows_bs))
+    return q, parts
+
+
+def _write_node(node, inits, arrays, codes, scales, zeros, block_size: int) -> None:
+    """Put GPTQ's codes, scales and zero points into a `MatMulNBits` node's initialisers (their dtypes kept)."""
+    from onnx import numpy_helper
+
+    n_out, k = codes.shape
+    packed_b, packed_z = _pack(codes, zeros, n_out, k, block_size)
+    for init, old, arr in zip(inits, arrays, (packed_b, scales.numpy(), packed_z), strict=True):
+        init.CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), init.name))
+    for attr in node.attribute:
+        if attr.name == "block_size":
+            attr.i = block_size
 
 
 def frequent_tokens(batches: torch.Tensor, vocab: int, count: int, special: list[int]) -> torch.Tensor:
@@ -458,68 +472,77 @@ def split_head(model_proto, head, parts: list) -> None:
     reshape = next((n for n in graph.node if lookup is not None and lookup.output and n.op_type == "Reshape"
                     and n.output[0] == lookup.input[0] and n.input[0] == head.input[1]), None)  # fmt: skip
     if lookup is not None and reshape is not None and onnx_attrs(lookup).get("bits") == attrs["bits"]:
-        e = f"{p}/embed"
-        ids = lookup.input[1]
-        nodes = [helper.make_node("Gather", [f"{p}/order", ids], [f"{e}/row"], name=f"{e}/Row", axis=0)]
-        start, found = 0, []
-        inits.append(numpy_helper.from_array(np.array(0, np.int32), f"{p}/zero"))
-        for g, (rows, *_, bs) in enumerate(parts):
-            last, hi, index = f"{e}{g}/last", f"{e}{g}/hi", f"{e}/row"
-            inits += [numpy_helper.from_array(np.array(len(rows) - 1, np.int32), last),
-                      numpy_helper.from_array(np.array([len(rows), k // 2], np.int64), f"{e}{g}/shape")]  # fmt: skip
-            if g < len(parts) - 1:  # the last group takes every row the earlier ones do not
-                inits.append(numpy_helper.from_array(np.array(start + len(rows) - 1, np.int32), hi))
-            if start:  # the row within this group's table
-                inits.append(numpy_helper.from_array(np.array(start, np.int32), f"{e}{g}/start"))
-                nodes.append(
-                    helper.make_node("Sub", [index, f"{e}{g}/start"], [f"{e}{g}/r0"], name=f"{e}{g}/Sub")
-                )
-                index = f"{e}{g}/r0"
-            nodes += [
-                helper.make_node("Clip", [index, f"{p}/zero", last], [f"{e}{g}/r"], name=f"{e}{g}/Clip"),
-                helper.make_node(
-                    "Reshape",
-                    [f"{p}{g}.MatMul.weight_Q4", f"{e}{g}/shape"],
-                    [f"{e}{g}/table"],
-                    name=f"{e}{g}/Reshape",
-                ),  # fmt: skip
-                helper.make_node(
-                    "GatherBlockQuantized",
-                    [
-                        f"{e}{g}/table",
-                        f"{e}{g}/r",
-                        f"{p}{g}.MatMul.weight_scales",
-                        f"{p}{g}.MatMul.weight_zero_points",
-                    ],
-                    [f"{e}{g}/rows"],
-                    name=f"{e}{g}/GatherBlockQuantized",
-                    domain=lookup.domain,
-                    **{**onnx_attrs(lookup), "block_size": bs},
-                ),  # fmt: skip
-            ]
-            found.append((hi, f"{e}{g}/rows"))
-            start += len(rows)
-        # the last group's rows, then each earlier group where the token falls into it (row <= its last row)
-        result = found[-1][1]
-        for g in range(len(found) - 2, -1, -1):
-            hi, rows_out = found[g]
-            out = lookup.output[0] if g == 0 else f"{e}{g}/pick"
-            nodes += [
-                helper.make_node("LessOrEqual", [f"{e}/row", hi], [f"{e}{g}/in"], name=f"{e}{g}/In"),
-                helper.make_node(
-                    "Unsqueeze", [f"{e}{g}/in", f"{e}/axis"], [f"{e}{g}/in1"], name=f"{e}{g}/Unsq"
-                ),
-                helper.make_node("Where", [f"{e}{g}/in1", rows_out, result], [out], name=f"{e}{g}/Where"),
-            ]
-            result = out
-        inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{e}/axis"))
-        replace[lookup.name] = nodes
-        replace[reshape.name] = []
+        lookup_nodes, lookup_inits = _split_lookup(lookup, parts, p, k)
+        replace[lookup.name], replace[reshape.name] = lookup_nodes, []
+        inits += lookup_inits
     new_nodes = [m for n in graph.node for m in replace.get(n.name, [n])]
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(inits)
     drop_unread(graph, [*head.input[1:], *(reshape.input if reshape is not None else [])])
+
+
+def _split_lookup(lookup, parts: list, p: str, k: int) -> tuple[list, list]:
+    """The nodes and initialisers that replace a tied `GatherBlockQuantized` embedding once `split_head` has
+    split the head it reads: each token's row found in its group's table (through `{p}/order`), the groups'
+    lookups joined by `Where`s on the row's group."""
+    from onnx import helper, numpy_helper
+
+    inits = []
+    e = f"{p}/embed"
+    ids = lookup.input[1]
+    nodes = [helper.make_node("Gather", [f"{p}/order", ids], [f"{e}/row"], name=f"{e}/Row", axis=0)]
+    start, found = 0, []
+    inits.append(numpy_helper.from_array(np.array(0, np.int32), f"{p}/zero"))
+    for g, (rows, *_, bs) in enumerate(parts):
+        last, hi, index = f"{e}{g}/last", f"{e}{g}/hi", f"{e}/row"
+        inits += [numpy_helper.from_array(np.array(len(rows) - 1, np.int32), last),
+                  numpy_helper.from_array(np.array([len(rows), k // 2], np.int64), f"{e}{g}/shape")]  # fmt: skip
+        if g < len(parts) - 1:  # the last group takes every row the earlier ones do not
+            inits.append(numpy_helper.from_array(np.array(start + len(rows) - 1, np.int32), hi))
+        if start:  # the row within this group's table
+            inits.append(numpy_helper.from_array(np.array(start, np.int32), f"{e}{g}/start"))
+            nodes.append(
+                helper.make_node("Sub", [index, f"{e}{g}/start"], [f"{e}{g}/r0"], name=f"{e}{g}/Sub")
+            )
+            index = f"{e}{g}/r0"
+        nodes += [
+            helper.make_node("Clip", [index, f"{p}/zero", last], [f"{e}{g}/r"], name=f"{e}{g}/Clip"),
+            helper.make_node(
+                "Reshape",
+                [f"{p}{g}.MatMul.weight_Q4", f"{e}{g}/shape"],
+                [f"{e}{g}/table"],
+                name=f"{e}{g}/Reshape",
+            ),  # fmt: skip
+            helper.make_node(
+                "GatherBlockQuantized",
+                [
+                    f"{e}{g}/table",
+                    f"{e}{g}/r",
+                    f"{p}{g}.MatMul.weight_scales",
+                    f"{p}{g}.MatMul.weight_zero_points",
+                ],
+                [f"{e}{g}/rows"],
+                name=f"{e}{g}/GatherBlockQuantized",
+                domain=lookup.domain,
+                **{**onnx_attrs(lookup), "block_size": bs},
+            ),  # fmt: skip
+        ]
+        found.append((hi, f"{e}{g}/rows"))
+        start += len(rows)
+    # the last group's rows, then each earlier group where the token falls into it (row <= its last row)
+    result = found[-1][1]
+    for g in range(len(found) - 2, -1, -1):
+        hi, rows_out = found[g]
+        out = lookup.output[0] if g == 0 else f"{e}{g}/pick"
+        nodes += [
+            helper.make_node("LessOrEqual", [f"{e}/row", hi], [f"{e}{g}/in"], name=f"{e}{g}/In"),
+            helper.make_node("Unsqueeze", [f"{e}{g}/in", f"{e}/axis"], [f"{e}{g}/in1"], name=f"{e}{g}/Unsq"),
+            helper.make_node("Where", [f"{e}{g}/in1", rows_out, result], [out], name=f"{e}{g}/Where"),
+        ]
+        result = out
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{e}/axis"))
+    return nodes, inits
 
 
 def _sync_shared_lookup(model_proto) -> None:
