@@ -163,7 +163,7 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     reason = ort_unsupported(source)
     if reason:
         raise SlmError(f"cannot quantize {source}: {reason}")
-    texts = _heldout_texts(cfg.heldout)
+    texts = heldout_texts(cfg.heldout)
     calib = _read_texts(cfg.calib) if cfg.calib and cfg.scheme == "int4" else None
 
     def measure(tmp: Path) -> dict:
@@ -200,7 +200,7 @@ def _read_texts(path: str) -> list[str]:
     return read(path)
 
 
-def _heldout_texts(heldout: str | None) -> list[str]:
+def heldout_texts(heldout: str | None) -> list[str]:
     if heldout:
         return _read_texts(heldout)
     docs = Path("/usr/share/doc/python3.11/html/_sources/library")
