@@ -103,7 +103,6 @@ def fingerprint(path: Path) -> str:
 def load(model: str, device: str = "auto"):
     """(model, tokenizer) for a catalog name, local directory or .gguf file, or hub id; in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     check_generates(model)
     ref = hub.resolve_model(model)
@@ -114,17 +113,13 @@ def load(model: str, device: str = "auto"):
         raise SlmError(f"{model} is a file, not a model directory")
     elif path.is_dir() and not (path / "config.json").exists():
         raise SlmError(f"{model} holds no model (no config.json)")
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a model that loads in a second is noise
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+        with no_progress_bars():  # a "Loading weights" bar for a model that loads in a second is noise
+            tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+            lm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlmError(f"could not load a text-generation model from {model}: {cause}") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return lm.to(runtime.pick_device(device)).eval(), tokenizer
 
 
@@ -160,14 +155,20 @@ def load_base(path: str, name: str):
 @contextlib.contextmanager
 def quiet():
     """No transformers progress bars for second-long loads and saves, no PEFT/transformers deprecation noise."""
+    with no_progress_bars(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' progress bars off inside, back as they were after."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
