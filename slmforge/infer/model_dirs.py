@@ -23,6 +23,7 @@ from pathlib import Path
 
 from slmforge.core import hub, runtime, workspace
 from slmforge.core.errors import SlmError
+from slmforge.core.progress import quiet_hf
 
 
 def resolve_causal_lm(model: str) -> Path:
@@ -90,7 +91,6 @@ def fingerprint(path: Path) -> str:
 def load(model: str, device: str = "auto"):
     """(model, tokenizer) for a catalog name, local directory or .gguf file, or hub id; in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     check_generates(model)
     ref = hub.resolve_model(model)
@@ -101,17 +101,13 @@ def load(model: str, device: str = "auto"):
         raise SlmError(f"{model} is a file, not a model directory")
     elif path.is_dir() and not (path / "config.json").exists():
         raise SlmError(f"{model} holds no model (no config.json)")
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a model that loads in a second is noise
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+        with quiet_hf():  # a "Loading weights" bar for a model that loads in a second is noise
+            tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+            lm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlmError(f"could not load a text-generation model from {model}: {cause}") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return lm.to(runtime.pick_device(device)).eval(), tokenizer
 
 

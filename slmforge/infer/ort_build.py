@@ -52,7 +52,7 @@ ORT_ARCHITECTURES = (
     "SmolLM3ForCausalLM",
 )
 # int4: asymmetric 4-bit blocks of 32, GPTQ-rewritten; the output head's rows (which the tied embedding shares)
-# of the 2,048 tokens most frequent in the calibration text in blocks of 16 (`gptq.split_head`). See build_ort,
+# of the 2,048 tokens most frequent in the calibration text in blocks of 16 (`onnx_graph.split_head`). See build_ort,
 # and the sizes, speeds and perplexities in BENCHMARKS.md.
 INT4_OPTIONS = {"is_symmetric": "false", "block_size": "32"}
 # Every precision: the output head reads only the last position (the builder's `Gather` + `Unsqueeze` before

@@ -179,7 +179,7 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     reason = ort_unsupported(source)
     if reason:
         raise SlmError(f"cannot quantize {source}: {reason}")
-    texts = _heldout_texts(cfg.heldout)
+    texts = heldout_texts(cfg.heldout)
     calib = read_texts(cfg.calib) if cfg.calib and cfg.scheme == "int4" else None
 
     def measure(tmp: Path) -> dict:
@@ -209,7 +209,7 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     return {"out": str(out), **metrics}
 
 
-def _heldout_texts(heldout: str | None) -> list[str]:
+def heldout_texts(heldout: str | None) -> list[str]:
     if heldout:
         return read_texts(heldout)
     docs = Path("/usr/share/doc/python3.11/html/_sources/library")
