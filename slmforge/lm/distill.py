@@ -489,8 +489,8 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
     for name in ("seq_len", "batch_size", "grad_accum", "max_new_tokens", "kl_examples"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.epochs <= 0 or (cfg.max_minutes is not None and cfg.max_minutes <= 0):
-        raise SlmError("--epochs and --max-minutes must be positive")
+    if cfg.epochs <= 0:
+        raise SlmError("--epochs must be positive")
     if not 0 < cfg.lr < 1:
         raise SlmError(f"--lr {cfg.lr} is out of range (0, 1)")
     if cfg.teacher_backend not in BACKENDS:

@@ -223,8 +223,8 @@ def _validate(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
     for name in ("seq_len", "batch_size", "grad_accum", "lora_r", "virtual_tokens"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.epochs <= 0 or (cfg.max_minutes is not None and cfg.max_minutes <= 0):
-        raise SlmError("--epochs and --max-minutes must be positive")
+    if cfg.epochs <= 0:
+        raise SlmError("--epochs must be positive")
     if cfg.lr is not None and not 0 < cfg.lr < 1:
         raise SlmError(f"--lr {cfg.lr} is out of range (0, 1)")
     if not 0 <= cfg.lora_dropout < 1:

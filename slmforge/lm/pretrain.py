@@ -244,8 +244,6 @@ def _validate(cfg: PretrainConfig, out: Path, world: int = 1, dry_run: bool = Fa
     for name in ("batch_size", "tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
-        raise SlmError("--max-minutes must be positive")
     if cfg.lr is not None and not 0 < cfg.lr < 1:
         raise SlmError(f"--lr {cfg.lr} is out of range (0, 1)")
     if cfg.init is None:

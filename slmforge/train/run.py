@@ -90,12 +90,14 @@ def may_change(f: dataclasses.Field) -> bool:
 
 
 def check_run_block(cfg: RunConfig) -> None:
-    """SlmError for an interval below 1, a step budget below 1 or an unknown precision."""
+    """SlmError for an interval below 1, a step or time budget that is not positive, or an unknown precision."""
     for name in ("eval_every", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise SlmError("--max-steps must be at least 1")
+    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
+        raise SlmError("--max-minutes must be positive")
     if cfg.precision not in PRECISIONS:
         raise SlmError(f"--precision must be auto, bf16 or fp32, not {cfg.precision!r}")
 

@@ -9,7 +9,7 @@ import pytest
 
 from slmforge.core.errors import SlmError
 from slmforge.lm.configs import DistillLMConfig, FinetuneConfig, PretrainConfig
-from slmforge.train.run import RunConfig, fixed_changes, may_change, resume_config
+from slmforge.train.run import RunConfig, check_run_block, fixed_changes, may_change, resume_config
 
 
 def test_the_configs_keep_flat_keywords_and_positional_own_fields():
@@ -49,3 +49,18 @@ def test_resume_fills_defaults_from_the_saved_run_and_names_fixed_changes():
     assert fixed_changes(saved, FinetuneConfig("m", "d", "o", lr=2e-3, seed=4, threads=2)) == ["lr"]
     with pytest.raises(SlmError, match=r"--resume with a different config \(seed: 4 -> 5\)"):
         resume_config(FinetuneConfig("m", "d", "o", seed=5), saved)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"max_minutes": 0}, "--max-minutes must be positive"), ({"max_steps": 0}, "--max-steps must be at least 1"),
+     ({"eval_every": 0}, "--eval-every must be at least 1"), ({"precision": "fp8"}, "--precision must be auto")],
+)  # fmt: skip
+def test_the_run_block_is_checked_once_for_every_trainer(bad, message):
+    for config in (
+        PretrainConfig(data="d", out="o", **bad),
+        FinetuneConfig(model="m", data="d", out="o", **bad),
+        DistillLMConfig(teacher="t", data="d", out="o", **bad),
+    ):
+        with pytest.raises(SlmError, match=message):
+            check_run_block(config)
