@@ -10,6 +10,7 @@ a catalog name, a local directory, or (for users with a network) a Hugging Face 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import os
@@ -19,10 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir, sha256_file
+from slmforge.core.progress import quiet_hf
 
 
 @dataclass(frozen=True)
@@ -256,8 +259,13 @@ def _convert_gguf(source: Path, dest: Path, entry: CatalogEntry) -> dict:
         f"converting {source.name} ({mb:.0f} MB) to safetensors (once; 20 s to a few minutes)",
         highlight=False,
     )
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    # Our line above says what happens: no third-party bars (the GGUF reader uses a bare tqdm of its own).
+    quiet_gguf = patch.object(gguf_utils, "tqdm", functools.partial(gguf_utils.tqdm, disable=True))
+    with quiet_hf(), quiet_gguf:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     # The weights are de-quantised now: forget the GGUF quantizer so the model saves as plain safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -269,7 +277,7 @@ def _convert_gguf(source: Path, dest: Path, entry: CatalogEntry) -> dict:
     if generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     model.config.eos_token_id = eos_ids[0]
-    with atomic_dir(dest, overwrite=True) as tmp:
+    with atomic_dir(dest, overwrite=True) as tmp, quiet_hf():
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
     return {"params_m": round(model.num_parameters() / 1e6, 1), "architecture": model.config.architectures[0]}
