@@ -1,6 +1,7 @@
 """Training data: from the organisation's files to tokens.
 
-readers      streaming readers for txt/md/rst/html/jsonl/csv (binary and non-UTF-8 skipped with counts)
+readers      streaming readers for txt/md/rst/html/jsonl/csv/pdf/docx (binary and non-UTF-8 skipped with counts)
+office       text of PDF pages (pypdf) and DOCX headings, paragraphs and tables (python-docx), imported lazily
 clean        unicode and whitespace normalisation that keeps paragraphs
 dedup        exact + MinHash-LSH near-duplicate removal (bounded memory)
 pii          email / phone / card / IBAN detection and redaction (phonenumbers, python-stdnum checksums)

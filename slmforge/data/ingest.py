@@ -37,7 +37,7 @@ TRAIN, VAL, STATS = "train.jsonl", "val.jsonl", "stats.json"
 @dataclass
 class IngestConfig:
     paths: list[str]
-    """Files or folders (recursive) of .txt .md .rst .html .jsonl .csv documents."""
+    """Files or folders (recursive) of .txt .md .rst .html .jsonl .csv .pdf .docx documents."""
     out: str
     """Output dir: train.jsonl, val.jsonl, stats.json."""
     text_field: str = "text"
@@ -162,11 +162,12 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
                 docs = iter_documents(
                     cfg.paths, text_field=cfg.text_field, text_column=cfg.text_column, stats=rs, exclude=[out]
                 )
-                last_files = 0
+                last_files = noted = 0
                 for i, doc in enumerate(docs):
                     if rs.files != last_files or i % 256 == 0:
                         last_files = rs.files
                         bar.update(task, completed=rs.bytes, files=rs.files, docs=rs.documents)
+                        noted = _print_notes(bar, rs, noted, progress)
                     text = normalize(doc.text)
                     if len(text) < cfg.min_chars:
                         dropped["too_short"] += 1
@@ -183,6 +184,7 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
                     split = val if is_val(sha1, cfg.seed, cfg.val_fraction) else train
                     split.write({"id": sha1[:16], "source": doc.source, "text": text})
                 bar.update(task, completed=max(total_bytes, 1), files=rs.files, docs=rs.documents)
+                _print_notes(bar, rs, noted, progress)
         finally:
             train.close()
             val.close()
@@ -220,8 +222,11 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
                 "non_utf8_files": rs.non_utf8,
                 "unsupported_files": rs.unsupported,
                 "malformed_records": rs.malformed,
+                "corrupt_or_encrypted_files": rs.corrupt,
+                "pdf_pages_without_text": rs.pdf_pages_without_text,
                 "too_short": dropped["too_short"],
             },
+            "notes": rs.notes,
             "exact_duplicates": dropped["exact"],
             "near_duplicates": dropped["near"],
             "pii_redacted": cfg.redact_pii,
@@ -249,6 +254,14 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
     return stats
 
 
+def _print_notes(bar, rs: ReadStats, noted: int, progress: bool) -> int:
+    """Print the reader's notes (a pdf/docx skipped or partly read) above the bar; how many are printed."""
+    for note in rs.notes[noted:]:
+        if progress:
+            bar.console.print(note, markup=False, highlight=False, soft_wrap=True)
+    return len(rs.notes)
+
+
 def _skip_note(rs: ReadStats, cfg: IngestConfig) -> str:
     parts = []
     if rs.files == 0 and rs.unsupported == 0:
@@ -258,6 +271,8 @@ def _skip_note(rs: ReadStats, cfg: IngestConfig) -> str:
         (rs.binary, "binary files"),
         (rs.non_utf8, "non-UTF-8 files"),
         (rs.malformed, "malformed records"),
+        (rs.corrupt, "corrupt or encrypted PDF/DOCX files"),
+        (rs.pdf_pages_without_text, "PDF pages without text"),
     ):
         if n:
             parts.append(f"{n} {what}")

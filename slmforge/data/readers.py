@@ -1,4 +1,4 @@
-"""Read documents from files and folders: .txt .md .rst .html .jsonl .csv, streamed, in a fixed order.
+"""Read documents from files and folders: .txt .md .rst .html .jsonl .csv .pdf .docx, streamed, in a fixed order.
 
 - Folders are walked recursively in sorted order; hidden files and folders (`.git`, ...) are ignored;
   files with other extensions are counted as `unsupported`. `X.rst.txt` / `X.md.txt` (Sphinx's
@@ -20,6 +20,12 @@
   string in that field are counted as `malformed` and skipped.
 - csv: one document per row from `text_column` (`path:ROW`); a missing column is an SlmError naming the
   columns found.
+- pdf/docx (text extracted by `slmforge.data.office`): one document per file, pages (PDF) or
+  paragraphs and tables (DOCX) as blank-line separated blocks; `Document.marks` says where each page
+  ("page 3") or heading section ("Title > Heading > Subheading") starts, for the chunker. Pages without
+  text (scanned) are counted in `pdf_pages_without_text`; a corrupt or password-protected file is
+  counted in `corrupt` with a one-line note in `ReadStats.notes`. A text over `MAX_DOC_CHARS` is cut
+  between pages / blocks into documents `path:N`, N the first page (PDF) or block (DOCX).
 - Files containing NUL bytes are `binary`, files that are not valid UTF-8 are `non_utf8`: both are
   skipped and counted in the `ReadStats` passed in, never a crash.
 """
@@ -37,6 +43,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
+from slmforge.data import office
 
 MAX_DOC_CHARS = 1 << 20  # text files above this are split into ~1 MiB documents at paragraph breaks
 _CHUNK = 1 << 20
@@ -55,8 +62,11 @@ _SUFFIXES = (
     (".rst", "rst"),
     (".md", "md"),
     (".csv", "csv"),
+    (".pdf", "pdf"),
+    (".docx", "docx"),
 )
-FORMATS = ("txt", "md", "rst", "html", "jsonl", "csv")
+FORMATS = ("txt", "md", "rst", "html", "jsonl", "csv", "pdf", "docx")
+MAX_NOTES = 100  # notes kept in ReadStats.notes (the counters count them all)
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Document:
     source: str
     text: str
     fmt: str
+    marks: list[tuple[int, str]] = field(default_factory=list)  # pdf/docx: (offset, section) where one starts
 
 
 @dataclass
@@ -80,6 +91,9 @@ class ReadStats:
     malformed: int = 0  # jsonl lines / csv rows skipped (bad JSON, not an object, no string field)
     missing_field: int = 0  # of those, jsonl lines without `text_field`
     hidden_html: int = 0  # HTML elements dropped because a browser would not show them
+    pdf_pages_without_text: int = 0  # PDF pages skipped: no text layer (scanned, drawings only)
+    corrupt: int = 0  # PDF/DOCX files skipped: damaged, encrypted, or not what their name says
+    notes: list[str] = field(default_factory=list)  # one line per file skipped or partly read (pdf/docx)
     documents: int = 0  # documents yielded
     by_format: dict[str, int] = field(default_factory=dict)
 
@@ -164,11 +178,13 @@ def iter_documents(
             continue
         stats.files += 1
         stats.bytes += path.stat().st_size
-        bad = _probe(path)
+        bad = None if fmt in ("pdf", "docx") else _probe(path)
         if bad is not None:
             setattr(stats, bad, getattr(stats, bad) + 1)
             continue
-        if fmt == "jsonl":
+        if fmt in ("pdf", "docx"):
+            docs = _read_office(path, fmt, stats)
+        elif fmt == "jsonl":
             docs = _read_jsonl(path, text_field, stats)
         elif fmt == "csv":
             docs = _read_csv(path, text_column, stats)
@@ -237,6 +253,52 @@ def _read_csv(path: Path, text_column: str, stats: ReadStats) -> Iterator[Docume
                 stats.malformed += 1
                 continue
             yield Document(f"{path}:{row_no}", row[col], "csv")
+
+
+def _note(stats: ReadStats, line: str) -> None:
+    if len(stats.notes) < MAX_NOTES:
+        stats.notes.append(line)
+
+
+def _read_office(path: Path, fmt: str, stats: ReadStats) -> Iterator[Document]:
+    """A PDF's pages or a DOCX's blocks as documents whose marks name the page / heading section."""
+    if fmt == "pdf":
+        blocks = ((f"page {n}", text, n) for n, text in office.pdf_pages(path))
+    else:
+        blocks = ((section, text, n) for n, (section, text) in enumerate(office.docx_blocks(path), 1))
+    parts: list[str] = []
+    marks: list[tuple[int, str]] = []
+    size = empty = pages = start = 0
+    section, cut = "", False
+    try:
+        for where, text, n in blocks:
+            pages, text = n, text.strip()
+            if not text:
+                empty += 1
+                continue
+            if size >= MAX_DOC_CHARS:
+                yield Document(f"{path}:{start}", "".join(parts), fmt, marks)
+                parts, marks, size, cut = [], [], 0, True
+            if not parts:
+                start = n
+            else:
+                parts.append("\n\n")
+                size += 2
+            if not marks or where != section:
+                marks.append((size, where))
+                section = where
+            parts.append(text)
+            size += len(text)
+    except office.Unreadable as e:
+        stats.corrupt += 1
+        _note(stats, f"{path}: {e}: skipped")
+        return
+    if fmt == "pdf" and empty:
+        stats.pdf_pages_without_text += empty
+        what = "none of its pages has" if empty == pages else f"{empty} of its {pages} pages have no"
+        _note(stats, f"{path}: {what} text (scanned? OCR it to read them): skipped")
+    if parts:
+        yield Document(f"{path}:{start}" if cut else str(path), "".join(parts), fmt, marks)
 
 
 # ---------------------------------------------------------------- HTML to text

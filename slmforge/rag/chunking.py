@@ -5,6 +5,9 @@ entries are the units packed into chunks, kept whole where they fit.
   order of first appearance, as docutils assigns them) and Markdown (`#` … `######`, and `===`/`---`
   underlines). A chunk never spans two sections. reST object entries at column 0
   (`.. function:: dumps(...)`, `.. class::`, `.. method::` …) add their name as a last section level.
+- PDF and DOCX documents come with `marks` from the reader, (offset, section) where a page ("page 3")
+  or a heading's section ("Title > Heading") starts: the text is cut there, each piece a section of its
+  own, so a chunk never spans two pages; inside a piece, paragraphs are units as in plain text.
 - Units are blank-line separated paragraphs. An indented paragraph that follows a `::` paragraph, a
   directive or another indented paragraph belongs with it (a code sample stays with its introduction,
   a directive with its body); a Markdown fenced block is one unit however many blank lines it holds.
@@ -48,15 +51,17 @@ class Chunk:
     text: str
 
 
-def chunk_document(text: str, fmt: str = "txt", cfg: ChunkConfig | None = None) -> list[Chunk]:
-    """Split one document's text into chunks (see the module docstring)."""
+def chunk_document(
+    text: str, fmt: str = "txt", cfg: ChunkConfig | None = None, marks: list[tuple[int, str]] | None = None
+) -> list[Chunk]:
+    """Split one document's text into chunks (see the module docstring); `marks` as `Document.marks`."""
     cfg = cfg or ChunkConfig()
     if cfg.max_chars < 50:
         raise SlmError(f"chunk size must be at least 50 characters (got {cfg.max_chars})")
     if not 0 <= cfg.overlap < cfg.max_chars // 2:
         raise SlmError(f"chunk overlap must be in [0, {cfg.max_chars // 2}) (got {cfg.overlap})")
     chunks: list[Chunk] = []
-    for section, units in _sections(text, fmt):
+    for section, units in _marked(text, marks) if marks else _sections(text, fmt):
         chunks += _pack(text, section, units, cfg)
     return [c for c in chunks if len(c.text.strip()) >= cfg.min_chars]
 
@@ -182,6 +187,17 @@ def _sections(text: str, fmt: str) -> list[tuple[str, list[tuple[int, int]]]]:
         para.append(i)
         i += 1
     close_section()
+    return out
+
+
+def _marked(text: str, marks: list[tuple[int, str]]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Sections cut at the marks' offsets (text before the first mark has no section), plain-text units."""
+    bounds = [(0, ""), *sorted(marks), (len(text), "")]
+    out = []
+    for (start, section), (end, _) in zip(bounds, bounds[1:]):
+        units = [(start + s, start + e) for _, spans in _sections(text[start:end], "txt") for s, e in spans]
+        if units:
+            out.append((section, units))
     return out
 
 

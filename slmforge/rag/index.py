@@ -38,9 +38,9 @@ class RagIndexConfig:
     """What `slm rag index` needs."""
 
     paths: list[str]
-    """Files or folders (recursive): .txt .md .rst .html .jsonl .csv
+    """Files or folders (recursive): .txt .md .rst .html .jsonl .csv .pdf .docx
 
-    Read by the ingest readers."""
+    Read by the ingest readers; a PDF chunk's section names its page, a DOCX chunk's its headings."""
     index: str
     """An index name ($SLMFORGE_HOME/indexes/NAME.sqlite), a .sqlite path, or its name in --store."""
     store: str | None = None
@@ -90,7 +90,9 @@ class IndexResult:
     chunks_added: int = 0
     chunks_total: int = 0
     size_bytes: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # empty, unreadable, binary, non_utf8, unsupported
+    skipped: dict[str, int] = field(default_factory=dict)  # empty, unreadable, binary, non_utf8, unsupported,
+    # corrupt_or_encrypted (pdf/docx), pdf_pages_without_text (pages, not files)
+    notes: list[str] = field(default_factory=list)  # one line per pdf/docx skipped or partly read
     seconds: float = 0.0
     hidden_html: int = 0  # HTML elements dropped as not shown by a browser
     guard: str = "none"  # what checked the chunks, in words
@@ -268,7 +270,11 @@ def _index_files(
     with bar("indexing", total=total_bytes, unit="B", enabled=progress) as b:
         for path, sha in todo:
             size = Path(path).stat().st_size
+            noted = len(stats.notes)
             chunks = _chunk_file(path, cfg, chunk_cfg, stats, result)
+            for note in stats.notes[noted:]:
+                if progress:
+                    b.print(note, markup=False, highlight=False, soft_wrap=True)
             if chunks and guard is not None:
                 for c in chunks:
                     c.flag = guard.check(guarded_text(c.section, c.doc, c.text))
@@ -287,25 +293,30 @@ def _index_files(
             result.skipped[reason] = result.skipped.get(reason, 0) + getattr(stats, reason)
     if stats.malformed:
         result.skipped["malformed_records"] = stats.malformed
+    if stats.corrupt:
+        result.skipped["corrupt_or_encrypted"] = stats.corrupt
+    if stats.pdf_pages_without_text:
+        result.skipped["pdf_pages_without_text"] = stats.pdf_pages_without_text
     result.hidden_html += stats.hidden_html
+    result.notes += stats.notes
 
 
 def _chunk_file(
     path: str, cfg: RagIndexConfig, chunk_cfg: ChunkConfig, stats: ReadStats, result: IndexResult
 ) -> list[NewChunk] | None:
     """The file's chunks ([] for an empty file, which is still recorded); None when it cannot be read."""
-    before = stats.binary + stats.non_utf8
+    before = stats.binary + stats.non_utf8 + stats.corrupt
     chunks: list[NewChunk] = []
     try:
         for doc in iter_documents(
             [path], text_field=cfg.text_field, text_column=cfg.text_column, stats=stats
         ):
-            for c in chunk_document(doc.text, doc.fmt, chunk_cfg):
+            for c in chunk_document(doc.text, doc.fmt, chunk_cfg, doc.marks):
                 chunks.append(NewChunk(doc.source, c.section, c.start, c.end, c.text))
     except OSError:
         result.skipped["unreadable"] = result.skipped.get("unreadable", 0) + 1
         return None
-    if stats.binary + stats.non_utf8 > before:
+    if stats.binary + stats.non_utf8 + stats.corrupt > before:
         return None
     if not chunks:
         result.skipped["empty"] = result.skipped.get("empty", 0) + 1

@@ -74,6 +74,8 @@ def test_ingest_writes_split_dataset_stats_and_registers(tmp_path):
         "non_utf8_files": 0,
         "unsupported_files": 0,
         "malformed_records": 1,
+        "corrupt_or_encrypted_files": 0,
+        "pdf_pages_without_text": 0,
         "too_short": 1,
     }
     assert (stats["train_docs"], stats["val_docs"]) == (len(train), len(val))
