@@ -151,7 +151,12 @@ def rag_ask(cfg) -> None:
             highlight=False,
             markup=False,
         )
-    how = "abstained" if a.abstained else ("cited by the model" if a.model_cited else "citation attributed")
+    if a.abstained:
+        how = "abstained"
+    elif a.model_cited:
+        how = "cited by the model"
+    else:
+        how = "the model cited nothing: citation attributed by word overlap"
     best = "n/a" if a.best_cosine is None else f"{a.best_cosine:.2f}"
     withheld = (
         f"{a.dropped_chunks} retrieved chunks withheld by the injection guard; " if a.dropped_chunks else ""
