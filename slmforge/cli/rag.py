@@ -1,4 +1,4 @@
-"""`slm rag index / search / quarantine / ask / eval`: retrieval over your documents (slmforge.rag)."""
+"""`slm rag index / search / quarantine / ask / eval / tune`: retrieval over your documents (slmforge.rag)."""
 
 from __future__ import annotations
 
@@ -151,7 +151,12 @@ def rag_ask(cfg) -> None:
             highlight=False,
             markup=False,
         )
-    how = "abstained" if a.abstained else ("cited by the model" if a.model_cited else "citation attributed")
+    if a.abstained:
+        how = "abstained"
+    elif a.model_cited:
+        how = "cited by the model"
+    else:
+        how = "the model cited nothing: citation attributed by word overlap"
     best = "n/a" if a.best_cosine is None else f"{a.best_cosine:.2f}"
     withheld = (
         f"{a.dropped_chunks} retrieved chunks withheld by the injection guard; " if a.dropped_chunks else ""
@@ -208,3 +213,28 @@ def rag_eval(
         table("answers", {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in rep["answers"].items()})
     if json_out:
         write_json(json_out, rep)
+
+
+@rag_app.command("tune")
+@options(Opts("slmforge.rag.tune:RagTuneConfig", args=("index",), short={"out": "-o"}))
+def rag_tune(cfg) -> None:
+    """Tune a model on synth QA rows to answer `rag ask`'s prompts: cite the gold source, or abstain (RAFT)."""
+    from slmforge.rag.tune import rag_tune as run
+
+    warnings_to_console()
+    r = run(cfg)
+    e = r.examples
+    table(
+        "rag tune",
+        {
+            "examples": f"{e['examples']} of {e['rows']} rows: {e['answer']} answer, {e['abstain']} abstain, "
+            f"{e['unanswerable']} unanswerable ({e['train']} train, {e['val']} val)",
+            "prompt tokens": f"{e['prompt_tokens_mean']:.0f} mean, {e['prompt_tokens_max']} max",
+            "steps": r.steps,
+            "loss": f"{r.first_loss:.4f} → {r.train_loss:.4f}"
+            + (f" (val {r.val_loss:.4f})" if r.val_loss is not None else ""),
+            "time": f"{r.elapsed_s:.0f} s ({r.tokens / max(r.elapsed_s, 1e-9):,.0f} tok/s)",
+            "prompt version": r.prompt_version,
+            "saved": f"{r.model_dir} (ask with `slm rag ask {cfg.index} QUESTION --model {r.out}`)",
+        },
+    )

@@ -66,6 +66,17 @@ def read_manifest(path: Path) -> dict:
         return {}
 
 
+CARRIED_METRICS = ("rag_prompt_version",)
+"""Manifest metrics about what a model was trained for (`slm rag tune`'s prompt fingerprint), which the models
+made from it keep: `slm merge` of its adapter, `slm quantize` of the merged model."""
+
+
+def carried_metrics(path: Path) -> dict:
+    """The `CARRIED_METRICS` the directory's manifest records."""
+    metrics = read_manifest(Path(path)).get("metrics", {})
+    return {k: metrics[k] for k in CARRIED_METRICS if k in metrics}
+
+
 def cache_root() -> Path:
     """Where converted runtime artifacts live: $SLMFORGE_CACHE, else $SLMFORGE_HOME/cache."""
     return Path(os.environ.get("SLMFORGE_CACHE") or workspace.home() / "cache")

@@ -15,7 +15,7 @@ from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir
 from slmforge.core.progress import quiet_hf
-from slmforge.infer.model_dirs import adapter_type, output_dir
+from slmforge.infer.model_dirs import adapter_type, carried_metrics, output_dir
 from slmforge.lm.configs import MergeConfig
 from slmforge.train.adapters import adapter_base, load_adapter, locate_base
 from slmforge.train.pretrained import check_full_precision, generation_config, local_path
@@ -55,7 +55,12 @@ def merge(cfg: MergeConfig) -> MergeResult:
         "model",
         out,
         source=str(adapter),
-        metrics={"merged_from": str(adapter), "base": adapter_base(adapter)["name"], "params": params},
+        metrics={
+            "merged_from": str(adapter),
+            "base": adapter_base(adapter)["name"],
+            "params": params,
+            **carried_metrics(adapter),
+        },
     )
     return MergeResult(str(out), local_path(base_path), params)
 

@@ -9,4 +9,5 @@ search       `slm rag search`: bm25 | vector | hybrid, path and tag filters
 guarding     chunks guarded against indirect injection at index time (flag, quarantine) and at answer time
 ask          `slm rag ask`: grounded prompt within the context budget, numbered citations, abstains
 evaluate     `slm rag eval`: recall@k, MRR, nDCG@10, latency per mode; answer checks
+tune         `slm rag tune`: RAFT-style tuning on ask's own prompts (gold among distractors, or abstain)
 """

@@ -10,6 +10,11 @@ For another corpus or embedding model, `slm rag eval` prints the same suggestion
 Citations are the model's own `[n]` when it writes them; when it writes none, the answer is attributed
 to the source sharing the most content words with it, and `model_cited` says so.
 
+The prompt is `build_prompt`'s, the one function `slm rag ask` and `slm rag tune` (slmforge.rag.tune) both
+call, so a tuned model trains on exactly the prompts it is asked with. `RAG_PROMPT_VERSION` fingerprints its
+template (system prompt, source blocks, question); a tuned model records the version it was trained on in its
+manifest, and `Asker` refuses a model recorded with another (one with no record, e.g. a base model, is used).
+
 Indirect injection: retrieval leaves out the chunks the guard quarantined when they were indexed, and
 the retrieved chunks are checked again (rules + detector, `slmforge.rag.guarding`) before they go into
 the prompt; the flagged ones are dropped and counted in `Answer.dropped_chunks`, so an index built before
@@ -19,9 +24,12 @@ guard is the index's own `guard` setting (`rules` for an index that records none
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from slmforge.core import runtime
 from slmforge.core.errors import SlmError
@@ -35,6 +43,18 @@ SYSTEM = (
     "Answer the question using only the numbered sources. Cite the sources you use like [1]. "
     f"If the sources do not contain the answer, reply exactly: {IDK}."
 )
+BLOCK = "[{n}] ({title})\n{text}"  # one numbered source
+QUESTION = "Question: {question}"
+USER = "Sources:\n\n{blocks}\n\n{question}"  # blocks joined by a blank line
+PROMPT_REVISION = 1  # bump when build_prompt changes what a prompt holds without changing the strings above
+RAG_PROMPT_VERSION = hashlib.sha256(
+    json.dumps([PROMPT_REVISION, SYSTEM, BLOCK, QUESTION, USER]).encode()
+).hexdigest()[:12]
+"""The prompt fingerprint a tuned model records (manifest metrics `rag_prompt_version`)."""
+PROMPT_RECORD = "rag_prompt_version"
+DEFAULT_K = 4
+DEFAULT_CONTEXT_TOKENS = 1024
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 @dataclass
@@ -51,17 +71,17 @@ class AskConfig:
     """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
     mode: str = "hybrid"
     """Retrieval: hybrid, bm25 or vector."""
-    k: int = 4
+    k: int = DEFAULT_K
     """Chunks to retrieve."""
     min_cosine: float | None = None
     """Abstain below this best cosine similarity [default: calibrated].
 
     The relevance gate; None: the default for the index's model."""
-    context_tokens: int = 1024
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS
     """Prompt budget: sources + question.
 
     The system prompt counts too."""
-    max_new_tokens: int = 128
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Stop after this many new tokens."""
     path_filter: str | None = None
     """Only files matching this."""
@@ -110,6 +130,7 @@ class Asker:
         try:
             setting = check_setting(guard or self.retriever.store.meta().get("guard"))
             self.guard: ChunkGuard | None = open_guard(setting)
+            check_prompt_version(model)  # before loading: a refused model is not converted first
         except SlmError:
             self.retriever.close()
             raise
@@ -124,7 +145,7 @@ class Asker:
         self.retriever.close()
 
     def ask(self, cfg: AskConfig) -> Answer:
-        from slmforge.infer.generate import GenerateConfig, complete, prompt_ids
+        from slmforge.infer.generate import GenerateConfig, complete
 
         if cfg.repetition_penalty <= 0:
             raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")
@@ -148,17 +169,7 @@ class Asker:
             text = f"{IDK}: nothing in the index is close enough to the question (best similarity {best} < {gate})."
             return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started,
                           len(dropped), dropped)  # fmt: skip
-        limit = self.lm.max_positions or cfg.context_tokens
-        budget = min(cfg.context_tokens, limit - cfg.max_new_tokens)
-        target = budget
-        for _ in range(4):  # the template's own tokens are estimated: shrink until the real prompt fits
-            messages, sources = self._prompt(cfg, hits, target)
-            ids = prompt_ids(self.tokenizer, messages, chat=True)
-            if len(ids) <= budget:
-                break
-            target -= len(ids) - budget + 4
-        else:
-            raise SlmError(f"could not fit the question and a source in {budget} prompt tokens")
+        _, sources, ids = self.prompt(cfg, hits)
         gen = GenerateConfig(
             model=self.model_name,
             max_new_tokens=cfg.max_new_tokens,
@@ -178,44 +189,100 @@ class Asker:
 
     def screen(self, hits: list[Hit]) -> tuple[list[Hit], list[str]]:
         """The hits the guard lets into a prompt, and the reasons for each one it kept out."""
-        if self.guard is None:
-            return hits, []
-        kept, dropped = [], []
-        for hit in hits:
-            c = hit.chunk
-            reasons = self.guard.check(guarded_text(c.section, c.doc, c.text))
-            if reasons:
-                dropped.append(reasons)
-            else:
-                kept.append(hit)
-        return kept, dropped
+        return screen(self.guard, hits)
 
-    def _prompt(self, cfg: AskConfig, hits: list[Hit], budget: int) -> tuple[list[dict], list[Hit]]:
-        """System + user messages holding as many sources (best first) as fit the token budget."""
-        question = f"Question: {cfg.question}"
-        used = self._tokens(SYSTEM) + self._tokens(question) + 32  # chat template markup
-        if used >= budget:
-            raise SlmError(f"the question alone needs about {used} tokens; the context budget is {budget}")
-        blocks, sources = [], []
-        for hit in hits:
-            n = len(sources) + 1
-            title = source_title(hit.chunk.section, hit.chunk.doc)
-            block = f"[{n}] ({title})\n{hit.chunk.text.strip()}"
-            size = self._tokens(block) + 2
-            if used + size > budget:
-                room = budget - used - 2
-                if room < 48:
-                    break
-                ids = self.tokenizer(block, add_special_tokens=False)["input_ids"][:room]
-                block, size = self.tokenizer.decode(ids), room + 2
-            blocks.append(block)
-            sources.append(hit)
-            used += size
-        user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\n{question}"
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], sources
+    def prompt(self, cfg: AskConfig, hits: list[Hit]) -> tuple[list[dict], list[Hit], list[int]]:
+        """`build_prompt` for this model: (messages, the sources that fit, token ids)."""
+        return build_prompt(self.tokenizer, cfg.question, hits, cfg.context_tokens, cfg.max_new_tokens,
+                            self.lm.max_positions)  # fmt: skip
 
-    def _tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+def screen(guard: ChunkGuard | None, hits: list[Hit]) -> tuple[list[Hit], list[str]]:
+    """The hits `guard` lets into a prompt, and its reasons for each one it kept out."""
+    if guard is None:
+        return hits, []
+    kept, dropped = [], []
+    for hit in hits:
+        c = hit.chunk
+        reasons = guard.check(guarded_text(c.section, c.doc, c.text))
+        if reasons:
+            dropped.append(reasons)
+        else:
+            kept.append(hit)
+    return kept, dropped
+
+
+def build_prompt(
+    tokenizer, question: str, hits: list[Hit], context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_positions: int | None = None,
+) -> tuple[list[dict], list[Hit], list[int]]:  # fmt: skip
+    """The grounded prompt: (system + user messages, the hits they hold numbered from 1, the chat-templated
+    token ids). As many sources as fit, in order, within min(context_tokens, max_positions - max_new_tokens)
+    tokens, the last one cut to the room left (never below 48 tokens). `slm rag ask` and `slm rag tune` both
+    build their prompts here."""
+    from slmforge.infer.generate import prompt_ids
+
+    limit = max_positions or context_tokens
+    budget = min(context_tokens, limit - max_new_tokens)
+    target = budget
+    for _ in range(4):  # the template's own tokens are estimated: shrink until the real prompt fits
+        messages, sources = _fit(tokenizer, question, hits, target)
+        ids = prompt_ids(tokenizer, messages, chat=True)
+        if len(ids) <= budget:
+            return messages, sources, ids
+        target -= len(ids) - budget + 4
+    raise SlmError(f"could not fit the question and a source in {budget} prompt tokens")
+
+
+def _fit(tokenizer, question: str, hits: list[Hit], budget: int) -> tuple[list[dict], list[Hit]]:
+    """System + user messages holding as many sources (in order) as fit the token budget."""
+    asked = QUESTION.format(question=question)
+    used = _tokens(tokenizer, SYSTEM) + _tokens(tokenizer, asked) + 32  # chat template markup
+    if used >= budget:
+        raise SlmError(f"the question alone needs about {used} tokens; the context budget is {budget}")
+    blocks, sources = [], []
+    for hit in hits:
+        n = len(sources) + 1
+        title = source_title(hit.chunk.section, hit.chunk.doc)
+        block = BLOCK.format(n=n, title=title, text=hit.chunk.text.strip())
+        size = _tokens(tokenizer, block) + 2
+        if used + size > budget:
+            room = budget - used - 2
+            if room < 48:
+                break
+            ids = tokenizer(block, add_special_tokens=False)["input_ids"][:room]
+            block, size = tokenizer.decode(ids), room + 2
+        blocks.append(block)
+        sources.append(hit)
+        used += size
+    user = USER.format(blocks="\n\n".join(blocks), question=asked)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], sources
+
+
+def _tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def recorded_prompt_version(model: str) -> str | None:
+    """The RAG prompt version the model's manifest records (a tuned model), or None (no record)."""
+    from slmforge.infer.model_dirs import read_manifest, resolve_causal_lm
+
+    path = resolve_causal_lm(model)
+    if path.is_file():  # a .gguf file: the manifest of its directory
+        path = path.parent
+    if not path.is_dir():  # a hub id
+        return None
+    return read_manifest(Path(path)).get("metrics", {}).get(PROMPT_RECORD)
+
+
+def check_prompt_version(model: str) -> None:
+    """SlmError when `model` was tuned on another RAG prompt than the one this version builds."""
+    recorded = recorded_prompt_version(model)
+    if recorded is not None and recorded != RAG_PROMPT_VERSION:
+        raise SlmError(
+            f"{model} was tuned on RAG prompt {recorded}, but this slmforge builds prompt {RAG_PROMPT_VERSION}: "
+            "its answers would not match its training; tune it again with `slm rag tune`"
+        )
 
 
 def _most_overlap(text: str, sources: list[Hit]) -> int:

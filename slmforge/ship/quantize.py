@@ -174,6 +174,7 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     Verified against torch fp32 (logits cosine) and measured: perplexity on held-out text before and
     after, and the size on disk against the fp32 weights; all in the manifest."""
     from slmforge.core import workspace
+    from slmforge.infer.model_dirs import carried_metrics
     from slmforge.infer.ort_build import OrtLogits, build_ort, ort_unsupported, verify_rows
 
     reason = ort_unsupported(source)
@@ -204,7 +205,8 @@ def quantize_causal(source: Path, out: Path, cfg: QuantizeConfig) -> dict:
     made = build_ort(
         source, out, cfg.scheme, measure=measure, overwrite=cfg.overwrite, calib=calib, int4_method=cfg.method
     )
-    metrics = {"format": "onnxruntime-genai", "model_kind": "causal-lm", **verify_rows(made, source)}
+    metrics = {"format": "onnxruntime-genai", "model_kind": "causal-lm", **verify_rows(made, source),
+               **carried_metrics(source)}  # fmt: skip
     workspace.register("model", out, source=f"quantize:{source}", metrics=metrics)
     return {"out": str(out), **metrics}
 
