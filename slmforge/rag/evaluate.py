@@ -77,6 +77,8 @@ class RagEvalConfig:
     `slm rag ask` uses]."""
     limit: int | None = None
     """Only the first N queries."""
+    max_new_tokens: int = 128
+    """Answers stop after this many new tokens."""
     price_per_hour: float = 0.10
     """Machine USD/hour for $/1k answers."""
     threads: int | None = None
@@ -277,10 +279,9 @@ def answer_metrics(asker, cfg: RagEvalConfig, model: str, queries: list[dict], p
         exclude = q.get("exclude", ())
         with asker.retriever.excluding(*exclude) if exclude else contextlib.nullcontext():
             return asker.ask(
-                AskConfig(
-                    cfg.index, q["query"], model, cfg.store, min_cosine=cfg.min_cosine, threads=cfg.threads
-                )
-            )
+                AskConfig(cfg.index, q["query"], model, cfg.store, min_cosine=cfg.min_cosine,
+                          max_new_tokens=cfg.max_new_tokens, threads=cfg.threads)
+            )  # fmt: skip
 
     warm = next((q for q in queries if q.get("answerable", True)), queries[0])
     ask(warm)  # the first answer loads the query encoder (and may convert the model): not timed
