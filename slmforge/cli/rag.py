@@ -341,7 +341,7 @@ def rag_calibrate(cfg) -> None:
     )
     if rep["saved"]:
         out.print(
-            "stored in the index: slm rag search / ask / eval and the server use these unless given "
+            "stored in the index: slm rag search / ask / eval use these unless given "
             "--fusion / --alpha / --k / --min-score",
             highlight=False,
         )
