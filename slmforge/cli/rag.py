@@ -1,4 +1,5 @@
-"""`slm rag index / search / quarantine / ask / eval / tune`: retrieval over your documents (slmforge.rag)."""
+"""`slm rag index / search / quarantine / ask / eval / tune / calibrate`: retrieval over your documents
+(slmforge.rag)."""
 
 from __future__ import annotations
 
@@ -173,21 +174,29 @@ def rag_ask(cfg) -> None:
     Opts(
         "slmforge.rag.evaluate:RagEvalConfig",
         args=("index",),
-        rename={"modes": "--mode"},
+        rename={"modes": "--mode", "models": "--model"},
         exclude=("min_cosine",),
     )
 )
 def rag_eval(
     cfg,
-    json_out: str | None = typer.Option(None, "--json", help="Also write the report to this JSON file."),
+    json_out: str | None = typer.Option(
+        None, "--json", "--out", help="Also write the report to this JSON file."
+    ),
 ) -> None:
-    """Retrieval quality (recall@k, MRR, nDCG@10) and latency per mode; answer checks with --model."""
+    """Retrieval quality (recall@k, MRR, nDCG@10) and latency per mode; answer quality with --answers."""
     from rich.table import Table
 
     from slmforge.core.fsutil import write_json
     from slmforge.rag.evaluate import evaluate_rag
 
+    warnings_to_console()
     rep = evaluate_rag(cfg)
+    if cfg.answers:
+        _answers_table(rep)
+        if json_out:
+            write_json(json_out, rep)
+        return
     t = Table(title=f"rag eval: {rep['answerable']} answerable queries")
     cols = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "p50_ms", "p95_ms")
     t.add_column("mode")
@@ -196,6 +205,10 @@ def rag_eval(
     for mode, m in rep["retrieval"].items():
         t.add_row(mode, *(f"{m[c]:.1f}" if c.endswith("_ms") else f"{m.get(c, 0):.3f}" for c in cols))
     out.print(t)
+    if rep["calibration"] and "hybrid" in rep["retrieval"]:
+        f = rep["fusion"]
+        how = "rrf" if f["fusion"] == "rrf" else f"convex, BM25 weight {f['alpha']:g}"
+        out.print(f"hybrid: the index's calibrated fusion ({how}; slm rag calibrate)", highlight=False)
     g = rep["gate"]
     if g["unanswerable_abstained"] is not None:
         out.print(
@@ -210,7 +223,7 @@ def rag_eval(
             highlight=False,
         )
     if rep["answers"]:
-        table("answers", {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in rep["answers"].items()})
+        _answers_table(rep)
     if json_out:
         write_json(json_out, rep)
 
@@ -238,3 +251,99 @@ def rag_tune(cfg) -> None:
             "saved": f"{r.model_dir} (ask with `slm rag ask {cfg.index} QUESTION --model {r.out}`)",
         },
     )
+
+
+_ANSWER_COLS = (  # (header, key, format): one row per model in `slm rag eval --answers`
+    ("correct", "correct", "{:.3f}"), ("F1", "f1", "{:.3f}"), ("key term", "term_rate", "{:.3f}"),
+    ("cite prec", "citation_precision", "{:.3f}"), ("model cited", "model_cited", "{:.3f}"),
+    ("abstain unans", "abstained_unanswerable", "{:.3f}"), ("false abstain", "abstained_answerable", "{:.3f}"),
+    ("p50 s", "p50_s", "{:.2f}"), ("p95 s", "p95_s", "{:.2f}"), ("$/1k", "cost_per_1k", "{:.4f}"),
+)  # fmt: skip
+
+
+def _answers_table(rep: dict) -> None:
+    from rich.table import Table
+
+    first = next(iter(rep["answers"].values()))
+    t = Table(
+        title=f"rag answers: {first['answerable']} answerable, {first['unanswerable']} unanswerable questions"
+    )
+    t.add_column("model")
+    for header, _, _ in _ANSWER_COLS:
+        t.add_column(header, justify="right")
+    for model, m in rep["answers"].items():
+        t.add_row(
+            model, *("n/a" if m.get(key) is None else fmt.format(m[key]) for _, key, fmt in _ANSWER_COLS)
+        )
+    out.print(t)
+    out.print(
+        "correct: holds a key term where the question gives terms, else token F1 ≥ 0.5 (abstaining is never "
+        f"correct); $/1k: mean seconds per answer at {rep.get('price_per_hour', 0.10)} USD/hour",
+        highlight=False,
+    )
+
+
+@rag_app.command("calibrate")
+@options(Opts("slmforge.rag.calibrate:CalibrateConfig", args=("index",)))
+def rag_calibrate(cfg) -> None:
+    """Fit the index's fusion, relevance gate and prompt chunks on questions; check on held-apart ones."""
+    from rich.table import Table
+
+    from slmforge.rag.calibrate import calibrate
+
+    warnings_to_console()
+    rep = calibrate(cfg)
+    if rep.get("reset"):
+        was = "forgot its calibration" if rep["had_calibration"] else "had no calibration"
+        out.print(f"{rep['index']}: {was}; it uses the built-in defaults", highlight=False, markup=False)
+        return
+    qs, ch, d = rep["questions"], rep["chosen"], rep["default"]
+    fit, held = qs["fit"], qs["held"]
+
+    def fusion(f: dict) -> str:
+        return "rrf" if f["fusion"] == "rrf" else f"convex {f['alpha']:g}"
+
+    t = Table(
+        title=f"held apart: {held['answerable']} answerable questions on {held['documents']} documents "
+        f"(fitted on {fit['answerable']} on {fit['documents']} others)"
+    )
+    for col in ("retrieval", "recall@5", "MRR"):
+        t.add_column(col, justify="left" if col == "retrieval" else "right")
+    labels = {"bm25": "bm25", "vector": "vector", "hybrid-default": f"hybrid before ({fusion(d)})",
+              "hybrid-calibrated": f"hybrid after ({fusion(ch)})"}  # fmt: skip
+    for name, m in rep["held"]["retrieval"].items():
+        t.add_row(labels[name], f"{m['recall@5']:.3f}", f"{m['mrr']:.3f}")
+    out.print(t)
+    gf, gh = rep["fit"]["gate"], rep["held"]["gate"]
+
+    def stops(g: dict) -> str:
+        passed = "n/a" if g["answerable_passed"] is None else f"{g['answerable_passed']:.1%}"
+        u = (
+            f", stops {g['unanswerable_stopped']} of {g['unanswerable']} unanswerable"
+            if g["unanswerable"]
+            else ""
+        )
+        return f"passes {passed} of answerable{u}"
+
+    rk = rep["held"]["recall@k"]
+    table(
+        "calibration" + ("" if rep["saved"] else " (not stored: --no-save)"),
+        {
+            "fusion": f"{fusion(ch)} (fit recall@5 / MRR best of {len(rep['fit']['grid'])} candidates)",
+            "min cosine": f"{ch['min_cosine']} (fit: {stops(gf)}; held: {stops(gh['calibrated'])}; "
+            f"default {d['min_cosine']} on held: {stops(gh['default'])})",
+            "k (chunks)": f"{ch['k']} (held recall@k: "
+            + ", ".join(f"@{c} {v:.3f}" for c, v in rk.items())
+            + ")",
+            "index": rep["index"],
+            "seconds": rep["seconds"],
+        },
+    )
+    if rep["saved"]:
+        out.print(
+            "stored in the index: slm rag search / ask / eval use these unless given "
+            "--fusion / --alpha / --k / --min-score",
+            highlight=False,
+        )
+    if cfg.report:
+        out.print(f"report: {cfg.report}", highlight=False, markup=False)

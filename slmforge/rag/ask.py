@@ -6,7 +6,9 @@ The relevance gate is the best cosine similarity between the question and any ch
 The default threshold, 0.45 for all-MiniLM-L6-v2, is the 1st percentile of the best cosine of the
 answerable even-numbered Python-docs questions (it lets 99 % of them through); on the odd-numbered half
 it let 99.2 % of answerable questions through and stopped 90 % of unanswerable ones (BENCHMARKS.md).
-For another corpus or embedding model, `slm rag eval` prints the same suggestion for your questions.
+For another corpus or embedding model, `slm rag eval` prints the same suggestion for your questions, and
+`slm rag calibrate` stores a threshold, the number of chunks and the fusion in the index, which ask then
+uses wherever `min_cosine` and `k` are left None.
 Citations are the model's own `[n]` when it writes them; when it writes none, the answer is attributed
 to the source sharing the most content words with it, and `model_cited` says so.
 
@@ -52,7 +54,7 @@ RAG_PROMPT_VERSION = hashlib.sha256(
 ).hexdigest()[:12]
 """The prompt fingerprint a tuned model records (manifest metrics `rag_prompt_version`)."""
 PROMPT_RECORD = "rag_prompt_version"
-DEFAULT_K = 4
+DEFAULT_K = 4  # chunks retrieved for the prompt, where the index has no calibration
 DEFAULT_CONTEXT_TOKENS = 1024
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -71,12 +73,13 @@ class AskConfig:
     """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
     mode: str = "hybrid"
     """Retrieval: hybrid, bm25 or vector."""
-    k: int = DEFAULT_K
-    """Chunks to retrieve."""
+    k: int | None = None
+    """Chunks to retrieve [default: the index's calibration, else 4]."""
     min_cosine: float | None = None
-    """Abstain below this best cosine similarity [default: calibrated].
+    """Abstain below this best cosine similarity [default: the index's calibration, else 0.45].
 
-    The relevance gate; None: the default for the index's model."""
+    The relevance gate; None: the index's calibrated one (`slm rag calibrate`), else the default for
+    all-MiniLM-L6-v2."""
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     """Prompt budget: sources + question.
 
@@ -150,7 +153,9 @@ class Asker:
         if cfg.repetition_penalty <= 0:
             raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")
         started = time.perf_counter()
-        found = self.retriever.search(cfg.question, cfg.mode, cfg.k, Filters(cfg.path_filter, list(cfg.tags)))
+        cal = self.retriever.calibration or {}
+        k = cfg.k if cfg.k is not None else cal.get("k", DEFAULT_K)
+        found = self.retriever.search(cfg.question, cfg.mode, k, Filters(cfg.path_filter, list(cfg.tags)))
         if found.best_cosine is None:  # bm25 mode: the gate still needs the question's nearest chunk
             nearest = self.retriever.store.search_vector(
                 self.retriever.embedder.encode_query(cfg.question), 1, Filters()
@@ -159,7 +164,7 @@ class Asker:
         hits, dropped = self.screen(found.hits)
         if dropped and hits and any(h.cosine is not None for h in hits):
             found.best_cosine = max(h.cosine for h in hits if h.cosine is not None)  # the gate sees kept ones
-        gate = DEFAULT_MIN_COSINE if cfg.min_cosine is None else cfg.min_cosine
+        gate = cal.get("min_cosine", DEFAULT_MIN_COSINE) if cfg.min_cosine is None else cfg.min_cosine
         if found.hits and not hits:
             text = f"{IDK}: the sources retrieved for this question were withheld by the injection guard."
             return Answer(text, True, [], [], False, found.best_cosine, 0, time.perf_counter() - started,
