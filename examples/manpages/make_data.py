@@ -508,8 +508,9 @@ def parse_page(source: str) -> dict | None:
         sections = Roff(source).run()
     except Redirect:
         return None
-    name = " ".join(" ".join(p) for p in sections.get("NAME", []))
-    name = " ".join(name.split())
+    # the NAME section's first paragraph only: some pages put a synopsis after a .sp (`write user [ttyname]`)
+    first = (sections.get("NAME") or [[]])[0]
+    name = " ".join(" ".join(first).split())
     m = re.search(r"\s+(?:-{1,2}|—|–)\s+", name)
     desc = sections.get("DESCRIPTION") or sections.get("DESCRIPTIONS")
     if m is None or not desc:

@@ -117,6 +117,10 @@ lines.
     two = ".SH NAME\nbzip2, bunzip2 \\- a block-sorting file compressor\nbzcat \\- decompresses files\n"
     page = md.parse_page(two + ".SH DESCRIPTION\nCompresses.\n")
     assert page["summary"] == "a block-sorting file compressor"
+    synopsis = ".SH NAME\nwrite \\- send a message to another user\n.sp\n\\fBwrite\\fP \\fIuser\\fP [\\fIttyname\\fP]\n"
+    assert (
+        md.parse_page(synopsis + ".SH DESCRIPTION\nWrites.\n")["summary"] == "send a message to another user"
+    )
 
 
 def test_cap_estimate_and_split_key():
