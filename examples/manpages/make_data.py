@@ -263,6 +263,8 @@ class Roff:
         if name in ("if", "ie", "el"):
             return self._conditional(name, rest, i)
         args = split_args(rest)
+        if name in ("SH", "Sh", "SS", "Ss"):
+            self.nofill = False  # groff's .SH and .SS end a .nf left open (often in SYNOPSIS)
         if name in ("SH", "Sh"):
             self._close_section()
             if args:

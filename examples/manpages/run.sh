@@ -4,10 +4,11 @@
 # Qwen2.5-Coder-0.5B prompted with SHOTS examples, and the tuned 135M zero-shot (the prompt it was tuned on).
 #
 # Sizes (2 CPU cores): the finetune is 100 optimizer steps of 4 packed 512-token windows (205k tokens, 0.35 of
-# an epoch of the 2,454 train pages: ~850 of them). Measured: 12-20 s a step on 1 thread of a shared machine
-# (5-step runs); on 2 threads ~12-14 s, so ~20-23 minutes; --max-minutes 25 stops it on a slower machine (the
-# lr schedule then follows the time). The eval runs 400 test pages through 3 models: 0.32, 0.12 and 0.80 items/s
-# on 1 shared thread (3-shot 135M, 3-shot 0.5B, tuned 135M), ~1.5 hours in all (less on 2 threads);
+# an epoch of the 2,454 train pages: ~850 of them). Measured in 5-step runs on 1 thread of a shared machine:
+# 12-20 s a step (36-65 s when it was busier); on 2 free threads ~12-14 s, so ~20-23 minutes; --max-minutes 25
+# stops it on a slower machine (the lr schedule then follows the time). The eval runs 400 test pages through
+# 3 models: 0.32, 0.12 and 0.80 items/s on 1 shared thread (3-shot 135M, 3-shot 0.5B, tuned 135M), ~1.5 hours
+# in all (less on 2 threads);
 # LIMIT=N evaluates a seeded sample of N pages instead.
 set -euo pipefail
 D=${D:-$HOME/.slmforge/datasets/manpages}   # train/val/test/shots.jsonl (make_data.py)

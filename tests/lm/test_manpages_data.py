@@ -23,6 +23,8 @@ ls \- list directory contents
 .SH SYNOPSIS
 .B ls
 [\fI\,OPTION\/\fR]... [\fI\,FILE\/\fR]...
+.nf
+.B ls \-l
 .SH DESCRIPTION
 .\" Add any additional description here
 .PP
