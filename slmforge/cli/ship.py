@@ -88,7 +88,15 @@ def eval_table(rows: list[dict], task: str) -> None:
         t.add_column(col, overflow="fold", min_width=max([len(c[i]) for c in body]) if i == 0 else None)
     for cells in body:
         t.add_row(*cells)
-    out.print(t, width=None if out.is_terminal else max(out.width, 200), crop=out.is_terminal)
+    if out.is_terminal:
+        out.print(t)
+        return
+    width = out.width  # logs and pipes: 200 columns, so 18 columns do not fold (print(width=) cannot
+    out.width = max(width, 200)  # exceed the console's own width)
+    try:
+        out.print(t, crop=False)
+    finally:
+        out.width = width
 
 
 def classification_table(rows: list[dict]) -> None:

@@ -25,7 +25,7 @@ _SPEED = [
 COLUMNS = {
     "generation": [("EM", "exact_match", "{:.3f}"), ("F1", "token_f1", "{:.3f}"),
                    ("ROUGE-L", "rouge_l", "{:.3f}"), ("chrF", "chrf", "{:.3f}"),
-                   ("gen tok/s", "tokens_per_s", "{:.1f}")] + _SPEED,
+                   ("chrF corpus", "chrf_corpus", "{:.3f}"), ("gen tok/s", "tokens_per_s", "{:.1f}")] + _SPEED,
     "classification": [("accuracy", "accuracy", "{:.3f}")] + _SPEED,
     "perplexity": [("tokens", "tokens", "{:,}"), ("loss", "loss", "{:.4f}"), ("perplexity", "perplexity", "{:.3f}"),
                    ("bits/byte", "bpb", "{:.4f}"), ("change", "perplexity_change", "{:+.1%}"),
@@ -61,7 +61,8 @@ def markdown(rows: list[dict], task: str) -> str:
             f"Latency: seconds per item, one request at a time (p50/p95 over {rows[0]['latency_items']} "
             "items). items/s and tokens/s: the batched run over all items. Cost per 1,000 requests: batched "
             f"seconds per item at {rows[0]['price_per_hour']} USD/hour. Peak MB: ru_maxrss of the process "
-            "that ran the model. EM/F1/ROUGE-L/chrF: see `slmforge/lm/evaluate.py`.",
+            "that ran the model. EM, F1, ROUGE-L and chrF are means over items; chrF is sacrebleu's sentence chrF, "
+            "chrF corpus its corpus chrF (n-gram counts pooled over items); see `slmforge/lm/text_metrics.py`.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -5,8 +5,8 @@ Tasks (called through `slmforge.ship.evaluate.evaluate`, one row per model and d
 - `generation`: each prompt is answered greedily (up to `max_new_tokens`) through
   `slmforge.infer.engines.open_lm` and `slmforge.infer.generate.complete_batch`, the engine and decode loop of
   `slm generate` and the server, so the scored outputs are the ones users get. Each answer is scored
-  against its reference by exact match, token F1, ROUGE-L and chrF (definitions at each function), and
-  the row holds their means.
+  against its reference by exact match, token F1, ROUGE-L and sentence chrF (`slmforge.lm.text_metrics`),
+  and the row holds their means, plus sacrebleu's corpus chrF over all items (`chrf_corpus`).
 - `classification` / `multiple-choice`: nothing is generated; every candidate answer is scored by its
   total log-probability given the prompt, and the most likely one is the prediction (accuracy). The
   candidate is scored as the assistant's reply *including its end-of-turn token*, so a label that is a
@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,92 +46,7 @@ import numpy as np
 from slmforge.core.errors import SlmError
 from slmforge.lm.eval_data import prepare_jobs, split_shots
 from slmforge.lm.eval_report import short_name
-
-# ---------------------------------------------------------------- metrics
-
-
-def normalize(text: str) -> str:
-    """Strip, lowercase and collapse runs of whitespace to one space."""
-    return " ".join(text.lower().split())
-
-
-def exact_match(pred: str, ref: str) -> float:
-    """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
-    return float(normalize(pred) == normalize(ref))
-
-
-def token_f1(pred: str, ref: str) -> float:
-    """SQuAD-style token F1 on normalised whitespace tokens (punctuation and articles are kept).
-
-    common = size of the multiset intersection; P = common / |pred|, R = common / |ref|, F1 = 2PR/(P+R).
-    Two empty strings score 1, one empty string 0.
-    """
-    p, r = normalize(pred).split(), normalize(ref).split()
-    if not p or not r:
-        return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(pred: str, ref: str) -> float:
-    """ROUGE-L F1 (Lin, 2004) on normalised whitespace tokens.
-
-    L = length of the longest common subsequence; P = L / |pred|, R = L / |ref|, F = 2PR/(P+R) (beta 1,
-    as the rouge-score package reports). Two empty strings score 1, one empty string 0.
-    """
-    p, r = normalize(pred).split(), normalize(ref).split()
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def chrf(pred: str, ref: str, order: int = 6, beta: float = 2.0) -> float:
-    """Sentence chrF (Popović, 2015) in [0, 1], sacrebleu's default flavour (chrF, not chrF++).
-
-    Whitespace is removed (case kept); for each character n-gram order n = 1..6 that both strings are
-    long enough for, P_n and R_n are the clipped n-gram matches over the prediction's and the reference's
-    n-gram counts, F_n = (1 + b^2) P_n R_n / (b^2 P_n + R_n) with b = 2 (recall weighs more), and chrF
-    is the mean of F_n over those orders. Two empty strings score 1, one empty string 0. The row's chrF
-    is the mean of sentence scores (sacrebleu's corpus chrF pools the counts instead).
-    """
-    p, r = "".join(pred.split()), "".join(ref.split())
-    if not p or not r:
-        return float(p == r)
-    scores = []
-    for n in range(1, order + 1):
-        if len(p) < n or len(r) < n:
-            break
-        hyp = Counter(p[i : i + n] for i in range(len(p) - n + 1))
-        rf = Counter(r[i : i + n] for i in range(len(r) - n + 1))
-        match = sum((hyp & rf).values())
-        prec, rec = match / sum(hyp.values()), match / sum(rf.values())
-        denom = beta**2 * prec + rec
-        scores.append((1 + beta**2) * prec * rec / denom if denom > 0 else 0.0)
-    return sum(scores) / len(scores)
-
-
-def score_generation(pred: str, ref: str) -> dict:
-    """All four generation metrics for one prediction."""
-    return {
-        "exact_match": exact_match(pred, ref),
-        "token_f1": token_f1(pred, ref),
-        "rouge_l": rouge_l(pred, ref),
-        "chrf": chrf(pred, ref),
-    }
-
+from slmforge.lm.text_metrics import corpus_chrf, score_generation
 
 # ---------------------------------------------------------------- one model
 
@@ -204,6 +118,7 @@ def _generate_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict
     tokens = sum(len(c.token_ids) for c in done)
     row = _row(model, job, "generation", lm, seconds, latency)
     row |= {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    row["chrf_corpus"] = corpus_chrf([c.text for c in done], refs)
     row |= {
         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
         "generated_tokens_mean": tokens / len(done),
