@@ -9,8 +9,9 @@ from slmforge.core.errors import SlmError
 TASKS = ("qa", "intents", "summaries")
 DEFAULT_N = 100
 DEFAULT_TEACHER = "qwen2.5-coder-0.5b-instruct"
-# fields that change how fast a run goes, never what it writes: a resumed run may change them
-RUN_ONLY = ("threads", "batch_size", "timeout_s", "overwrite")
+# fields that change how fast (or where) a run goes, never what it writes: a resumed run may change them
+# (a teacher server that moved to another address: the model it serves, --teacher, is still checked)
+RUN_ONLY = ("threads", "batch_size", "timeout_s", "overwrite", "teacher_url")
 
 
 @dataclass
@@ -77,6 +78,11 @@ class SynthConfig:
     """qa: skip chunks more than this share of which is code, literal blocks or tables."""
     per_seed: int = 5
     """intents: paraphrases asked for per seed example."""
+    topic_check: bool = True
+    """intents: drop paraphrases that share no content word with their seed or its label (off topic).
+
+    A small teacher drifts to another request ("send money" -> "how much money do I have?"); the check also
+    drops a few real paraphrases of very short seeds."""
     min_intent_words: int = 2
     """intents: shortest paraphrase, in words."""
     max_intent_words: int = 40

@@ -46,6 +46,11 @@ def stem(word: str) -> str:
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
+def stems(text: str) -> set[str]:
+    """The stems of the content words of `text`."""
+    return {stem(t) for t in content_words(text)}
+
+
 def support(answer: str, evidence: str) -> float:
     """The share of the answer's content words (less ANSWER_WORDS) found, stemmed, among the evidence's
     words; 1.0 when the answer has none."""
@@ -126,7 +131,9 @@ class NearDuplicates:
 # ---------------------------------------------------------------- chunk selection
 
 _CODE_LINE = re.compile(
-    r"^\s*(?:>>>|\.\.\.\s|\$ |[|+][-=+|]|={3,}\s+=|[-=]{3,}\s*$)|^\s*[{}\[\]()]+[,;]?\s*$"
+    r"^\s*(?:>>>|\.\.\.\s|\$ |[|+][-=+|]|={3,}\s+=|[-=]{3,}\s*$)"  # prompts, table rules
+    r"|^\s*\|.*\|\s*$"  # a grid table's row
+    r"|^\s*[{}\[\]()]+[,;]?\s*$"  # a lone bracket
 )
 
 

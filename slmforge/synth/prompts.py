@@ -42,6 +42,7 @@ def module_of(section: str) -> str:
 def readable(text: str, section: str = "") -> str:
     """The chunk with reST markup simplified (see the module docstring); other text is left as it is."""
     module = module_of(section)
+    text = re.sub(r"\\\n\s*", "", text)  # a signature continued on the next line (`... \`)
     out = []
     for line in text.splitlines():
         m = _DIRECTIVE.match(line)
@@ -190,40 +191,43 @@ def summary_messages(section: str, text: str) -> list[dict]:
 
 
 def parse_summary(reply: str) -> str | None:
-    """The summary line from "Summary: ..." (or a lone sentence); None when empty."""
-    s = _field(reply, "summary", None)
-    if s is None:
-        lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip()]
-        s = lines[0] if len(lines) == 1 and ":" not in lines[0][:20] else None
-    return s or None
+    """The summary from "Summary: ..."; None when the reply does not follow the format."""
+    return _field(reply, "summary", None)
 
 
 # ---------------------------------------------------------------- intents
 
 INTENT_SYSTEM = (
     "You write varied example messages for a text classifier. Given a label and one example message, "
-    "write {n} new messages a different user could send with the same intent: change the wording, "
-    "the details and the tone, keep the meaning. Do not repeat the example.\n"
+    "write {n} new messages a different user could send that ask for exactly the same thing: change the "
+    "wording, the details and the tone, keep the request and its subject. Do not repeat the example.\n"
     "Reply with a numbered list and nothing else:\n1. <message>\n2. <message>"
 )
 
+# a made-up domain (no one's intents are about pizza orders... and if they are, copies of these are dropped)
 _INTENT_SHOT = (
-    "check_balance",
-    "how much money is left in my checking account",
+    "order_pizza",
+    "I'd like a large pepperoni pizza delivered",
     [
-        "What's my current balance?",
-        "Can you tell me how much I have in savings right now",
-        "show me the balance on my card please",
-        "Do I still have money in my account after rent?",
-        "balance of my main account",
+        "Can I get a big pepperoni pizza sent to my place?",
+        "order one large pepperoni pizza for delivery please",
+        "pepperoni pizza, large, delivered to my flat",
+        "Could you bring me a large pizza with pepperoni?",
+        "I want to order a pizza: pepperoni, the big one, delivered",
+        "Please deliver a large pepperoni pizza to my address",
+        "hi, one large pepperoni for delivery",
+        "Is it possible to have a large pepperoni pizza delivered tonight?",
+        "get me a large pepperoni pizza delivered asap",
+        "I'd love a big pepperoni pizza brought to my door",
     ],
 )
+INTENT_EXAMPLES = tuple(_INTENT_SHOT[2])  # the few-shot answers: an item copying one is dropped
 
 
 def intent_messages(label: str, text: str, n: int) -> list[dict]:
     """The chat that asks the teacher for `n` paraphrases of one seed example of `label`."""
     shot_label, shot_text, shot_out = _INTENT_SHOT
-    shots = (shot_out * (n // len(shot_out) + 1))[:n] if n > len(shot_out) else shot_out[:n]
+    shots = shot_out[: max(1, min(n, len(shot_out)))]
     return [
         {"role": "system", "content": INTENT_SYSTEM.format(n=n)},
         {"role": "user", "content": f"Label: {shot_label}\nExample: {shot_text}"},

@@ -13,8 +13,9 @@ last (only questions that passed everything else are remembered). A share of chu
 answer "I don't know"; readers pair it with contexts without its source document, so one more check
 drops it when a chunk of another document in its search results supports the teacher's answer.
 summaries: parse, word bounds, support. intents: per seed example, a numbered list of paraphrases; each
-item is dropped when outside the word bounds, a copy (or near copy) of a seed, or a near duplicate of a
-kept one.
+item is dropped when outside the word bounds, a copy (or near copy) of a seed or of the prompt's own
+examples, off topic (it shares no content word, stemmed, with its seed or label: a small teacher drifts to
+another request), or a near duplicate of a kept one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from slmforge.core.progress import bar
 from slmforge.rag.ask import IDK
 from slmforge.synth import prompts
 from slmforge.synth.configs import DEFAULT_N, SynthConfig, check_config
-from slmforge.synth.filters import NearDuplicates, normalized, shared_phrase, support, word_count
+from slmforge.synth.filters import NearDuplicates, shared_phrase, stems, support, word_count
 from slmforge.synth.partial import Partial, fingerprint
 from slmforge.synth.sources import Selection, Unit, select_chunks, select_seeds, unanswerable_keys
 
@@ -39,7 +40,7 @@ QA_COUNTS = ("generated", "kept", "answerable", "unanswerable", "dropped_unparse
 SUMMARY_COUNTS = ("generated", "kept", "dropped_unparseable", "dropped_truncated", "dropped_length",
                   "dropped_unsupported")  # fmt: skip
 INTENT_COUNTS = ("replies", "generated", "kept", "dropped_unparseable", "dropped_truncated", "dropped_length",
-                 "dropped_seed_copy", "dropped_near_duplicate")  # fmt: skip
+                 "dropped_seed_copy", "dropped_off_topic", "dropped_near_duplicate")  # fmt: skip
 
 
 def paths(out: str) -> tuple[Path, Path, Path]:
@@ -157,10 +158,9 @@ class _Job:
             if cfg.task == "qa"
             else set()
         )
-        self.seeds = NearDuplicates(cfg.near_duplicate)
-        for s in selection.seeds:
-            self.seeds.add(s.text)
-        self.seed_texts = {normalized(s.text) for s in selection.seeds}
+        self.seeds = NearDuplicates(cfg.near_duplicate)  # the seeds and the prompt's own examples
+        for text in [s.text for s in selection.seeds] + list(prompts.INTENT_EXAMPLES):
+            self.seeds.add(text)
 
     # ------------------------------------------------------------ state
 
@@ -208,7 +208,7 @@ class _Job:
         cfg = self.cfg
 
         def drop(why: str, **seen):
-            seen = {"why": why, "chunk": u.key, **seen, "reply": reply.text}
+            seen = {"why": why, "chunk": u.key, "section": u.section, **seen, "reply": reply.text}
             return {"generated": 1, f"dropped_{why}": 1}, [], [seen]
 
         if not reply.finished:
@@ -267,7 +267,11 @@ class _Job:
         cfg = self.cfg
 
         def drop(why: str, **seen):
-            return {"generated": 1, f"dropped_{why}": 1}, [], [{"why": why, "chunk": u.key, **seen}]
+            return (
+                {"generated": 1, f"dropped_{why}": 1},
+                [],
+                [{"why": why, "chunk": u.key, "section": u.section, **seen, "reply": reply.text}],
+            )
 
         if not reply.finished:
             return drop("truncated", reply=reply.text)
@@ -297,8 +301,10 @@ class _Job:
             counts["generated"] = counts.get("generated", 0) + 1
             if not cfg.min_intent_words <= word_count(text) <= cfg.max_intent_words:
                 why = "length"
-            elif normalized(text) in self.seed_texts or self.seeds.near(text):
+            elif self.seeds.near(text):
                 why = "seed_copy"
+            elif cfg.topic_check and not stems(text) & stems(f"{u.text} {u.label.replace('_', ' ')}"):
+                why = "off_topic"
             elif self.kept.near(text):
                 why = "near_duplicate"
             else:
