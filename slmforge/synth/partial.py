@@ -5,11 +5,13 @@ ones that only change speed, `RUN_ONLY`, are left out) and the source's signatur
 processed unit: its key, its filter counts, the rows it made and its seconds. A unit's rows and its "done"
 mark are one line, written (flushed and fsynced) after each teacher batch, so they cannot disagree. A line
 torn by a crash is cut off when the file is opened again. A re-run with another config is refused naming
-the first field that differs; one whose source changed is refused too.
+the first field that differs; one whose source changed is refused too. A run holds an exclusive lock on the
+file (flock), so a second run of the same command is refused while the first is going.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict
@@ -43,8 +45,16 @@ class Partial:
                 f.flush()
                 os.fsync(f.fileno())
         self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        try:  # one run per partial: two appending to it would interleave their rows
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close()
+            raise SlmError(
+                f"another `slm synth` is writing {path}; wait for it to finish (or stop it)"
+            ) from None
 
     def _resume(self, header: dict) -> None:
+        _check_unlocked(self.path)
         with open(self.path, "rb") as f:
             data = f.read()
         lines = data.split(b"\n")
@@ -92,6 +102,18 @@ class Partial:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+
+
+def _check_unlocked(path: Path) -> None:
+    """Refuse to read (and cut) a partial file another run holds."""
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SlmError(
+                f"another `slm synth` is writing {path}; wait for it to finish (or stop it)"
+            ) from None
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _check(path: Path, old: dict, new: dict) -> None:

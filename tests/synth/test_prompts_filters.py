@@ -140,6 +140,8 @@ def test_partial_resumes_cuts_a_torn_line_and_refuses_another_config(tmp_path):
         f.write('{"key": "2", "counts": {}, "ro')  # a crash mid-line
     p = Partial(path, header)
     assert [r["key"] for r in p.records] == ["1"]
+    with pytest.raises(SlmError, match="another `slm synth` is writing"):
+        Partial(path, header)  # while this run holds it
     p.append([{"key": "3", "counts": {}, "rows": [], "seconds": {}}])
     p.close()
     lines = path.read_text().splitlines()
