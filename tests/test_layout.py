@@ -24,6 +24,7 @@ LEVELS = [
     "ship",
     "guard",
     "rag",
+    "synth",
     "route",
     "serve",
     "quickstart",

@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from slmforge.cli import clf, compress, data, finetune, lm, ls, quickstart, rag, rightsize, serve, ship
+from slmforge.cli import clf, compress, data, finetune, lm, ls, quickstart, rag, rightsize, serve, ship, synth
 from slmforge.cli.render import console
 from slmforge.core.errors import SlmError
 
@@ -43,6 +43,7 @@ app.add_typer(data.data_app, name="data")
 app.add_typer(data.tokenizer_app, name="tokenizer")
 app.add_typer(clf.classify_app, name="classify")
 app.add_typer(rag.rag_app, name="rag")
+app.command("synth")(synth.synth_cmd)
 app.add_typer(serve.keys_app, name="keys")
 
 
