@@ -79,8 +79,8 @@ class RagTuneConfig(RunConfig):
     """lora or full."""
     store: str | None = None
     """postgresql://… to use PostgreSQL + pgvector [default: one SQLite file]."""
-    k: int = DEFAULT_K
-    """Sources per prompt, gold included (as `slm rag ask --k`)."""
+    k: int | None = None
+    """Sources per prompt, gold included (as `slm rag ask --k`) [default: the index's calibration, else 4]."""
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     """Prompt budget: sources + question (as `slm rag ask --context-tokens`)."""
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -133,6 +133,9 @@ def rag_tune(cfg: RagTuneConfig, progress: bool = True) -> RagTuneResult:
 
     out = Path(cfg.out)
     cfg = _validate(cfg, out)
+    if cfg.k is None:  # the k `slm rag ask` will use on this index: its calibration's, else the default
+        with Retriever(cfg.index, cfg.store) as retriever:
+            cfg = dataclasses.replace(cfg, k=(retriever.calibration or {}).get("k") or DEFAULT_K)
     fresh = not cfg.resume
     base = resolve_model(cfg.base)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +221,8 @@ def make_examples(cfg: RagTuneConfig, tokenizer, positions: int | None, progress
     "meta": {...}} and the builder's counts."""
     rows = read_qa(cfg.data, cfg.limit)
     with Retriever(cfg.index, cfg.store) as retriever:
+        if cfg.k is None:
+            cfg = dataclasses.replace(cfg, k=(retriever.calibration or {}).get("k") or DEFAULT_K)
         gold = gold_chunks(retriever, rows, cfg.data)
         guard = open_guard(check_setting(retriever.store.meta().get("guard")))
         examples, counts = [], {"rows": len(rows), "answer": 0, "abstain": 0, "unanswerable": 0,
@@ -371,9 +376,11 @@ def _validate(cfg: RagTuneConfig, out: Path) -> RagTuneConfig:
         raise SlmError(f"--gold-share must be between 0 and 1, not {cfg.gold_share}")
     if not 0 <= cfg.val_share < 1:
         raise SlmError(f"--val-share must be in [0, 1), not {cfg.val_share}")
-    for name in ("k", "context_tokens", "max_new_tokens", "batch_size", "lora_r"):
+    for name in ("context_tokens", "max_new_tokens", "batch_size", "lora_r"):
         if getattr(cfg, name) < 1:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.k is not None and cfg.k < 1:
+        raise SlmError("--k must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise SlmError("--limit must be at least 1")
     if cfg.epochs <= 0:

@@ -269,7 +269,7 @@ class RagBackend:
         self.asker = self.executor.submit(Asker, cfg.index, generator_path, cfg.store, threads).result()
         self.paths = None
 
-    def ask(self, question: str, k: int, max_new_tokens: int, mode: str) -> tuple[Any, list[dict]]:
+    def ask(self, question: str, k: int | None, max_new_tokens: int, mode: str) -> tuple[Any, list[dict]]:
         """The answer and its sources as the API shows them (paths relative to the indexed folder, never
         the server's absolute paths). On the executor's thread: the index's connection belongs to it."""
         from slmforge.rag.ask import AskConfig

@@ -53,7 +53,7 @@ class ClassifyRequest(_Body):
 class RagRequest(_Body):
     model: str = Field(min_length=1)
     question: str = Field(min_length=1)
-    k: int = Field(4, ge=1, le=50)
+    k: int | None = Field(None, ge=1, le=50)  # None: the index's calibrated k, else 4
     max_tokens: int | None = Field(None, ge=1)
     mode: Literal["hybrid", "vector", "bm25"] = "hybrid"
 

@@ -193,7 +193,7 @@ def test_rag_ask_chunk(tok, captured):
     chunk = StoredChunk(1, "/docs/hours.md", "hours.md", "Opening hours", 0, len(FORGED), FORGED, [])
     asker = Asker.__new__(Asker)  # the real ask, with a fixed retriever and the recorder for the model
     asker.retriever = SimpleNamespace(
-        search=lambda *a, **kw: SearchResult([Hit(chunk, 1.0, cosine=0.9)], 0.9)
+        search=lambda *a, **kw: SearchResult([Hit(chunk, 1.0, cosine=0.9)], 0.9), calibration=None
     )
     asker.lm, asker.tokenizer, asker.model_name = captured.lm, tok, "smollm"
     asker.guard = None  # the answer-time chunk guard (added by the RAG guard work) is tested elsewhere
