@@ -28,6 +28,7 @@ import torch
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 from slmforge.core.fsutil import atomic_dir
+from slmforge.core.progress import quiet_hf
 from slmforge.infer import gptq
 from slmforge.infer.model_dirs import cache_root, fingerprint
 from slmforge.infer.onnx_graph import (
@@ -210,8 +211,9 @@ def compare_logits(source: Path, ort_dir: Path, texts=CHECK_TEXTS) -> dict:
     """Next-token logits of torch fp32 vs the ONNX model on `texts`: cosine and top-1 agreement."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source)
-    ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    with quiet_hf():  # the conversion has its own line: no "Loading weights" bar in the middle of it
+        tok = AutoTokenizer.from_pretrained(source)
+        ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     session = ort_session(ort_dir)
     cosines, top1, diff = [], [], 0.0
     for text in texts:
