@@ -113,6 +113,11 @@ class Answer:
     dropped_reasons: list[str] = field(default_factory=list)  # the guard's reasons, one per dropped chunk
 
 
+def prompt_k(k: int | None, retriever: Retriever) -> int:
+    """The chunks a prompt takes on this index: `k` when given, else its calibration's, else DEFAULT_K."""
+    return k if k is not None else (retriever.calibration or {}).get("k", DEFAULT_K)
+
+
 def ask(cfg: AskConfig) -> Answer:
     """Answer one question from the index."""
     with Asker(cfg.index, cfg.model, cfg.store, threads=cfg.threads, guard=cfg.guard) as asker:
@@ -154,8 +159,9 @@ class Asker:
             raise SlmError(f"--repetition-penalty must be above 0; 1 is off (got {cfg.repetition_penalty})")
         started = time.perf_counter()
         cal = self.retriever.calibration or {}
-        k = cfg.k if cfg.k is not None else cal.get("k", DEFAULT_K)
-        found = self.retriever.search(cfg.question, cfg.mode, k, Filters(cfg.path_filter, list(cfg.tags)))
+        found = self.retriever.search(
+            cfg.question, cfg.mode, prompt_k(cfg.k, self.retriever), Filters(cfg.path_filter, list(cfg.tags))
+        )
         if found.best_cosine is None:  # bm25 mode: the gate still needs the question's nearest chunk
             nearest = self.retriever.store.search_vector(
                 self.retriever.embedder.encode_query(cfg.question), 1, Filters()

@@ -43,12 +43,12 @@ from slmforge.core.fsutil import atomic_file, write_json
 from slmforge.core.progress import bar, say
 from slmforge.rag.ask import (
     DEFAULT_CONTEXT_TOKENS,
-    DEFAULT_K,
     DEFAULT_MAX_NEW_TOKENS,
     IDK,
     PROMPT_RECORD,
     RAG_PROMPT_VERSION,
     build_prompt,
+    prompt_k,
     screen,
 )
 from slmforge.rag.guarding import ChunkGuard, check_setting, open_guard
@@ -135,7 +135,7 @@ def rag_tune(cfg: RagTuneConfig, progress: bool = True) -> RagTuneResult:
     cfg = _validate(cfg, out)
     if cfg.k is None:  # the k `slm rag ask` will use on this index: its calibration's, else the default
         with Retriever(cfg.index, cfg.store) as retriever:
-            cfg = dataclasses.replace(cfg, k=(retriever.calibration or {}).get("k") or DEFAULT_K)
+            cfg = dataclasses.replace(cfg, k=prompt_k(cfg.k, retriever))
     fresh = not cfg.resume
     base = resolve_model(cfg.base)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,8 +221,7 @@ def make_examples(cfg: RagTuneConfig, tokenizer, positions: int | None, progress
     "meta": {...}} and the builder's counts."""
     rows = read_qa(cfg.data, cfg.limit)
     with Retriever(cfg.index, cfg.store) as retriever:
-        if cfg.k is None:
-            cfg = dataclasses.replace(cfg, k=(retriever.calibration or {}).get("k") or DEFAULT_K)
+        cfg = dataclasses.replace(cfg, k=prompt_k(cfg.k, retriever))
         gold = gold_chunks(retriever, rows, cfg.data)
         guard = open_guard(check_setting(retriever.store.meta().get("guard")))
         examples, counts = [], {"rows": len(rows), "answer": 0, "abstain": 0, "unanswerable": 0,
