@@ -143,6 +143,17 @@ def prune_missing(kind: str | None = None) -> int:
     return len(gone)
 
 
+def forget_under(root: str | Path) -> int:
+    """Drop the registry rows for `root` and everything under it (never touches files): for workflows that
+    train intermediate models in a temporary directory; returns how many were dropped."""
+    root = str(Path(root).resolve())
+    with connect() as con:
+        cur = con.execute(
+            "DELETE FROM artifacts WHERE path = ? OR substr(path, 1, ?) = ?", (root, len(root) + 1, root + "/")
+        )
+        return cur.rowcount
+
+
 def read_manifest(path: str | Path) -> dict:
     p = Path(path) / MANIFEST
     return json.loads(p.read_text()) if p.exists() else {}

@@ -253,6 +253,7 @@ def build_detector(
     import tempfile
 
     from slmforge.core.fsutil import atomic_dir, write_json
+    from slmforge.core.workspace import forget_under
     from slmforge.ship.export import ExportConfig, export
     from slmforge.ship.quantize import QuantizeConfig
     from slmforge.ship.quantize import quantize as quantize_model
@@ -286,6 +287,7 @@ def build_detector(
         with atomic_dir(out_path, overwrite=overwrite) as final:
             for item in staged.iterdir():
                 shutil.move(str(item), final / item.name)
+        forget_under(tmp)  # the intermediate models trained in tmp are gone with it: no "missing" rows in `slm ls`
     return {
         "out": str(out_path),
         **info,

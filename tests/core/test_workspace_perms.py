@@ -192,3 +192,15 @@ def test_an_error_quoting_markup_prints_it_verbatim(slm_cli, name):
     code, stdout, stderr = slm_cli("pull", name)
     assert code == 2 and "Traceback" not in stdout + stderr
     assert stderr.startswith("error: unknown model") and repr(name) in stderr
+
+
+def test_forget_under_drops_only_that_tree(tmp_path, monkeypatch):
+    """A workflow that trains intermediates in a temporary directory forgets them, leaving `slm ls` no
+    "missing" rows, and keeps a sibling whose name merely starts the same."""
+    monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path / "ws"))
+    tmp = tmp_path / ".guard.x1"
+    for p in (tmp / "torch", tmp / "torch-3l", tmp_path / ".guard.x1b"):
+        p.mkdir(parents=True)
+        workspace.register("model", p)
+    assert workspace.forget_under(tmp) == 2
+    assert [a.name for a in workspace.list_artifacts()] == [".guard.x1b"]
