@@ -149,7 +149,8 @@ def forget_under(root: str | Path) -> int:
     root = str(Path(root).resolve())
     with connect() as con:
         cur = con.execute(
-            "DELETE FROM artifacts WHERE path = ? OR substr(path, 1, ?) = ?", (root, len(root) + 1, root + "/")
+            "DELETE FROM artifacts WHERE path = ? OR substr(path, 1, ?) = ?",
+            (root, len(root) + 1, root + "/"),
         )
         return cur.rowcount
 

@@ -287,7 +287,9 @@ def build_detector(
         with atomic_dir(out_path, overwrite=overwrite) as final:
             for item in staged.iterdir():
                 shutil.move(str(item), final / item.name)
-        forget_under(tmp)  # the intermediate models trained in tmp are gone with it: no "missing" rows in `slm ls`
+        forget_under(
+            tmp
+        )  # the intermediate models trained in tmp are gone with it: no "missing" rows in `slm ls`
     return {
         "out": str(out_path),
         **info,
