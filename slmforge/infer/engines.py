@@ -127,6 +127,20 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
+def cache_arg(model) -> str:
+    """The forward() keyword of a transformers model's KV cache: `cache` since transformers renamed it (the
+    old `past_key_values` still works there but logs a deprecation warning per process), else the old name."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache of a transformers model output, under either name (see cache_arg)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 class TorchStep:
     """The step function behind the decode loop: token ids in, next-token logits out, KV cache kept inside."""
 
@@ -136,6 +150,7 @@ class TorchStep:
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.prefix = prefix  # [1, n, hidden] embeddings put before every prompt (prompt tuning)
         self.past = None
+        self.cache_arg = cache_arg(model)
 
     def prefill(self, ids: list[int], max_new: int = 1) -> torch.Tensor:
         self.past = None
@@ -145,7 +160,7 @@ class TorchStep:
             x = torch.tensor([ids], dtype=torch.long, device=self.device)
             embeds = torch.cat([self.prefix, self.model.get_input_embeddings()(x)], dim=1)
             out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        self.past = out.past_key_values
+        self.past = cache_of(out)
         return out.logits[0, -1].float()
 
     def next(self, token: int) -> torch.Tensor:
@@ -154,8 +169,8 @@ class TorchStep:
     @torch.inference_mode()
     def _forward(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=x, past_key_values=self.past, use_cache=True, logits_to_keep=1)
-        self.past = out.past_key_values
+        out = self.model(input_ids=x, **{self.cache_arg: self.past}, use_cache=True, logits_to_keep=1)
+        self.past = cache_of(out)
         return out.logits[0, -1].float()
 
 

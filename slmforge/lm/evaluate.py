@@ -138,6 +138,7 @@ def _choice_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
     import torch
 
     from slmforge.core.progress import bar
+    from slmforge.infer.engines import cache_of
     from slmforge.infer.generate import prompt_ids
 
     tok, chat, net = lm.tokenizer, opts["chat"], lm.torch_model
@@ -149,7 +150,7 @@ def _choice_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
     if shared:
         with torch.inference_mode():
             x = torch.tensor([prompts[0][:shared]], device=next(net.parameters()).device)
-            prefix = net(input_ids=x, use_cache=True).past_key_values
+            prefix = cache_of(net(input_ids=x, use_cache=True))
     preds, latency = [], []
     with bar(f"{short_name(model)} score labels", total=len(prompts), enabled=progress) as b:
         for ids, choices in zip(prompts, job["choices"]):
@@ -226,14 +227,16 @@ def label_logprobs(
     """
     import torch
 
+    from slmforge.infer.engines import cache_arg, cache_of
+
     dev = next(model.parameters()).device
     cache, start = prefix if prefix is not None else (None, 0)
     n = len(prompt)
     with torch.inference_mode():
         out = model(
-            input_ids=torch.tensor([prompt[start:]], device=dev), past_key_values=cache, use_cache=True
+            input_ids=torch.tensor([prompt[start:]], device=dev), **{cache_arg(model): cache}, use_cache=True
         )
-        cache = out.past_key_values
+        cache = cache_of(out)
         first = torch.log_softmax(out.logits[0, -1].float(), -1)
         totals = [float(first[a[0]]) for a in answers]
         packs, cur = [], []
@@ -257,7 +260,7 @@ def label_logprobs(
                 input_ids=torch.tensor([ids], device=dev),
                 position_ids=pos[None],
                 attention_mask=mask,
-                past_key_values=cache,
+                **{cache_arg(model): cache},
                 use_cache=True,
             ).logits[0]
             cache.crop(-q)  # drop the pack again: the next one sees the prompt only

@@ -102,6 +102,13 @@ class RagTuneConfig(RunConfig):
     """LoRA rank."""
     limit: int | None = None
     """Only the first N rows of --data."""
+    variants: int = 1
+    """Examples made from each row, each with its own draw of answer or abstain, distractors and the gold's
+    position (RAFT's repeats: more examples from few rows)."""
+    answer_sentences: int | None = None
+    """Cut each answer to its first N sentences before citing it [default: as written].
+
+    Short targets teach short answers, and a small teacher's later sentences are where it drifts."""
     eval_every: int = field(default=50, kw_only=True, metadata=MAY_CHANGE)
     """Steps between val losses (on OUT/val.jsonl)."""
     checkpoint_every: int = field(default=20, kw_only=True, metadata=MAY_CHANGE)
@@ -228,13 +235,16 @@ def make_examples(cfg: RagTuneConfig, tokenizer, positions: int | None, progress
                                 "skipped_quarantined": 0, "skipped_no_sources": 0, "gold_truncated": 0}  # fmt: skip
         with bar("rag tune examples", total=len(rows), enabled=progress) as b:
             for line, row in rows:
-                ex = make_example(cfg, tokenizer, positions, retriever, guard, line, row, gold[line])
-                if isinstance(ex, str):
-                    counts[ex] += 1
-                else:
-                    examples.append(ex)
-                    counts[ex["meta"]["kind"]] += 1
-                    counts["gold_truncated"] += ex["meta"].get("gold_truncated", False)
+                for variant in range(cfg.variants):
+                    ex = make_example(
+                        cfg, tokenizer, positions, retriever, guard, line, row, gold[line], variant
+                    )
+                    if isinstance(ex, str):
+                        counts[ex] += 1
+                    else:
+                        examples.append(ex)
+                        counts[ex["meta"]["kind"]] += 1
+                        counts["gold_truncated"] += ex["meta"].get("gold_truncated", False)
                 b.advance()
     if not examples:
         raise SlmError(
@@ -278,25 +288,29 @@ def gold_chunks(retriever: Retriever, rows: list[tuple[int, dict]], data: str) -
 
 def make_example(
     cfg: RagTuneConfig, tokenizer, positions: int | None, retriever: Retriever, guard: ChunkGuard | None,
-    line: int, row: dict, gold: StoredChunk,
+    line: int, row: dict, gold: StoredChunk, variant: int = 0,
 ) -> dict | str:  # fmt: skip
-    """One chat example for the row, or the counter naming why there is none."""
+    """One chat example for the row (its `variant`-th: variant 0 takes the top hits as distractors, later
+    ones a seeded draw from the top 3k), or the counter naming why there is none."""
     if gold.flagged:
         return "skipped_quarantined"
-    rng = random.Random(f"{cfg.seed}:{line}")
+    rng = random.Random(f"{cfg.seed}:{line}" + (f":{variant}" if variant else ""))
     hits, _ = screen(guard, retriever.search(row["question"], "hybrid", SEARCH_DEPTH).hits)
+    if variant:
+        pool = hits[: 3 * cfg.k]
+        hits = [pool[i] for i in sorted(rng.sample(range(len(pool)), min(len(pool), 2 * cfg.k)))]
     answerable = row.get("answerable", True) is not False
     if not answerable:
         kind = "unanswerable"
     else:
         kind = "answer" if rng.random() < cfg.gold_share else "abstain"
-    meta: dict = {"line": line, "kind": kind, "chunk_id": gold.id}
+    meta: dict = {"line": line, "variant": variant, "kind": kind, "chunk_id": gold.id}
     if kind == "answer":
         mine = next((h for h in hits if h.chunk.id == gold.id), Hit(gold, 0.0))
         others = [h for h in hits if h.chunk.id != gold.id]
         messages, sources, ids = place_gold(cfg, tokenizer, positions, row["question"], mine, others, rng)
         n = sources.index(mine) + 1
-        target = cite(row["answer"], n)
+        target = cite(first_sentences(row["answer"], cfg.answer_sentences), n)
         meta.update(gold=n, gold_truncated=gold.text.strip() not in messages[1]["content"])
     else:
         others = [h for h in hits if h.chunk.doc != gold.doc][: cfg.k]
@@ -341,6 +355,17 @@ def cite(answer: str, n: int) -> str:
     return f"{text} [{n}]"
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(])")
+
+
+def first_sentences(text: str, n: int | None) -> str:
+    """The first `n` sentences of `text` (all of it when n is None): a sentence ends at . ! or ? before
+    whitespace and a capital, a backquote, a quote or a parenthesis, so "json.dumps() returns" stays whole."""
+    if n is None:
+        return text
+    return " ".join(_SENTENCE_END.split(text.strip())[:n])
+
+
 def write_examples(out: Path, examples: list[dict], report: dict, val_share: float, seed: int) -> None:
     """OUT/train.jsonl and OUT/val.jsonl (a seeded `val_share` of the examples, at most MAX_VAL, none when
     fewer than 10), then OUT/examples.json: the report, which marks the examples complete."""
@@ -380,8 +405,11 @@ def _validate(cfg: RagTuneConfig, out: Path) -> RagTuneConfig:
             raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.k is not None and cfg.k < 1:
         raise SlmError("--k must be at least 1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise SlmError("--limit must be at least 1")
+    for name in ("limit", "answer_sentences"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise SlmError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.variants < 1:
+        raise SlmError("--variants must be at least 1")
     if cfg.epochs <= 0:
         raise SlmError("--epochs must be positive")
     if cfg.lr is not None and not 0 < cfg.lr < 1:

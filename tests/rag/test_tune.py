@@ -18,7 +18,7 @@ from slmforge.rag.ask import IDK, PROMPT_RECORD, RAG_PROMPT_VERSION, AskConfig, 
 from slmforge.rag.index import build_index
 from slmforge.rag.search import Hit
 from slmforge.rag.stores import open_store
-from slmforge.rag.tune import RagTuneConfig, cite, make_examples, max_positions, rag_tune
+from slmforge.rag.tune import RagTuneConfig, cite, first_sentences, make_examples, max_positions, rag_tune
 from tests.rag.test_index_search import index_cfg, write_docs
 
 QUESTIONS = {  # a phrase of the gold chunk -> question, answer
@@ -162,6 +162,23 @@ def test_cite_appends_the_gold_number_unless_the_answer_cites_it():
     assert cite("Wait for it...", 1) == "Wait for it... [1]"
 
 
+def test_variants_give_each_row_its_own_draws_and_answers_can_be_cut_to_a_sentence(
+    kb, tiny_model_dir, tmp_path
+):
+    data = write_rows(tmp_path / "qa.jsonl", kb)
+    room = {"positions": None, "context_tokens": 4096, "gold_share": 1.0}
+    one, _ = examples(kb, tiny_model_dir, data, **room)
+    three, report = examples(kb, tiny_model_dir, data, variants=3, answer_sentences=1, **room)
+    assert report["rows"] == 6 and report["examples"] == len(three) == 18
+    assert [e for e in three if e["meta"]["variant"] == 0] == one  # the tiny answers are one sentence each
+    for i in range(6):
+        draws = {tuple(e["meta"]["source_ids"]) for e in three[3 * i : 3 * i + 3]}
+        assert len(draws) >= 2  # other distractors or another position
+    assert first_sentences("Use json.dumps(). It returns a str. Done.", 1) == "Use json.dumps()."
+    assert first_sentences("Call os.path.join() first. Then `open` it.", 1) == "Call os.path.join() first."
+    assert first_sentences("e.g. this. Or that", None) == "e.g. this. Or that"
+
+
 def _chunk_text(kb, chunk_id: int) -> str:
     return next(c for c in kb[1].values() if c.id == chunk_id).text.strip()
 
@@ -217,6 +234,8 @@ def test_no_usable_rows_bad_shares_and_methods_are_refused(kb, tiny_model_dir, t
     for kw, error in (({"gold_share": 1.5}, "--gold-share must be between 0 and 1"),
                       ({"gold_share": -0.1}, "--gold-share must be between 0 and 1"),
                       ({"val_share": 1.0}, r"--val-share must be in \[0, 1\)"),
+                      ({"variants": 0}, "--variants must be at least 1"),
+                      ({"answer_sentences": 0}, "--answer-sentences must be at least 1"),
                       ({"method": "prompt-tuning"}, "--method must be lora or full, not 'prompt-tuning'")):  # fmt: skip
         with pytest.raises(SlmError, match=error):
             _tune(kb, tiny_model_dir, data, tmp_path / "run", **kw)
