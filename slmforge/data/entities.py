@@ -4,7 +4,8 @@ A labelled file is JSONL, one `{"text": ..., "entities": [{"start": s, "end": e,
 character offsets into `text`, `end` exclusive, spans that do not overlap. `read_entities` checks every
 row and answers a bad one with a one-line `SlmError` naming the file and line; `span_scores` compares
 predicted spans with gold ones (exact offsets and label) per label and micro-averaged, and counts the
-records whose spans all match.
+records whose spans all match; `overlap_scores` is its lenient twin (overlapping spans of the same label
+match), which separates boundary conventions from missed entities.
 """
 
 from __future__ import annotations
@@ -139,6 +140,27 @@ def span_scores(gold: list[list[Span]], pred: list[list[Span]], labels: list[str
         "exact_match": exact / len(gold) if gold else 0.0,
         "records": len(gold),
     }
+
+
+def overlap_scores(gold: list[list[Span]], pred: list[list[Span]], labels: list[str] | None = None) -> dict:
+    """Lenient micro scores, for boundary conventions: a predicted span is right when it overlaps a gold span
+    of its label (precision), a gold span is found when a predicted span of its label overlaps it (recall)."""
+    keep = set(labels) if labels is not None else None
+    right = n_pred = found = n_gold = 0
+    for g, p in zip(gold, pred):
+        gs = [s for s in g if keep is None or s.label in keep]
+        ps = [s for s in p if keep is None or s.label in keep]
+        n_pred, n_gold = n_pred + len(ps), n_gold + len(gs)
+        right += sum(any(_overlap(a, b) for b in gs) for a in ps)
+        found += sum(any(_overlap(a, b) for a in ps) for b in gs)
+    precision = right / n_pred if n_pred else 0.0
+    recall = found / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    return a.label == b.label and a.start < b.end and b.start < a.end
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
