@@ -16,8 +16,9 @@ seeded share of its sentences for validation (or reads `--val`), and then, in or
    tags), its tokenizer, `classifier.json` (task `tokens`, entity labels, max length) and
    `train_log.jsonl`, and registers it in the workspace.
 
-`TokenClassifier` runs such a directory (torch, or ONNX Runtime when it holds `model.onnx`) on texts of any
-length, in overlapping windows of `max_len` tokens, and returns character spans of the original text.
+`TokenClassifier` runs such a directory on texts of any length, in overlapping windows of `max_len`
+tokens, and returns character spans of the original text. ONNX export and int8 are not there yet: their
+verification compares one row of logits per text, a tagger has one per token (`slm export` says so).
 """
 
 from __future__ import annotations
@@ -360,17 +361,15 @@ def pad_tagged(rows: list[tuple[list, list]], pad_id: int):
 
 
 def is_token_classifier(model: str) -> bool:
-    """Whether `model` is a directory (or its model.onnx) from `slm classify train --task tokens`."""
-    path = Path(model)
-    meta = (path.parent if path.suffix == ".onnx" else path) / META
+    """Whether `model` is a directory from `slm classify train --task tokens`."""
     try:
-        return json.loads(meta.read_text()).get("task") == "tokens"
+        return json.loads((Path(model) / META).read_text()).get("task") == "tokens"
     except (OSError, ValueError):
         return False
 
 
 class TokenClassifier:
-    """A trained entity tagger behind one interface: torch (HF directory) or ONNX Runtime (`model.onnx`)."""
+    """A trained entity tagger behind one interface: `extract(texts)` -> character spans (torch today)."""
 
     def __init__(self, tokenizer, tags: list[str], max_len: int, run, runtime: str, path: Path | None = None):
         self.tokenizer, self.tags, self.max_len, self._run = tokenizer, tags, max_len, run
@@ -385,34 +384,26 @@ class TokenClassifier:
 
     @classmethod
     def load(cls, model: str, threads: int | None = None) -> TokenClassifier:
-        """A directory from `slm classify train --task tokens` (or its ONNX export)."""
+        """A directory from `slm classify train --task tokens`."""
         from transformers import AutoTokenizer
 
         path = Path(model)
-        if path.is_file() and path.suffix == ".onnx":
-            path = path.parent
         meta_path = path / META
         if not meta_path.exists():
             raise SlmError(f"no token classifier at {model} (no {META})")
         meta = json.loads(meta_path.read_text())
         if meta.get("task") != "tokens":
             raise SlmError(f"{model} is a text classifier, not a token classifier (train with --task tokens)")
+        from transformers import AutoModelForTokenClassification
+        from transformers.utils import logging as hf_logging
+
+        from slmforge.core.runtime import set_threads
+
+        set_threads(threads)
+        hf_logging.disable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if (path / "model.onnx").exists():
-            run, runtime = _onnx_runner(path / "model.onnx", threads), "onnxruntime"
-        else:
-            from transformers import AutoModelForTokenClassification
-            from transformers.utils import logging as hf_logging
-
-            from slmforge.core.runtime import set_threads
-
-            set_threads(threads)
-            hf_logging.disable_progress_bar()
-            run, runtime = (
-                _torch_runner(AutoModelForTokenClassification.from_pretrained(path).eval()),
-                "torch",
-            )
-        tagger = cls(tokenizer, meta["tags"], meta["max_len"], run, runtime, path)
+        run = _torch_runner(AutoModelForTokenClassification.from_pretrained(path).eval())
+        tagger = cls(tokenizer, meta["tags"], meta["max_len"], run, "torch", path)
         tagger.meta = meta
         return tagger
 
@@ -470,24 +461,6 @@ def _torch_runner(model):
             ids = torch.from_numpy(input_ids)
             return model(input_ids=ids, attention_mask=torch.from_numpy(attention_mask),
                          token_type_ids=torch.zeros_like(ids)).logits.float().numpy()  # fmt: skip
-
-    return run
-
-
-def _onnx_runner(path: Path, threads: int | None):
-    import onnxruntime as ort
-
-    from slmforge.core.runtime import free_cores
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = min(threads or free_cores(), free_cores())
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
-                "token_type_ids": np.zeros_like(input_ids)}  # fmt: skip
-        return session.run(["logits"], feed)[0]
 
     return run
 

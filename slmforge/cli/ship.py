@@ -122,7 +122,7 @@ def extraction_table(rows: list[dict]) -> None:
         t.add_column(col, overflow="fold")
     for r in rows:
         labels = f"{len(r['scored_labels'])}/{len(r['file_labels'])}"
-        t.add_row(r["model"], r["runtime"], r["data"], f"{r['records']:,}", labels, f"{r['precision']:.4f}",
+        t.add_row(r["model"], r["runtime"], Path(r["data"]).name, f"{r['records']:,}", labels, f"{r['precision']:.4f}",
                   f"{r['recall']:.4f}", f"{r['micro_f1']:.4f}", f"{r['overlap_f1']:.4f}", f"{r['exact_match']:.4f}",
                   "n/a" if r["json_validity"] is None else f"{r['json_validity']:.3f}",
                   f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['throughput_per_s']:.0f}",

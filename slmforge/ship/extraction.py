@@ -1,8 +1,7 @@
 """`slm eval --task extraction`: entity extractors scored on gold spans, one row per (model, data) pair.
 
 Extractors, each behind `Extractor` (`extract(texts)` -> spans per text, and the labels it can produce):
-- a token classifier from `slm classify train --task tokens` (torch, or ONNX when its directory holds
-  `model.onnx`): `slmforge.clf.tokens.TokenClassifier`;
+- a token classifier from `slm classify train --task tokens`: `slmforge.clf.tokens.TokenClassifier`;
 - `spacy:NAME`, a spaCy pipeline (`spacy:en_core_web_sm`; the optional extra `pip install
   'slmforge[spacy]'` brings spaCy and the model), its entity labels mapped onto the file's by
   `SPACY_LABELS` or `--spacy-labels` (unmapped ones dropped); spaCy is imported only when named.
@@ -134,9 +133,7 @@ class Extractor:
 def load_extractor(model: str, spacy_labels: str | None = None, threads: int | None = None) -> Extractor:
     if is_spacy(model):
         return SpacyExtractor(model[len(SPACY_PREFIX) :], parse_label_map(spacy_labels))
-    if spacy_labels:
-        raise SlmError("--spacy-labels applies to spacy:NAME models only")
-    return TaggerExtractor(model, threads)
+    return TaggerExtractor(model, threads)  # --spacy-labels is for the spaCy rows of the same table
 
 
 class TaggerExtractor(Extractor):

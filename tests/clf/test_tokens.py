@@ -208,3 +208,14 @@ def test_spacy_baseline_maps_its_labels_and_is_scored_on_shared_ones(tmp_path):
     assert parse_label_map("ORG=MERCHANT, DATE") == {"ORG": "MERCHANT", "DATE": "DATE"}
     with pytest.raises(SlmError, match="SPACY=OURS"):
         parse_label_map("=X")
+
+
+def test_export_and_quantize_refuse_a_token_classifier(tagger, slm_cli, tmp_path):
+    result, _, _ = tagger
+    for verb in (
+        ["export", result.model_dir, "--format", "onnx"],
+        ["quantize", result.model_dir, "--scheme", "int8"],
+    ):
+        code, _, err = slm_cli(*verb, "-o", tmp_path / verb[0])
+        assert code != 0 and "is a token classifier" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / verb[0]).exists()
