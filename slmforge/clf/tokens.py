@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.clf.configs import TokenTrainConfig
-from slmforge.clf.io import META, dir_size
+from slmforge.clf.io import META, dir_size, first_line
 from slmforge.clf.train import length_bucketed_batches, param_groups, seed_everything
 from slmforge.core.errors import SlmError
 from slmforge.core.progress import bar, say
@@ -178,7 +178,7 @@ def build_tagger(base: str, tags: list[str]):
     try:
         config = AutoConfig.from_pretrained(base_dir)
     except Exception as e:
-        raise SlmError(f"cannot load {base} as a transformers model: {_first_line(e)}") from None
+        raise SlmError(f"cannot load {base} as a transformers model: {first_line(e)}") from None
     if config.model_type != "bert":
         raise SlmError(
             f"--base {base} is a {config.model_type!r} model; token classification fine-tunes BERT-family "
@@ -195,7 +195,7 @@ def build_tagger(base: str, tags: list[str]):
             label2id={t: i for i, t in enumerate(tags)},
         )
     except Exception as e:
-        raise SlmError(f"cannot load {base} as an encoder: {_first_line(e)}") from None
+        raise SlmError(f"cannot load {base} as an encoder: {first_line(e)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise SlmError(f"{base} has no fast tokenizer (tokenizer.json): word alignment needs one")
     return model, tokenizer
@@ -489,8 +489,3 @@ def _validate(cfg: TokenTrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise SlmError(message)
-
-
-def _first_line(e: Exception) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__
