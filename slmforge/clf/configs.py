@@ -90,6 +90,68 @@ class ClassifyTrainConfig:
 
 
 @dataclass
+class TokenTrainConfig:
+    data: str
+    """Training file: .jsonl of {"text", "entities": [{"start", "end", "label"}]}.
+
+    Character spans, end exclusive, not overlapping (benchmarks/data/entities has examples)."""
+    out: str
+    """Model directory to write."""
+    text_col: str = "text"
+    """Column / field holding the text."""
+    entities_col: str = "entities"
+    """Field holding the entity spans."""
+    labels: list[str] | None = None
+    """Entity labels to learn (default: every label in the data).
+
+    Given, a span with any other label is refused."""
+    base: str = "minilm-l6"
+    """Encoder: catalog name, BERT-family dir or hub id."""
+    val: str | None = None
+    """Validation file (default: a seeded split of data).
+
+    Without it a seeded val_fraction of the sentences is held out."""
+    val_fraction: float = 0.1
+    """Share held out when there is no --val."""
+    epochs: int = 20
+    """Fine-tuning epochs (at most; see patience)."""
+    lr: float = 2e-4
+    """Top layer's learning rate (lower layers decay from it).
+
+    Each layer below gets layer_decay times the one above."""
+    head_lr: float = 1e-3
+    """Learning rate of the tagging head."""
+    layer_decay: float = 0.9
+    """Learning-rate factor per layer downwards."""
+    batch_size: int = 16
+    """Sentences per training batch."""
+    max_len: int = 128
+    """Tokens per training sentence (longer ones are truncated).
+
+    Prediction reads longer texts in overlapping windows of this length."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_fraction: float = 0.06
+    """Share of the training steps spent warming the learning rate up."""
+    patience: int = 4
+    """Epochs without improvement before stopping.
+
+    Improvement: a better validation micro-F1 (exact spans)."""
+    max_minutes: float | None = None
+    """Stop fine-tuning after this.
+
+    The best epoch so far is kept."""
+    encoding: str = "utf-8"
+    """Text encoding of the data files."""
+    seed: int = 0
+    """Seed of the split, the head and the training order."""
+    threads: int | None = None
+    """Compute threads [default: the free cores, never more]."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+
+@dataclass
 class CompressConfig:
     teacher: str
     """A classifier dir from `slm classify train`."""

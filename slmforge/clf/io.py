@@ -28,7 +28,7 @@ def build_classifier(base: str, label_names: list[str]):
     try:
         config = AutoConfig.from_pretrained(base_dir)
     except Exception as e:
-        raise SlmError(f"cannot load {base} as a transformers model: {_first_line(e)}") from None
+        raise SlmError(f"cannot load {base} as a transformers model: {first_line(e)}") from None
     if config.model_type not in ("bert", MeanPoolBertConfig.model_type):
         raise SlmError(
             f"--base {base} is a {config.model_type!r} model; this version fine-tunes BERT-family "
@@ -54,7 +54,7 @@ def build_classifier(base: str, label_names: list[str]):
             base_dir, config=new, ignore_mismatched_sizes=True
         )
     except Exception as e:
-        raise SlmError(f"cannot load {base} as an encoder: {_first_line(e)}") from None
+        raise SlmError(f"cannot load {base} as an encoder: {first_line(e)}") from None
     torch.nn.init.normal_(model.classifier.weight, std=0.02)
     torch.nn.init.zeros_(model.classifier.bias)
     return model, tokenizer, base_dir
@@ -84,6 +84,6 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     s = str(e).strip()
     return s.splitlines()[0][:200] if s else type(e).__name__

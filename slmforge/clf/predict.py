@@ -51,6 +51,11 @@ class Classifier:
         if not meta_path.exists():
             raise SlmError(f"{path} is not a classifier from `slm classify train` (no {META})")
         self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("task") == "tokens":
+            raise SlmError(
+                f"{path} is a token classifier: `slm classify predict` lists its entity spans and "
+                "`slm eval --task extraction` scores it"
+            )
         self.labels: list[str] = self.meta["labels"]
         self.max_len: int = self.meta["max_len"]
         self.tokenizer = AutoTokenizer.from_pretrained(path)

@@ -215,7 +215,7 @@ def fine_tune(
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_fraction * total))
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     for g in optimizer.param_groups:
         g["peak_lr"] = g["lr"]
     labels_t = torch.as_tensor(y_train)
@@ -451,7 +451,7 @@ def fit_linear_head(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int, c: f
     return LinearHead(weight, bias)
 
 
-def _param_groups(model, cfg: ClassifyTrainConfig) -> list[dict]:
+def param_groups(model, cfg: ClassifyTrainConfig) -> list[dict]:
     """Layer-wise lr decay: top layer gets cfg.lr, each layer below `layer_decay` times less; head gets head_lr."""
     layers = model.bert.encoder.layer
     n = len(layers)

@@ -320,9 +320,12 @@ def _cli_type(where: str, annotations: list[str], default, comma: bool):
 def _help(by_spec: dict[int, ConfigField], specs: tuple[Opts, ...], shared: bool, overrides) -> str:
     helps = {specs[i].family: f.help for i, f in by_spec.items()}
     texts = {h for h in helps.values() if h}
-    if len(specs) == 1 or (shared and len(texts) <= 1):
+    if len(specs) == 1:
         return next(iter(texts), "")
-    text = " ".join(_in_family(fam, h) for fam, h in helps.items() if h)
+    if shared and len(texts) <= 1:  # one help for all: still say each family's default when they differ
+        text = next(iter(texts), "")
+    else:
+        text = " ".join(_in_family(fam, h) for fam, h in helps.items() if h)
     defaults = {specs[i].family: f.default for i, f in by_spec.items()}
     if shared and not overrides and len({repr(d) for d in defaults.values()}) > 1:
         each = [f"{d} ({fam})" for fam, d in defaults.items() if d not in (None, REQUIRED)]

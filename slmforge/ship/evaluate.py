@@ -3,7 +3,8 @@
 Tasks: `perplexity` of causal LMs (`slmforge.lm.perplexity`); `generation`, and `classification` /
 `multiple-choice` by label log-likelihood, for causal LMs with latency, memory and cost next to quality
 (`slmforge.lm.evaluate`); `classification` of trained classifiers (`slmforge.clf.evaluate`) when the models
-are classifiers rather than causal LMs. Every task returns one row per (model, data) pair.
+are classifiers rather than causal LMs; `extraction` of entity spans by token classifiers and spaCy
+pipelines (`slmforge.ship.extraction`). Every task returns one row per (model, data) pair.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from slmforge.core.errors import SlmError
 
-TASKS = ("perplexity", "generation", "classification", "multiple-choice")
+TASKS = ("perplexity", "generation", "classification", "multiple-choice", "extraction")
 
 
 @dataclass
@@ -27,7 +28,9 @@ class EvalConfig:
 
     A .jsonl file's text field is scored for perplexity."""
     task: str = "perplexity"
-    """perplexity, generation, classification or multiple-choice."""
+    """perplexity, generation, classification, multiple-choice or extraction.
+
+    extraction: entity spans of token classifiers and spacy:NAME pipelines against a span-labelled JSONL."""
     seq_len: int = field(default=512, metadata={"family": "causal LM"})
     """Perplexity: tokens per scored window.
 
@@ -47,7 +50,9 @@ class EvalConfig:
 
     Classifiers: default the one the model was trained with."""
     label_col: str | None = None
-    """Answer / label column / JSONL key."""
+    """Answer / label column / JSONL key.
+
+    Extraction: the key holding the gold spans (default entities)."""
     report_dir: str | None = field(default=None, metadata={"family": "classifier"})
     """Classifiers: write metrics, per-class report, confusion.png here.
 
@@ -58,6 +63,10 @@ class EvalConfig:
     Instead of refusing the file."""
     latency_queries: int = field(default=200, metadata={"family": "classifier"})
     """Classifiers: single queries timed for p50/p95."""
+    spacy_labels: str | None = field(default=None, metadata={"family": "classifier"})
+    """Extraction: spaCy label -> file label, e.g. ORG=MERCHANT,DATE.
+
+    Default: PERSON, ORG, GPE/LOC/FAC -> LOCATION, DATE, MONEY, PRODUCT; unmapped labels are dropped."""
     # causal-LM tasks (generation, classification / multiple-choice by log-likelihood): see gen_eval
     backend: str = field(default="auto", metadata={"family": "causal LM"})
     """Generation: auto, ort, torch or llama.cpp.
@@ -107,6 +116,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> list[dict]:
     from slmforge.lm.perplexity import evaluate_perplexity
 
     _validate(cfg)
+    if cfg.task == "extraction":
+        return _evaluate_extraction(cfg, progress)
     if cfg.task == "classification" and not all(is_causal_lm(m) for m in cfg.models):
         return _evaluate_classification(cfg, progress)
     if cfg.task != "perplexity":
@@ -139,6 +150,33 @@ def _evaluate_classification(cfg: EvalConfig, progress: bool) -> list[dict]:
                 )
             )
     return rows
+
+
+def _evaluate_extraction(cfg: EvalConfig, progress: bool) -> list[dict]:
+    """One row per (extractor, span-labelled file): see `slmforge.ship.extraction`."""
+    from slmforge.lm.evaluate import is_causal_lm
+    from slmforge.ship.extraction import evaluate_extraction, is_spacy
+
+    generative = [m for m in cfg.models if not is_spacy(m) and is_causal_lm(m)]
+    if generative:
+        raise SlmError(
+            f"{', '.join(generative)}: generative extraction (a causal LM writing JSON under a schema) is not "
+            "in this version; evaluate token classifiers (slm classify train --task tokens) or spacy:NAME"
+        )
+    return [
+        evaluate_extraction(
+            name,
+            data,
+            text_col=cfg.text_col,
+            entities_col=cfg.label_col,
+            spacy_labels=cfg.spacy_labels,
+            latency_queries=cfg.latency_queries,
+            threads=cfg.threads,
+            progress=progress,
+        )  # fmt: skip
+        for name in cfg.models
+        for data in cfg.data
+    ]
 
 
 def _validate(cfg: EvalConfig) -> None:

@@ -91,6 +91,11 @@ def export(cfg: ExportConfig) -> dict:
 def model_kind(path: Path) -> str:
     """`classifier` (from slm classify train), `encoder` (a BERT-family model) or `causal-lm`."""
     if (path / "classifier.json").exists():
+        if json.loads((path / "classifier.json").read_text()).get("task") == "tokens":
+            raise SlmError(
+                f"{path} is a token classifier: ONNX export and int8 are for text classifiers and encoders "
+                "in this version (a tagger has logits per token); run it with torch"
+            )
         return "classifier"
     config = path / "config.json"
     if not config.exists():
