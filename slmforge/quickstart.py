@@ -5,8 +5,9 @@
 3. pretrain a small Llama from scratch (depth ladder) for a few minutes,
 4. continue pretraining SmolLM2-135M-Instruct on the same text for a few minutes,
 5. evaluate domain perplexity before and after, generate a sample from each model,
-6. index a few of the docs for retrieval (`slm rag index`) and answer one question from them with
-   numbered citations (`slm rag ask`, SmolLM2-135M-Instruct),
+6. index a few of the docs for retrieval (`slm rag index`), LoRA-tune SmolLM2-135M-Instruct for a few
+   minutes to answer from retrieved chunks, citing them or abstaining (`slm rag tune`, on `slm synth` rows
+   over the same pages shipped in examples/quickstart/), and answer one question with it (`slm rag ask`),
 7. LoRA-fine-tune the base on a generative intent task from the bank example (prompt: a customer
    message, completion: its intent name; train on examples/bank/intents.csv, test on the held-out
    examples/bank/questions.csv) for a few minutes, then score the base zero-shot, the base few-shot
@@ -29,6 +30,9 @@ from slmforge.core.errors import SlmError
 
 PYDOCS = "/usr/share/doc/python3.11/html/_sources"
 RAG_DOCS = ("json", "csv", "pathlib")
+# `slm synth` rows over RAG_DOCS (examples/quickstart/README.md says how they were made), each with the sha256 of
+# its chunk's text so they find their chunks in an index built from another release of the docs
+RAG_QA = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "pydocs_qa.jsonl"
 
 
 @dataclass
@@ -59,6 +63,11 @@ class QuickstartConfig:
     From Python, an empty list skips the step."""
     rag_question: str = "How do I serialize a Python object to a JSON formatted string?"
     """The question answered from the indexed docs."""
+    rag_qa: str | None = None
+    """QA rows over rag_docs (from `slm synth`) that the base is RAG-tuned on before it answers [default: the
+    rows shipped in examples/quickstart/ for the default rag_docs]."""
+    rag_tune_minutes: float = 3.0
+    """Minutes of grounded-answer LoRA tuning (`slm rag tune`) before answering; 0 answers with the base."""
     finetune_minutes: float = 3.0
     """LoRA-tune the base on the bank intents this long, then eval; 0 skips."""
     finetune_eval_items: int = 60
@@ -86,6 +95,12 @@ def quickstart(cfg: QuickstartConfig) -> dict:
 
     if cfg.finetune_minutes < 0:
         raise SlmError(f"--finetune-minutes must be ≥ 0 (0 skips the step), not {cfg.finetune_minutes:g}")
+    if cfg.rag_tune_minutes < 0:
+        raise SlmError(
+            f"--rag-tune-minutes must be ≥ 0 (0 answers with the base), not {cfg.rag_tune_minutes:g}"
+        )
+    if cfg.rag_docs and cfg.rag_tune_minutes > 0 and not Path(cfg.rag_qa or RAG_QA).is_file():
+        raise SlmError(f"--rag-qa: {cfg.rag_qa or RAG_QA} does not exist (or pass --rag-tune-minutes 0)")
     if cfg.finetune_eval_items < 1 or cfg.finetune_shots < 0:
         raise SlmError("finetune_eval_items must be ≥ 1 and finetune_shots ≥ 0")
     for path in cfg.corpus:
@@ -179,7 +194,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     summary.update(eval=rows, samples=samples, eval_s=time.perf_counter() - t)
     if cfg.rag_docs:
         n += 1
-        t = stage(f"{n}/{steps} index the docs and answer a question from them")
+        tuned = f", RAG-tune {cfg.base} ({cfg.rag_tune_minutes:g} min)" if cfg.rag_tune_minutes > 0 else ""
+        t = stage(f"{n}/{steps} index the docs{tuned} and answer a question from them")
         summary["rag"] = _rag(cfg, root)
         summary["rag_s"] = time.perf_counter() - t
     if tune:
@@ -198,7 +214,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
 
 
 def _rag(cfg: QuickstartConfig, root: Path) -> dict:
-    """Index `rag_docs`, then answer `rag_question` with the base model (or just search, without one)."""
+    """Index `rag_docs`, RAG-tune the base on `rag_qa` for `rag_tune_minutes`, then answer `rag_question` with
+    the tuned model (the base when the minutes are 0; just search, without a base)."""
     from slmforge.rag.ask import AskConfig, ask
     from slmforge.rag.index import RagIndexConfig, build_index
     from slmforge.rag.search import SearchConfig, search
@@ -218,10 +235,16 @@ def _rag(cfg: QuickstartConfig, root: Path) -> dict:
         hits = search(SearchConfig(index, cfg.rag_question, k=3)).hits
         out.update(answer=None, sources=[f"{Path(h.chunk.path).name} > {h.chunk.section}" for h in hits])
         return out
-    answer = ask(AskConfig(index, cfg.rag_question, cfg.base, threads=cfg.threads))
+    model = cfg.base
+    if cfg.rag_tune_minutes > 0:
+        out["tune"] = _rag_tune(cfg, root, index)
+        model = out["tune"]["out"]
+    answer = ask(AskConfig(index, cfg.rag_question, model, threads=cfg.threads))
     out.update(
+        model=model,
         answer=answer.text,
         abstained=answer.abstained,
+        model_cited=answer.model_cited,
         sources=[
             f"[{n}] {Path(answer.sources[n - 1].chunk.path).name} > {answer.sources[n - 1].chunk.section}"
             for n in answer.citations
@@ -229,6 +252,62 @@ def _rag(cfg: QuickstartConfig, root: Path) -> dict:
         seconds=answer.seconds,
     )
     return out
+
+
+def _rag_tune(cfg: QuickstartConfig, root: Path, index: str) -> dict:
+    """`slm rag tune` (LoRA) of the base on the rows of `rag_qa` that find their chunk in `index`."""
+    from slmforge.rag.tune import RagTuneConfig, rag_tune
+
+    data = root / "rag_qa.jsonl"
+    qa = Path(cfg.rag_qa or RAG_QA)
+    kept, lost = anchor_rows(qa, index, data)
+    if not kept:
+        raise SlmError(f"none of the {lost} rows of {qa} matches a chunk of {index}: "
+                       "were they made from other docs? (--rag-tune-minutes 0 answers with the base)")  # fmt: skip
+    r = rag_tune(
+        RagTuneConfig(
+            index=index, data=str(data), out=str(root / "rag-tuned"), base=cfg.base, method="lora", lr=1e-3,
+            variants=2, answer_sentences=1, max_minutes=cfg.rag_tune_minutes, threads=cfg.threads,
+            precision="fp32", overwrite=True,
+        )
+    )  # fmt: skip
+    return {"out": r.out, "rows": kept, "rows_not_found": lost, "examples": r.examples["examples"],
+            "steps": r.steps, "first_loss": r.first_loss, "train_loss": r.train_loss}  # fmt: skip
+
+
+def anchor_rows(qa: Path, index: str, out: Path) -> tuple[int, int]:
+    """Write the rows of `qa` to `out` with `source.chunk_id` set to the chunk of `index` whose text has the
+    row's `source.text_sha256` (the docs of another Python release chunk differently); rows whose chunk text is
+    not in the index are left out. (kept, left out)."""
+    import json
+
+    from slmforge.core.fsutil import atomic_file
+    from slmforge.rag.store import text_sha256
+    from slmforge.rag.stores import open_store
+
+    store = open_store(index)
+    try:
+        by_sha, after = {}, 0
+        while batch := store.chunks_to_check(after, 1000, True):
+            for c in batch:
+                by_sha[text_sha256(c.text)] = c
+            after = batch[-1].id
+    finally:
+        store.close()
+    kept = lost = 0
+    with atomic_file(out) as f:
+        for line in qa.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            chunk = by_sha.get(row.get("source", {}).get("text_sha256"))
+            if chunk is None:
+                lost += 1
+                continue
+            row["source"].update(chunk_id=chunk.id, doc=chunk.doc)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            kept += 1
+    return kept, lost
 
 
 INTENT_INSTRUCTION = "Name the intent of the bank customer's message. Reply with the label only."

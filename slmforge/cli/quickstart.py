@@ -61,9 +61,19 @@ def quickstart(
         out.print(
             f"[bold]rag[/bold]: {r['files']} files, {r['chunks']} chunks in {r['index']}", highlight=False
         )
+        if r.get("tune"):
+            t = r["tune"]
+            out.print(
+                f"[bold]rag tune[/bold]: {t['steps']} LoRA steps on {t['examples']} examples from {t['rows']} "
+                f"`slm synth` rows, loss {t['first_loss']:.2f} -> {t['train_loss']:.2f} ({t['out']})",
+                highlight=False,
+            )
         out.print(f"[bold]Q:[/bold] {r['question']}", highlight=False)
         if r["answer"] is not None:
+            who = "the RAG-tuned model" if r.get("tune") else Path(r["model"]).name
+            cited = "cited its sources itself" if r["model_cited"] else "did not cite by itself"
             out.print(f"[bold]A:[/bold] [cyan]{r['answer']}[/cyan]", highlight=False)
+            out.print(f"   ({who}, {r['seconds']:.1f} s; {cited})", highlight=False)
         for src in r["sources"]:
             out.print(f"   {src}", highlight=False)
     if s.get("finetune"):

@@ -190,3 +190,11 @@ def index_path(name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise SlmError(f"index name {name!r}: use letters, digits, . _ - (or give a path)")
     return workspace.home() / "indexes" / f"{name}.sqlite"
+
+
+def text_sha256(text: str) -> str:
+    """The hex sha256 of a chunk's text (UTF-8), in every `slm synth` row's source: it finds the chunk again in
+    an index rebuilt from the same documents, where chunk ids may differ."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -53,7 +53,7 @@ from slmforge.rag.ask import (
 )
 from slmforge.rag.guarding import ChunkGuard, check_setting, open_guard
 from slmforge.rag.search import Hit, Retriever
-from slmforge.rag.store import StoredChunk
+from slmforge.rag.store import StoredChunk, text_sha256
 from slmforge.train.run import MAY_CHANGE, RunConfig, check_run_block, clear_run_dir, open_run
 
 METHODS = ("lora", "full")
@@ -283,6 +283,10 @@ def gold_chunks(retriever: Retriever, rows: list[tuple[int, dict]], data: str) -
         if doc and doc not in (c.doc, c.path):
             raise SlmError(f"{data} line {line}: chunk_id {c.id} is from {c.doc}, not {doc}; "
                            "were the rows made from another index?")  # fmt: skip
+        sha = row["source"].get("text_sha256")
+        if sha and sha != text_sha256(c.text):
+            raise SlmError(f"{data} line {line}: chunk_id {c.id}'s text is not the one the row was written "
+                           "from; was the index rebuilt since?")  # fmt: skip
     return {line: found[row["source"]["chunk_id"]] for line, row in rows}
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
+from slmforge.rag.store import text_sha256
 from slmforge.synth.filters import code_share
 
 
@@ -131,7 +132,8 @@ def _index_chunks(cfg) -> tuple[list[tuple[Unit, bool]], dict]:
                 break
             after = batch[-1].id
             for c in batch:
-                where = {"index": cfg.source, "doc": c.doc, "section": c.section, "chunk_id": c.id}
+                where = {"index": cfg.source, "doc": c.doc, "section": c.section, "chunk_id": c.id,
+                         "text_sha256": text_sha256(c.text)}  # fmt: skip
                 if c.path != c.doc:
                     where["path"] = c.path
                 found.append((Unit(str(c.id), c.text, c.section, c.doc, where), c.flagged))
@@ -176,7 +178,8 @@ def _dataset_chunks(cfg) -> tuple[list[tuple[Unit, bool]], dict]:
             fmt = file_format(doc.split(":")[0]) or "txt"
             for i, c in enumerate(chunk_document(row["text"], fmt if fmt in ("rst", "md") else "txt")):
                 key = f"{doc_id}#{i}"
-                where = {"dataset": cfg.source, "doc": doc, "section": c.section, "chunk_id": key}
+                where = {"dataset": cfg.source, "doc": doc, "section": c.section, "chunk_id": key,
+                         "text_sha256": text_sha256(c.text)}  # fmt: skip
                 found.append((Unit(key, c.text, c.section, doc, where), False))
     signature = {"kind": "dataset", "chunks": len(found), "sha256": digest.hexdigest()[:16]}
     return found, signature

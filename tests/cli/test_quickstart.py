@@ -22,6 +22,59 @@ def _corpus(tmp_path, docs):
     return root
 
 
+def _qa_rows(rag_docs: Path, path: Path) -> Path:
+    """QA rows over the test docs as the shipped file has them: each with its chunk's text_sha256 and the
+    chunk id of another index (the quickstart finds the chunk by its text)."""
+    import hashlib
+    import json
+
+    from slmforge.rag.index import RagIndexConfig, build_index
+    from slmforge.rag.stores import open_store
+    from tests.rag.test_tune import QUESTIONS
+
+    index = path.with_suffix(".sqlite")
+    build_index(RagIndexConfig(paths=[str(rag_docs)], index=str(index), threads=1), progress=False)
+    store = open_store(str(index))
+    try:
+        chunks = store.chunks_to_check(0, 1000, True)
+    finally:
+        store.close()
+    rows = []
+    for phrase, (q, a) in QUESTIONS.items():
+        c = next(c for c in chunks if phrase in c.text)
+        sha = hashlib.sha256(c.text.encode()).hexdigest()
+        rows.append(
+            {"question": q, "answer": a, "source": {"doc": "elsewhere", "chunk_id": 999, "text_sha256": sha}}
+        )
+    rows.append({"question": "q?", "answer": "a.", "source": {"chunk_id": 5, "text_sha256": "0" * 64}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_shipped_rows_find_their_chunks_by_text(tmp_path):
+    import json
+
+    from slmforge.quickstart import anchor_rows
+    from slmforge.rag.stores import open_store
+    from tests.rag.test_index_search import write_docs
+
+    rag_docs = write_docs(tmp_path / "kb")
+    qa = _qa_rows(rag_docs, tmp_path / "qa.jsonl")
+    index = tmp_path / "other.sqlite"
+    from slmforge.rag.index import RagIndexConfig, build_index
+
+    build_index(RagIndexConfig(paths=[str(rag_docs)], index=str(index), threads=1), progress=False)
+    assert anchor_rows(qa, str(index), tmp_path / "anchored.jsonl") == (6, 1)
+    rows = [json.loads(x) for x in (tmp_path / "anchored.jsonl").read_text().splitlines()]
+    store = open_store(str(index))
+    try:
+        for r in rows:
+            c = store.chunks([r["source"]["chunk_id"]])[r["source"]["chunk_id"]]
+            assert r["source"]["doc"] == c.doc and r["answer"]  # the id and doc of this index's chunk
+    finally:
+        store.close()
+
+
 @pytest.mark.recipe
 def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     from tests.conftest import _tiny_docs
@@ -29,6 +82,7 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
 
     corpus = _corpus(tmp_path, _tiny_docs(300, seed=1))
     rag_docs = write_docs(tmp_path / "kb")
+    qa = _qa_rows(rag_docs, tmp_path / "qa.jsonl")
     s = quickstart(
         QuickstartConfig(
             corpus=[str(corpus)],
@@ -43,6 +97,8 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
             prompt="The cat",
             rag_docs=[str(rag_docs)],
             rag_question="When should I prune roses?",
+            rag_qa=str(qa),
+            rag_tune_minutes=0.02,
             finetune_minutes=0.01,
             finetune_eval_items=3,
             finetune_shots=1,
@@ -59,6 +115,9 @@ def test_quickstart_runs_every_stage(tmp_path, tiny_model_dir):
     rag = s["rag"]
     assert rag["files"] >= 3 and rag["chunks"] >= 3 and Path(rag["index"]).exists()
     assert rag["answer"] and (rag["abstained"] or rag["sources"][0].startswith("[1] garden.md > Gardening"))
+    tune = rag["tune"]
+    assert tune["rows"] == 6 and tune["rows_not_found"] == 1 and tune["steps"] >= 1
+    assert rag["model"] == tune["out"] and (Path(tune["out"]) / "adapter" / "adapter_config.json").exists()
     assert len(s["finetune"]["rows"]) == 3 and (tmp_path / "qs" / "finetune" / "eval.md").exists()
     serve = s["serve"]
     assert serve["result"]["label"] == "lost_or_stolen_card" and serve["result"]["citations"]
@@ -140,3 +199,7 @@ def test_finetune_step_without_bank_data_skips_with_a_note(tmp_path, tiny_model_
     assert "intents.csv" in ft["skipped"] and not (tmp_path / "qs" / "finetune").exists()
     with pytest.raises(SlmError, match="--finetune-minutes must be"):
         quickstart(QuickstartConfig(finetune_minutes=-1))
+    with pytest.raises(SlmError, match="--rag-tune-minutes must be"):
+        quickstart(QuickstartConfig(rag_tune_minutes=-1))
+    with pytest.raises(SlmError, match="--rag-qa: .*nowhere.jsonl does not exist"):
+        quickstart(QuickstartConfig(rag_qa=str(tmp_path / "nowhere.jsonl")))

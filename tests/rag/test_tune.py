@@ -200,6 +200,8 @@ def _tune(kb, model, data, out, **kw):
         ({"question": "q?", "answer": "a.", "source": {"chunk_id": 1, "doc": "/elsewhere/x.txt"}},
          r"line 2: chunk_id 1 is from .*, not /elsewhere/x.txt"),
         ({"question": "", "answer": "a.", "source": {"chunk_id": 1}}, r'line 2: needs a non-empty "question"'),
+        ({"question": "q?", "answer": "a.", "source": {"chunk_id": 1, "text_sha256": "0" * 64}},
+         r"line 2: chunk_id 1's text is not the one the row was written from"),
     ],
 )  # fmt: skip
 def test_rows_without_provenance_or_with_unknown_chunks_are_refused_by_line(

@@ -48,6 +48,15 @@ def test_qa_from_an_index_checks_retrieval_and_answers_elsewhere(tmp_path):
     alpha = kept["spin_alpha"]
     assert isinstance(alpha["source"]["chunk_id"], int) and alpha["source"]["index"] == str(index)
     assert alpha["source"]["doc"] == str(docs / "alpha.rst") and alpha["answerable"] is True
+    from slmforge.rag.store import text_sha256
+    from slmforge.rag.stores import open_store
+
+    store = open_store(str(index))
+    try:  # the chunk's text hash, which finds it again in a rebuilt index
+        chunk = store.chunks([alpha["source"]["chunk_id"]])[alpha["source"]["chunk_id"]]
+    finally:
+        store.close()
+    assert alpha["source"]["text_sha256"] == text_sha256(chunk.text)
 
     # every question unanswerable: the twins' answer is supported by the other twin's chunk, so neither
     # is a question the model should abstain on; alpha's is
