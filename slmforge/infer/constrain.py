@@ -164,7 +164,7 @@ class Constraint:
         if self.kind == "regex":
             return f"regex {self.text!r}"
         if self.kind == "choice":
-            return f"choice among {len(json.loads(self.text))}"
+            return f"the choice among {len(json.loads(self.text))} strings"
         return {"json_schema": "the JSON schema", "json_object": "JSON object", "lark": "the Lark grammar"}[
             self.kind
         ]
