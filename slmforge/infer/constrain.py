@@ -178,22 +178,33 @@ class Guide:
         self.tokenizer = tokenizer
         self.matcher = compiled(constraint, tokenizer, eos_ids).deep_copy()
         self.ids: list[int] = []
+        self._bitmask: bytes | None = None  # this step's, one bit per token
+
+    def allows(self, token: int) -> bool:
+        """Whether the mask allows `token` next: one bit of LLGuidance's bitmask (~7 us to compute), not the
+        masked logits (~100 us more), so a greedy pick checks the model's own argmax first."""
+        bitmask = self._step_bitmask()
+        return token < 8 * len(bitmask) and bool(bitmask[token >> 3] >> (token & 7) & 1)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """`logits` with every token the constraint does not allow next set to -inf."""
-        bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), np.uint8), bitorder="little")
-        self._check()
+        """A copy of `logits` with every token the constraint does not allow next set to -inf."""
+        bits = np.unpackbits(np.frombuffer(self._step_bitmask(), np.uint8), bitorder="little")
         n = logits.shape[-1]
-        allowed = bits[:n] if len(bits) >= n else np.pad(bits, (0, n - len(bits)))
-        allowed = torch.from_numpy(allowed.astype(bool)).to(logits.device)
-        if not bool(allowed.any()):
+        bits = bits[:n] if len(bits) >= n else np.pad(bits, (0, n - len(bits)))
+        if not bits.any():
             self._dead_end("no token the model has can continue it")
-        return logits.masked_fill(~allowed, float("-inf"))
+        if logits.device.type == "cpu":  # numpy's boolean assignment: about a third of masked_fill's time
+            out = logits.numpy().copy()
+            out[bits == 0] = -np.inf
+            return torch.from_numpy(out)
+        allowed = torch.from_numpy(bits).to(logits.device).bool()
+        return torch.where(allowed, logits, float("-inf"))
 
     def advance(self, token: int) -> None:
         """Take the token picked under the mask."""
         self.matcher.consume_token(token)
         self.ids.append(token)
+        self._bitmask = None
         self._check()
 
     @property
@@ -205,6 +216,12 @@ class Guide:
     def satisfied(self) -> bool:
         """The text so far is a whole reply the constraint allows."""
         return self.matcher.is_accepting() and not self.matcher.is_error()
+
+    def _step_bitmask(self) -> bytes:
+        if self._bitmask is None:
+            self._bitmask = self.matcher.compute_bitmask()
+            self._check()
+        return self._bitmask
 
     def _check(self) -> None:
         if self.matcher.is_error():

@@ -252,9 +252,7 @@ def complete(
         else:
             if cfg.repetition_penalty != 1.0 and done.token_ids:
                 logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
-            if guide is not None:
-                logits = guide.mask(logits)
-            token = pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            token = _pick(logits, cfg, generator, guide)
         if not done.token_ids:
             done.first_token_seconds = time.perf_counter() - started
         if token in eos:
@@ -338,9 +336,7 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig, constrai
                     row = logits[i]
                     if cfg.repetition_penalty != 1.0 and done.token_ids:
                         row = penalise_repeats(row, done.token_ids, cfg.repetition_penalty)
-                    if guides[i] is not None:
-                        row = guides[i].mask(row)
-                    token = pick_token(row, cfg.temperature, cfg.top_k, cfg.top_p, samplers[i])
+                    token = _pick(row, cfg, samplers[i], guides[i])
                 if not done.token_ids:
                     done.first_token_seconds = time.perf_counter() - started
                 if token in eos:
@@ -373,6 +369,18 @@ def penalise_repeats(logits: torch.Tensor, seen: list[int], penalty: float) -> t
     out = logits.clone()
     out[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
     return out
+
+
+def _pick(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator, guide: Guide | None) -> int:
+    """`pick_token` among the tokens `guide` allows. Greedy first tries the model's own argmax: when the
+    constraint allows it, it is also the argmax of the masked logits, and the logits need no mask."""
+    if guide is not None:
+        if cfg.temperature <= 0:
+            token = int(torch.argmax(logits))
+            if guide.allows(token):
+                return token
+        logits = guide.mask(logits)
+    return pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
 
 
 def pick_token(

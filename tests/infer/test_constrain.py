@@ -98,6 +98,43 @@ def test_a_constraint_the_greedy_reply_meets_leaves_it_unchanged(torch_lm):
     assert held.token_ids == free.token_ids and held.text == free.text
 
 
+@pytest.mark.parametrize("constraint", [Constraint.json_schema(SCHEMA), Constraint.choice(["yes", "no way"])])
+def test_allows_agrees_with_the_mask_on_every_token_at_every_step(torch_lm, constraint):
+    import torch
+
+    done = _run(torch_lm, "The cat sees", constraint, temperature=1.0, seed=5)
+    guide = Guide(constraint, torch_lm.tokenizer, torch_lm.eos)
+    vocab = len(torch_lm.tokenizer)
+    for token in [*done.token_ids, None]:  # every state the sampled reply went through, and the end
+        masked = guide.mask(torch.zeros(vocab))
+        allowed = {t for t in range(vocab) if masked[t] == 0}
+        assert allowed == {t for t in range(vocab) if guide.allows(t)}
+        assert (set(torch_lm.eos) <= allowed) == guide.satisfied  # EOS exactly where the reply is whole
+        if token is None or guide.done:
+            break
+        assert token in allowed
+        guide.advance(token)
+
+
+def test_greedy_checking_the_argmax_first_equals_always_masking(torch_lm):
+    import torch
+
+    c = Constraint.json_schema(SCHEMA)
+    for prompt in PROMPTS:
+        done = _run(torch_lm, prompt, c)
+        ids = prompt_ids(torch_lm.tokenizer, [{"role": "user", "content": prompt}], chat=False)
+        step, guide, picked = torch_lm.step(), Guide(c, torch_lm.tokenizer, torch_lm.eos), []
+        logits = step.prefill(ids)
+        while not guide.done:
+            token = int(torch.argmax(guide.mask(logits)))
+            if token in torch_lm.eos:
+                break
+            picked.append(token)
+            guide.advance(token)
+            logits = step.next(token)
+        assert picked == done.token_ids
+
+
 def test_batched_rows_on_ort_each_valid_and_equal_to_one_by_one(ort_lm):
     tok = ort_lm.tokenizer
     prompts = [prompt_ids(tok, [{"role": "user", "content": p}], chat=False) for p in PROMPTS]
