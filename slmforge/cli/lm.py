@@ -54,17 +54,27 @@ def pull_cmd(
         short={"prompt": "-p"},
         defaults={"prompt": ...},
         exclude=("repetition_penalty",),
+        comma=("choice",),
     )
 )
 def generate_cmd(cfg) -> None:
-    """Generate text from a prompt, streaming it to stdout."""
+    """Generate text from a prompt, streaming it to stdout; --json-schema, --json-object, --regex, --choice or
+    --grammar constrain it (exit 1 if the token limit cuts a constrained reply short)."""
     from slmforge.infer.generate import generate_completion
 
+    written = []
+
     def write(piece: str) -> None:
+        written.append(piece)
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    done = generate_completion(cfg, on_text=write)
+    try:
+        done = generate_completion(cfg, on_text=write)
+    except SlmError:  # a constraint's dead end mid-reply: the error goes below the text so far
+        if written and not written[-1].endswith("\n"):
+            write("\n")
+        raise
     write("\n")
     stop = "end of text" if done.stopped_at_eos else "token limit"
     console.print(
@@ -72,14 +82,21 @@ def generate_cmd(cfg) -> None:
         f"first token {done.first_token_seconds:.2f} s), stopped at {stop}[/dim]",
         highlight=False,
     )
+    if done.constraint_satisfied is False:
+        raise SlmError(
+            f"the token limit ({cfg.max_new_tokens}) cut the constrained reply short: it is incomplete; "
+            "raise --max-new-tokens",
+            exit_code=1,
+        )
 
 
 @options(
     Opts(GENERATE, args=("model",), defaults={"max_new_tokens": 256},
-         exclude=("prompt", "chat", "repetition_penalty"))
+         exclude=("prompt", "chat", "repetition_penalty"), comma=("choice",))
 )  # fmt: skip
 def chat_cmd(cfg) -> None:
-    """Chat with a model in the terminal (/reset forgets the conversation, /exit leaves)."""
+    """Chat with a model in the terminal (/reset forgets the conversation, /exit leaves); the constraint
+    options apply to every reply."""
     from slmforge.infer.generate import chat
 
     banner = ["[dim]chatting; /reset forgets the conversation, /exit leaves[/dim]"]

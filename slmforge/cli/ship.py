@@ -47,7 +47,8 @@ def eval_cmd(
     ),
 ) -> None:
     """Evaluate models side by side, offline: perplexity, or for causal LMs generation (EM, F1, ROUGE-L,
-    chrF) and classification / multiple choice by label log-likelihood, next to latency, memory and cost."""
+    chrF) and classification / multiple choice by label log-likelihood (classification --constrain: generated
+    under a choice constraint over the labels), next to latency, memory and cost."""
     from slmforge.core.fsutil import write_json
     from slmforge.lm.evaluate import is_causal_lm
     from slmforge.ship.evaluate import evaluate

@@ -8,5 +8,6 @@ From the bottom up (each module imports only those above it in this list, and no
 - gguf.py        GGUF export and checks (llama.cpp)
 - ort_build.py   build, verify and cache ONNX Runtime GenAI models
 - engines.py     open_lm: one decode-step interface over torch, ONNX Runtime GenAI and llama.cpp
+- constrain.py   Constraint (JSON schema, JSON object, regex, choice, Lark) and its per-row token mask (LLGuidance)
 - generate.py    the decode loop: generate, chat, complete, complete_batch
 """

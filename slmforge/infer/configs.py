@@ -47,3 +47,16 @@ class GenerateConfig:
     See slmforge.infer.engines."""
     precision: str = "int8"
     """Weights on the ort backend: int8, int4 or fp32."""
+    json_schema: str | None = None
+    """Constrain the reply to JSON valid under the JSON Schema in this file.
+
+    The constraint options (--json-schema, --json-object, --regex, --choice, --grammar) exclude each other;
+    each is enforced by LLGuidance as a token mask at every step (slmforge.infer.constrain)."""
+    json_object: bool = False
+    """Constrain the reply to a JSON object (any keys)."""
+    regex: str | None = None
+    """Constrain the reply to text this regular expression matches whole (Rust regex syntax)."""
+    choice: list[str] | None = None
+    """Constrain the reply to one of these strings (comma-separated)."""
+    grammar: str | None = None
+    """Constrain the reply to the Lark grammar in this file (LLGuidance's Lark dialect)."""

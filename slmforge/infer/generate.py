@@ -3,6 +3,8 @@
 The loop talks to the model through a tiny step interface (`prefill(ids)` then `next(token)`, each
 returning next-token logits), so every backend of `slmforge.infer.engines` (torch's `TorchStep`, ONNX
 Runtime GenAI, llama.cpp) runs it unchanged. Greedy output equals transformers' `generate(do_sample=False)` token for token.
+A `slmforge.infer.constrain.Constraint` (JSON schema, regex, choice, Lark grammar) masks each step's logits,
+greedy or sampled, one matcher per row.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from slmforge.core.errors import SlmError
 from slmforge.infer.configs import GenerateConfig
+from slmforge.infer.constrain import Constraint, Guide
 from slmforge.infer.engines import LM, OrtBatch, open_lm
 
 
@@ -32,6 +35,7 @@ class Completion:
     stopped_at_eos: bool = False
     seconds: float = 0.0  # prefill + decode
     first_token_seconds: float = 0.0
+    constraint_satisfied: bool | None = None  # None: unconstrained; False: the token limit cut it short
 
     @property
     def tokens_per_s(self) -> float:
@@ -46,9 +50,10 @@ def generate(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) 
 def generate_completion(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) -> Completion:
     """`generate`, returning the token ids and timings too."""
     _check_config(cfg)
+    constraint = Constraint.from_config(cfg)  # a bad schema fails before the model loads
     lm = open_cfg(cfg)
     input_ids = prompt_ids(lm.tokenizer, _messages(cfg.system, cfg.prompt), chat=cfg.chat)
-    return complete(lm.step(), lm.tokenizer, input_ids, cfg, lm.eos, on_text)
+    return complete(lm.step(), lm.tokenizer, input_ids, cfg, lm.eos, on_text, constraint)
 
 
 def open_cfg(cfg: GenerateConfig) -> LM:
@@ -63,6 +68,7 @@ def chat(
 ) -> list[dict]:
     """A chat REPL that keeps the conversation; `/exit` (or end of input) leaves, `/reset` forgets."""
     _check_config(cfg)
+    constraint = Constraint.from_config(cfg)
     lm = open_cfg(cfg)
     tokenizer = lm.tokenizer
     if not getattr(tokenizer, "chat_template", None):
@@ -93,7 +99,7 @@ def chat(
         ):  # forget the oldest turn
             del history[len(start) : len(start) + 2]
             input_ids = prompt_ids(tokenizer, history, chat=True)
-        reply = complete(step, tokenizer, input_ids, cfg, eos, on_text)
+        reply = complete(step, tokenizer, input_ids, cfg, eos, on_text, constraint)
         on_text("\n")
         history.append({"role": "assistant", "content": reply.text})
     return history
@@ -210,8 +216,13 @@ def complete(
     cfg: GenerateConfig,
     eos_ids: list[int],
     on_text: Callable[[str], None] | None = None,
+    constraint: Constraint | None = None,
 ) -> Completion:
-    """The decode loop: prefill the prompt, then pick, stream and feed back one token at a time."""
+    """The decode loop: prefill the prompt, then pick, stream and feed back one token at a time.
+
+    Under `constraint` (else the one `cfg`'s fields ask for) each step's logits are masked to the tokens
+    it allows; the reply ends at EOS (allowed only once the constraint is met) or when nothing else can
+    follow."""
     limit = getattr(step, "max_positions", None)
     if limit and len(input_ids) >= limit:
         raise SlmError(f"the prompt is {len(input_ids)} tokens; this model reads at most {limit}")
@@ -227,8 +238,12 @@ def complete(
             if on_text is not None:
                 on_text(piece)
 
+    constraint = constraint or Constraint.from_config(cfg)
+    guide = Guide(constraint, tokenizer, eos_ids) if constraint is not None else None
     # plain greedy on an engine with its own argmax (ONNX Runtime GenAI): the same pick, no logits copy
-    fast = cfg.temperature <= 0 and cfg.repetition_penalty == 1.0 and hasattr(step, "greedy")
+    fast = (
+        guide is None and cfg.temperature <= 0 and cfg.repetition_penalty == 1.0 and hasattr(step, "greedy")
+    )
     started = time.perf_counter()
     logits = step.prefill(input_ids, max_new)
     for _ in range(max_new):
@@ -237,7 +252,7 @@ def complete(
         else:
             if cfg.repetition_penalty != 1.0 and done.token_ids:
                 logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
-            token = pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            token = _pick(logits, cfg, generator, guide)
         if not done.token_ids:
             done.first_token_seconds = time.perf_counter() - started
         if token in eos:
@@ -245,6 +260,11 @@ def complete(
             break
         done.token_ids.append(token)
         emit(stream.push(token))
+        if guide is not None:
+            guide.advance(token)
+            if guide.done:  # only EOS could follow
+                done.stopped_at_eos = True
+                break
         if len(done.token_ids) == max_new:
             break
         if not fast:
@@ -252,18 +272,25 @@ def complete(
     emit(stream.flush())
     done.seconds = time.perf_counter() - started
     done.text = "".join(pieces)
+    done.constraint_satisfied = guide.satisfied if guide is not None else None
     return done
 
 
 def complete_batch(
-    lm, prompts: list[list[int]], cfg: GenerateConfig, max_batch: int = 16
+    lm,
+    prompts: list[list[int]],
+    cfg: GenerateConfig,
+    max_batch: int = 16,
+    constraint: Constraint | None = None,
 ) -> list[Completion]:
     """`complete` for several prompts; on the ort backend, prompts of equal length decode together.
 
     ONNX Runtime GenAI does not mask left padding exactly, so only equal-length prompts share a batch
-    (sorting a workload by length fills batches well); each row keeps its own picks, penalty and seeded
-    sampler, so every result equals its `complete` up to float rounding. Other backends go one by one.
+    (sorting a workload by length fills batches well); each row keeps its own picks, penalty, seeded
+    sampler and constraint matcher, so every result equals its `complete` up to float rounding. Other
+    backends go one by one.
     """
+    constraint = constraint or Constraint.from_config(cfg)
     results: list[Completion | None] = [None] * len(prompts)
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -272,15 +299,16 @@ def complete_batch(
         for start in range(0, len(idx), max_batch):
             chunk = idx[start : start + max_batch]
             if lm.backend == "ort" and len(chunk) > 1:
-                done = _decode_together(lm, [prompts[i] for i in chunk], cfg)
+                done = _decode_together(lm, [prompts[i] for i in chunk], cfg, constraint)
             else:
-                done = [complete(lm.step(), lm.tokenizer, prompts[i], cfg, lm.eos) for i in chunk]
+                done = [complete(lm.step(), lm.tokenizer, prompts[i], cfg, lm.eos, None, constraint)
+                        for i in chunk]  # fmt: skip
             for i, d in zip(chunk, done):
                 results[i] = d
     return results
 
 
-def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[Completion]:
+def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig, constraint=None) -> list[Completion]:
     limit, length = lm.max_positions, len(prompts[0])
     if limit and length >= limit:
         raise SlmError(f"the prompt is {length} tokens; this model reads at most {limit}")
@@ -291,8 +319,9 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[
     samplers = [torch.Generator().manual_seed(cfg.seed) for _ in prompts]
     pieces: list[list[str]] = [[] for _ in prompts]
     active = [True] * len(prompts)
+    guides = [Guide(constraint, lm.tokenizer, lm.eos) if constraint else None for _ in prompts]
     batch = OrtBatch(lm.info["og_model"])
-    fast = cfg.temperature <= 0 and cfg.repetition_penalty == 1.0  # GenAI's own argmax picks
+    fast = constraint is None and cfg.temperature <= 0 and cfg.repetition_penalty == 1.0  # GenAI's argmax
     started = time.perf_counter()
     logits = batch.prefill(prompts, max_new)
     for _ in range(max_new):
@@ -307,7 +336,7 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[
                     row = logits[i]
                     if cfg.repetition_penalty != 1.0 and done.token_ids:
                         row = penalise_repeats(row, done.token_ids, cfg.repetition_penalty)
-                    token = pick_token(row, cfg.temperature, cfg.top_k, cfg.top_p, samplers[i])
+                    token = _pick(row, cfg, samplers[i], guides[i])
                 if not done.token_ids:
                     done.first_token_seconds = time.perf_counter() - started
                 if token in eos:
@@ -316,15 +345,20 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig) -> list[
                     done.token_ids.append(token)
                     pieces[i].append(streams[i].push(token))
                     active[i] = len(done.token_ids) < max_new
+                    if guides[i] is not None:
+                        guides[i].advance(token)
+                        if guides[i].done:  # only EOS could follow
+                            done.stopped_at_eos, active[i] = True, False
             picks.append(token)
         if not any(active):
             break
         if not fast:
             logits = batch.next(picks)
     seconds = time.perf_counter() - started
-    for done, stream, piece in zip(dones, streams, pieces):
+    for done, stream, piece, guide in zip(dones, streams, pieces, guides):
         done.text = "".join(piece) + stream.flush()
         done.seconds = seconds
+        done.constraint_satisfied = guide.satisfied if guide is not None else None
     return dones
 
 
@@ -335,6 +369,18 @@ def penalise_repeats(logits: torch.Tensor, seen: list[int], penalty: float) -> t
     out = logits.clone()
     out[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
     return out
+
+
+def _pick(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator, guide: Guide | None) -> int:
+    """`pick_token` among the tokens `guide` allows. Greedy first tries the model's own argmax: when the
+    constraint allows it, it is also the argmax of the masked logits, and the logits need no mask."""
+    if guide is not None:
+        if cfg.temperature <= 0:
+            token = int(torch.argmax(logits))
+            if guide.allows(token):
+                return token
+        logits = guide.mask(logits)
+    return pick_token(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
 
 
 def pick_token(

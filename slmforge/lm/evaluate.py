@@ -13,6 +13,10 @@ Tasks (called through `slmforge.ship.evaluate.evaluate`, one row per model and d
   prefix of another ("card" vs "card_arrival") does not win by being short. Classification candidates are
   `labels_from` (else every label in the data); multiple-choice rows carry their own `choices`. These
   need full-sequence logits, so they run on the torch model (fp32) whatever `backend` says.
+- `classification` with `constrain`: each answer is generated greedily on `backend`, as `generation`
+  does, under a choice constraint over the candidate labels (`slmforge.infer.constrain`), so every reply is
+  a label; accuracy is its exact match with the reference: what a program calling `slm generate --choice`
+  gets. Unlike label scoring it commits token by token (a label's first tokens decide).
 
 Data formats, shots and prompts: `slmforge.lm.eval_data`; the table, eval.md, eval.json and eval.png:
 `slmforge.lm.eval_report`.
@@ -61,7 +65,8 @@ def evaluate_model(model: str, task: str, jobs: list[dict], opts: dict, progress
     from slmforge.infer.engines import open_lm
 
     t0 = time.perf_counter()
-    backend = "torch" if task != "generation" else opts["backend"]
+    generates = task == "generation" or opts.get("constrain")
+    backend = opts["backend"] if generates else "torch"
     lm = open_lm(model, backend, opts["precision"], opts["threads"], opts["device"])
     load_seconds = time.perf_counter() - t0
     size = {"params": _param_count(lm), "disk_mb": _disk_mb(lm)}
@@ -69,6 +74,8 @@ def evaluate_model(model: str, task: str, jobs: list[dict], opts: dict, progress
     for job in jobs:
         if task == "generation":
             row = _generate_job(lm, model, job, opts, progress)
+        elif opts.get("constrain"):
+            row = _constrained_choice_job(lm, model, job, opts, progress)
         else:
             row = _choice_job(lm, model, job, opts, progress)
         seconds_per_item = row["seconds"] / max(row["items"], 1)
@@ -86,33 +93,7 @@ def evaluate_model(model: str, task: str, jobs: list[dict], opts: dict, progress
 
 
 def _generate_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
-    from slmforge.core.progress import bar
-    from slmforge.infer.generate import GenerateConfig, complete, complete_batch, prompt_ids
-
-    cfg = GenerateConfig(model=model, max_new_tokens=opts["max_new_tokens"], chat=opts["chat"])
-    prompts = [prompt_ids(lm.tokenizer, m, chat=opts["chat"]) for m in job["messages"]]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # equal lengths batch together
-    done = [None] * len(prompts)
-    step = opts["batch_size"]
-    started = time.perf_counter()
-    with bar(f"{short_name(model)} generate", total=len(prompts), enabled=progress) as b:
-        for s in range(0, len(order), step):
-            chunk = order[s : s + step]
-            for i, c in zip(chunk, complete_batch(lm, [prompts[i] for i in chunk], cfg, max_batch=step)):
-                done[i] = c
-            b.advance(len(chunk))
-            elapsed = time.perf_counter() - started
-            b.update(rate=f"{sum(len(done[i].token_ids) for i in order[: s + step]) / elapsed:.1f} tok/s")
-    seconds = time.perf_counter() - started
-    if lm.backend == "ort":  # rows may have shared a batch: time single requests apart
-        n = min(opts["latency_items"], len(prompts))
-        with bar(f"{short_name(model)} latency", total=n, enabled=progress) as b:
-            latency = []
-            for p in prompts[:n]:
-                latency.append(complete(lm.step(), lm.tokenizer, p, cfg, lm.eos).seconds)
-                b.advance()
-    else:
-        latency = [c.seconds for c in done]
+    done, seconds, latency = _decode_items(lm, model, job, opts, progress)
     refs = job["references"]
     scores = [score_generation(c.text, r) for c, r in zip(done, refs)]
     tokens = sum(len(c.token_ids) for c in done)
@@ -130,6 +111,59 @@ def _generate_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict
         for ln, q, r, c, s in zip(job["lines"], job["prompts"], refs, done, scores)
     ]
     return row
+
+
+def _constrained_choice_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
+    from slmforge.infer.constrain import Constraint
+
+    labels = job["choices"][0]
+    done, seconds, latency = _decode_items(lm, model, job, opts, progress, Constraint.choice(labels))
+    refs = job["references"]
+    preds = [c.text if c.constraint_satisfied else "" for c in done]  # cut short: no label, wrong
+    correct = [float(p == r) for p, r in zip(preds, refs)]
+    row = _row(model, job, job["task"], lm, seconds, latency)
+    row |= {"accuracy": float(np.mean(correct)), "constrained": True}
+    row["cut_short"] = sum(not c.constraint_satisfied for c in done)
+    row["predictions"] = [
+        {"line": ln, "prompt": q, "reference": r, "prediction": p, "correct": c}
+        for ln, q, r, p, c in zip(job["lines"], job["prompts"], refs, preds, correct)
+    ]
+    return row
+
+
+def _decode_items(lm, model: str, job: dict, opts: dict, progress: bool, constraint=None):
+    """Every item answered greedily (batched where the backend batches): (completions, seconds, latencies)."""
+    from slmforge.core.progress import bar
+    from slmforge.infer.generate import GenerateConfig, complete, complete_batch, prompt_ids
+
+    cfg = GenerateConfig(model=model, max_new_tokens=opts["max_new_tokens"], chat=opts["chat"])
+    prompts = [prompt_ids(lm.tokenizer, m, chat=opts["chat"]) for m in job["messages"]]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # equal lengths batch together
+    done = [None] * len(prompts)
+    step = opts["batch_size"]
+    started = time.perf_counter()
+    with bar(f"{short_name(model)} generate", total=len(prompts), enabled=progress) as b:
+        for s in range(0, len(order), step):
+            chunk = order[s : s + step]
+            batch = complete_batch(
+                lm, [prompts[i] for i in chunk], cfg, max_batch=step, constraint=constraint
+            )
+            for i, c in zip(chunk, batch):
+                done[i] = c
+            b.advance(len(chunk))
+            elapsed = time.perf_counter() - started
+            b.update(rate=f"{sum(len(done[i].token_ids) for i in order[: s + step]) / elapsed:.1f} tok/s")
+    seconds = time.perf_counter() - started
+    if lm.backend == "ort":  # rows may have shared a batch: time single requests apart
+        n = min(opts["latency_items"], len(prompts))
+        with bar(f"{short_name(model)} latency", total=n, enabled=progress) as b:
+            latency = []
+            for p in prompts[:n]:
+                latency.append(complete(lm.step(), lm.tokenizer, p, cfg, lm.eos, None, constraint).seconds)
+                b.advance()
+    else:
+        latency = [c.seconds for c in done]
+    return done, seconds, latency
 
 
 def _choice_job(lm, model: str, job: dict, opts: dict, progress: bool) -> dict:
@@ -332,6 +366,7 @@ def evaluate_generative(cfg, progress: bool = True) -> list[dict]:
         "batch_size": cfg.gen_batch_size,
         "latency_items": cfg.latency_items,
         "price_per_hour": cfg.price_per_hour,
+        "constrain": cfg.constrain,
     }
     specs = [split_shots(m, cfg.shots) for m in cfg.models]
     jobs_for = {cfg.shots: jobs}

@@ -94,6 +94,11 @@ class EvalConfig:
     """Allowed labels (.json list, .txt, or a labelled .csv/.jsonl).
 
     Listed in the system prompt and, for classification, the candidates scored."""
+    constrain: bool = field(default=False, metadata={"family": "causal LM"})
+    """Classification: generate each answer on --backend under a choice constraint over the labels.
+
+    Instead of scoring every label's likelihood on torch; accuracy is then the exact match of the
+    constrained reply (slmforge.lm.evaluate)."""
     chat: bool = field(default=True, metadata={"family": "causal LM"})
     """Use the tokenizer's chat template."""
     latency_items: int = field(default=20, metadata={"family": "causal LM"})
@@ -184,6 +189,8 @@ def _validate(cfg: EvalConfig) -> None:
         raise SlmError(f"unknown task {cfg.task!r}; this version evaluates: {', '.join(TASKS)}")
     if not cfg.models:
         raise SlmError("give at least one model to evaluate")
+    if cfg.constrain and cfg.task != "classification":
+        raise SlmError("--constrain is for --task classification (the labels become a choice constraint)")
     if not cfg.data:
         raise SlmError("give at least one --data source (dataset dir, .jsonl, .csv or .txt)")
     if cfg.seq_len < 2 or cfg.max_tokens < cfg.seq_len or cfg.batch_size < 1:

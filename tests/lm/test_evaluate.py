@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -123,6 +124,43 @@ def test_label_log_likelihood_picks_the_label_the_model_prefers(tiny_model_dir, 
     ]
     rows = evaluate(_cfg(tiny_model_dir, _jsonl(tmp_path / "mc.jsonl", mc), task="multiple-choice"), False)
     assert rows[0]["accuracy"] == 0.0 and rows[0]["items"] == 4
+
+
+def test_constrained_classification_generates_a_label_for_every_item(slm_cli, tiny_model_dir, tmp_path):
+    from slmforge.infer.constrain import Constraint
+    from slmforge.infer.engines import open_lm
+    from slmforge.infer.generate import GenerateConfig, complete, prompt_ids
+
+    labels = ["red house", "blue sky", "a cup of tea", "sun"]
+    texts = ["The cat sees", "My friend reads", "The old man paints", "Every student writes about"]
+    data = _jsonl(tmp_path / "d.jsonl", [{"prompt": t, "label": labels[i]} for i, t in enumerate(texts)])
+    label_file = tmp_path / "labels.json"
+    label_file.write_text(json.dumps(labels))
+    cfg = _cfg(tiny_model_dir, data, task="classification", labels_from=str(label_file), constrain=True)
+    for backend in ("torch", "ort"):
+        row = evaluate(replace(cfg, backend=backend, precision="fp32"), False)[0]
+        assert row["backend"] == backend and row["constrained"] and row["cut_short"] == 0
+        preds = [p["prediction"] for p in row["predictions"]]
+        assert set(preds) <= set(labels)
+        assert row["accuracy"] == sum(p == lab for p, lab in zip(preds, labels)) / 4
+    # the predictions are `complete` under the same choice constraint: what `slm generate --choice` gives
+    lm = open_lm(str(tiny_model_dir), "torch")
+    system = "Answer with exactly one of these labels: " + ", ".join(labels)
+    gen = GenerateConfig(model="tiny", max_new_tokens=32)
+    for text, pred in zip(texts, preds):
+        ids = prompt_ids(
+            lm.tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        )
+        assert (
+            complete(lm.step(), lm.tokenizer, ids, gen, lm.eos, None, Constraint.choice(labels)).text == pred
+        )
+    code, out, err = slm_cli(
+        "eval", tiny_model_dir, "--task", "classification", "--data", data, "--labels-from", label_file,
+        "--constrain", "--threads", "1", "--no-isolate",
+    )  # fmt: skip
+    assert code == 0 and "accuracy" in out, err
+    code, out, err = slm_cli("eval", tiny_model_dir, "--task", "generation", "--data", data, "--constrain")
+    assert code == 2 and "--constrain is for --task classification" in err
 
 
 # ---------------------------------------------------------------- reports, same output as slm generate
