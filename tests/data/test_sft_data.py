@@ -19,6 +19,7 @@ from slmforge.data.sft_data import (
     stop_token_ids,
     turn_end_ids,
 )
+from slmforge.data.tokenizer import CHAT_TEMPLATE as CHATML
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +269,10 @@ def test_arguments_as_json_text_or_as_an_object_render_the_same(tools_tok):
 def test_the_bank_example_file_loads_and_trains_on_every_call(tools_tok):
     path = TOOLS_TEMPLATE.parent / "train.jsonl"
     examples, stats = load_sft(path, tools_tok, 8192, on_long="error")
+    # and without tools the template is plain ChatML, as the tokenizer's own
+    assert tools_tok.apply_chat_template(CHAT["messages"], tokenize=False) == tools_tok.apply_chat_template(
+        CHAT["messages"], tokenize=False, chat_template=CHATML
+    )
     assert stats.examples == 20 and not stats.skipped
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for row, ex in zip(rows, examples, strict=True):
