@@ -9,4 +9,5 @@ ingest       `slm data ingest`: clean, dedup, redact, split into train.jsonl / v
 tokenizer    `slm tokenizer train`: byte-level BPE with chat-role tokens and a ChatML template
 tokens       memory-mapped token shards and the deterministic, resumable batch order
 sft_data     chat / prompt-completion JSONL: templated, assistant-only labels, packed
+tool_calls   tool-calling chat rows (OpenAI shape): checked against their schemas, probed template support
 """

@@ -5,11 +5,16 @@ Two row shapes are accepted, one JSON object per line (blank lines are ignored):
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
     {"prompt": "...", "completion": "..."}          (optionally "system": "...")
 
-Chat rows go through the tokenizer's chat template. Prompt/completion rows become a user/assistant chat
-when the tokenizer has a template, else plain `prompt + completion + EOS`. Labels are -100 everywhere but
-on the assistant's tokens, which include the end-of-turn token (`<|im_end|>` for ChatML), so the model
-learns to stop. Assistant spans are found by rendering each conversation prefix with the template and
-mapping character offsets to tokens, so the full text is tokenised once, exactly as at inference.
+Chat rows go through the tokenizer's chat template. A chat row may also carry OpenAI's `"tools"` list,
+assistant `"tool_calls"` and `"tool"` messages (slmforge.data.tool_calls checks them: known tools, JSON
+arguments the tool's schema accepts, results that answer an earlier call); they render through the
+template's own tool format, and a template that ignores tools is refused. Prompt/completion rows become a
+user/assistant chat when the tokenizer has a template, else plain `prompt + completion + EOS`. Labels are
+-100 everywhere but on the assistant's tokens, which include the end-of-turn token (`<|im_end|>` for
+ChatML), so the model learns to stop; an assistant's tool calls are trained on as the template renders
+them, tool results are not. Assistant spans are found by rendering each conversation prefix with the
+template and mapping character offsets to tokens, so the full text is tokenised once, exactly as at
+inference.
 
 Packing concatenates whole examples (never split) into windows of at most `seq_len` tokens. Each token
 keeps its own label, so the loss mask survives packing; attention is plain causal across the examples
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
+from slmforge.data import tool_calls
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -72,8 +78,11 @@ def load_sft(
     on_bad_line: str = "stop",
     on_long: str = "truncate",
     stop_ids: list[int] | None = None,
+    model: str | None = None,
 ) -> tuple[list[Example], DataStats]:
-    """Read, validate, template, tokenise and mask a JSONL file; bad lines stop or are skipped by flag."""
+    """Read, validate, template, tokenise and mask a JSONL file; bad lines stop or are skipped by flag.
+
+    `model` names the tokenizer's model in errors (default: the tokenizer's own path)."""
     if on_bad_line not in ("stop", "skip"):
         raise SlmError(f"--on-bad-line must be stop or skip, not {on_bad_line!r}")
     if on_long not in ("truncate", "error"):
@@ -87,6 +96,18 @@ def load_sft(
             f"{path} line {chat_row} holds chat messages but the tokenizer has no chat template; "
             "pass --chat-template FILE (a Jinja template, e.g. ChatML) or use prompt/completion rows"
         )
+    tool_row = next((line for line, row in rows if "tools" in row), None)
+    if tool_row is not None:
+        gap = tool_calls.template_gap(
+            lambda m, t, g: tokenizer.apply_chat_template(m, tools=t, tokenize=False, add_generation_prompt=g)
+        )
+        if gap:
+            raise SlmError(
+                f"{path} line {tool_row} has tools, but the chat template of "
+                f"{model or getattr(tokenizer, 'name_or_path', '') or 'this tokenizer'} {gap}; pass "
+                "--chat-template FILE with one that renders tools (examples/tools/chatml-tools.jinja fits "
+                "ChatML tokenizers such as SmolLM2's) or fine-tune a model whose template does (Qwen2.5)"
+            )
     stop_ids = stop_ids if stop_ids is not None else stop_token_ids(tokenizer)
     stats = DataStats(rows=len(rows), skipped=problems)
     examples = []
@@ -144,7 +165,9 @@ def parse_row(text: str) -> tuple[dict | None, str | None]:
     if not isinstance(row, dict):
         return None, "not a JSON object"
     if "messages" in row:
-        return row, _check_messages(row["messages"])
+        return row, _check_messages(row["messages"]) or _check_tool_use(row)
+    if "tools" in row:
+        return None, '"tools" needs a "messages" row'
     if "prompt" in row or "completion" in row:
         for key in ("prompt", "completion", "system"):
             if key in row and not isinstance(row[key], str):
@@ -161,13 +184,27 @@ def _check_messages(messages) -> str | None:
     if not isinstance(messages, list) or not messages:
         return '"messages" is not a non-empty list'
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            return f"message {i + 1} needs a role ({', '.join(ROLES)}) and string content"
+        calls = m["role"] == "assistant" and m.get("tool_calls")
+        if not isinstance(m.get("content"), str) and not (calls and m.get("content") is None):
             return f"message {i + 1} needs a role ({', '.join(ROLES)}) and string content"
     if not any(m["role"] == "assistant" for m in messages):
         return "conversation has no assistant turn"
     if messages[0]["role"] == "assistant":
         return "conversation starts with the assistant; start with a system or user turn"
     return None
+
+
+def _check_tool_use(row: dict) -> str | None:
+    messages = row["messages"]
+    if "tools" not in row and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        return None
+    if "tools" in row:
+        reason = tool_calls.check_tools(row["tools"])
+        if reason:
+            return reason
+    return tool_calls.check_tool_messages(messages, row.get("tools"))
 
 
 def _check_problems(path, problems: list[tuple[int, str]], on_bad_line: str) -> None:
@@ -185,7 +222,7 @@ def _check_problems(path, problems: list[tuple[int, str]], on_bad_line: str) -> 
 def encode_row(tokenizer, row: dict, line: int, has_template: bool, stop_ids: list[int]):
     """(input_ids, labels) of one row."""
     if "messages" in row:
-        return encode_chat(tokenizer, row["messages"], stop_ids)
+        return encode_chat(tokenizer, row["messages"], stop_ids, row.get("tools"))
     if has_template:
         messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
         messages += [
@@ -196,15 +233,19 @@ def encode_row(tokenizer, row: dict, line: int, has_template: bool, stop_ids: li
     return encode_plain(tokenizer, row.get("system", "") + row["prompt"], row["completion"])
 
 
-def encode_chat(tokenizer, messages: list[dict], stop_ids: list[int]) -> tuple[list[int], list[int]]:
-    """Tokenise a conversation through the chat template; labels only on assistant turns + end of turn."""
-    full = _render(tokenizer, messages, False)
+def encode_chat(
+    tokenizer, messages: list[dict], stop_ids: list[int], tools: list[dict] | None = None
+) -> tuple[list[int], list[int]]:
+    """Tokenise a conversation (with its `tools`, if any) through the chat template; labels only on
+    assistant turns (their tool calls included) + end of turn."""
+    messages = tool_calls.template_messages(messages)
+    full = _render(tokenizer, messages, False, tools)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = _render(tokenizer, messages[:i], True)
-        end = _render(tokenizer, messages[: i + 1], False)
+        start = _render(tokenizer, messages[:i], True, tools)
+        end = _render(tokenizer, messages[: i + 1], False, tools)
         if not (end.startswith(start) and full.startswith(end)):
             raise SlmError(
                 "the chat template renders a conversation differently from its prefixes, so assistant "
@@ -240,10 +281,10 @@ def encode_plain(tokenizer, prompt: str, completion: str) -> tuple[list[int], li
     return ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+def _render(tokenizer, messages: list[dict], generation_prompt: bool, tools: list[dict] | None = None) -> str:
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
         )
     except Exception as e:  # jinja errors: the template rejects this conversation
         raise SlmError(f"the chat template failed on a conversation: {str(e).splitlines()[0]}") from None

@@ -73,7 +73,10 @@ class FinetuneConfig(RunConfig):
     model: str
     """Base causal LM: catalog name, local dir or hub id (full precision)."""
     data: str
-    """JSONL of {"messages": [...]} or {"prompt", "completion"} rows."""
+    """JSONL of {"messages": [...]} or {"prompt", "completion"} rows.
+
+    A messages row may add OpenAI's "tools", assistant "tool_calls" and "tool" messages; the chat template
+    must render them (docs/finetune.md, examples/tools/)."""
     out: str
     """Run dir (config, metrics.jsonl, ckpt/, model/ or adapter/).
 

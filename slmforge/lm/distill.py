@@ -499,6 +499,12 @@ def _validate(cfg: DistillLMConfig, out: Path) -> tuple[DistillLMConfig, bool]:
         if path is not None:
             rows, problems = sft_data.read_rows(path)  # a missing, empty or malformed file stops here
             sft_data._check_problems(path, problems, "stop")
+            tool_row = next((line for line, row in rows if "tools" in row), None)
+            if cfg.method == "sequence" and tool_row is not None:
+                raise SlmError(
+                    f"{path} line {tool_row} has tools, but sequence-level distillation has the teacher write "
+                    "plain replies, which would drop them; distil tool rows with --method logit"
+                )
     teacher = _resolve(cfg.teacher)
     if cfg.student is not None:
         _resolve(cfg.student)

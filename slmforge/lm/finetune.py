@@ -241,7 +241,9 @@ def _validate(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
 
 
 def _rows(cfg: FinetuneConfig, path: str, tokenizer, room: int, stop_ids: list[int]):
-    examples, stats = sft_data.load_sft(path, tokenizer, room, cfg.on_bad_line, cfg.on_long, stop_ids)
+    examples, stats = sft_data.load_sft(
+        path, tokenizer, room, cfg.on_bad_line, cfg.on_long, stop_ids, model=cfg.model
+    )
     if cfg.pack and cfg.method != "prompt-tuning":
         return sft_data.pack(examples, room, cfg.seed), stats
     return examples, stats

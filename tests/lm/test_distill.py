@@ -383,6 +383,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, other_tok_
     bad.write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
     code, _, err = slm_cli("distill", tiny_model_dir, "--student-depth", "1", "--data", bad, "--out", out)
     assert code == 2 and "line 2" in err and not out.exists()
+    tools = Path(__file__).resolve().parents[2] / "examples" / "tools" / "train.jsonl"
+    code, _, err = slm_cli("distill", tiny_model_dir, "--student-depth", "1", "--method", "sequence",
+                           "--data", tools, "--out", out)  # fmt: skip
+    assert code == 2 and "line 1 has tools" in err and "--method logit" in err and not out.exists()
 
 
 @pytest.mark.recipe

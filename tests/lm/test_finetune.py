@@ -1,11 +1,12 @@
 """`slm finetune` on a tiny Llama: full SFT that stops at EOS in plain transformers, prompt tuning, exact
-resume after an interrupt, time budget, refusal of quantised bases, and one-line CLI errors."""
+resume after an interrupt, time budget, refusal of quantised bases, one-line CLI errors, and tool-calling rows."""
 
 from __future__ import annotations
 
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,33 @@ def test_mfu_counts_the_output_head_on_the_labelled_positions_only(tiny_model_di
         per_token = r["mfu"] * peak / r["tokens_per_s"]
         # the verb answers are ~2 of each row's ~20 tokens: the head ran on about a tenth of the positions
         assert full - head < per_token < full - 0.6 * head
+
+
+@pytest.mark.recipe
+def test_tool_rows_train_through_a_tools_template_and_a_template_without_tools_is_refused(
+    tiny_model_dir, tmp_path
+):
+    from slmforge.data import tool_calls
+
+    tool = {"type": "function", "function": {"name": "find", "parameters": {"type": "object",
+            "properties": {"verb": {"type": "string"}}, "required": ["verb"]}}}  # fmt: skip
+    rows = []
+    for i, (prompt, verb) in enumerate(_prompts(40, seed=2)):
+        call = {"id": f"c{i}", "type": "function", "function": {"name": "find", "arguments": {"verb": verb}}}
+        reply = {"role": "assistant", "content": None, "tool_calls": [call]}
+        rows.append({"tools": [tool], "messages": [{"role": "user", "content": prompt}, reply]})
+    data = tmp_path / "tools.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = Path(__file__).resolve().parents[2] / "examples" / "tools" / "chatml-tools.jinja"
+    with pytest.raises(
+        SlmError, match=r'line 1 has tools, but the chat template of \S*model ignores "tools"'
+    ):
+        finetune(_cfg(tiny_model_dir, data, tmp_path / "refused", max_steps=2), progress=False)
+    assert not (tmp_path / "refused").exists()
+    run = tmp_path / "run"
+    kw = dict(method="full", lr=3e-3, max_steps=8, seq_len=512, on_long="error", chat_template=str(template))
+    result = finetune(_cfg(tiny_model_dir, data, run, **kw), progress=False)
+    assert result.examples == 40 and result.train_loss < result.first_loss - 1
+    _, tok = load_finetuned(run)  # the tools template travels with the model, for inference to render alike
+    render = lambda m, t, g: tok.apply_chat_template(m, tools=t, tokenize=False, add_generation_prompt=g)  # noqa: E731
+    assert tok.chat_template == template.read_text() and tool_calls.template_gap(render) is None
