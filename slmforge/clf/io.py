@@ -14,21 +14,30 @@ from slmforge.core.errors import SlmError
 META = "classifier.json"
 
 
-def build_classifier(base: str, label_names: list[str]):
-    """The base encoder as a mean-pooling classifier with a fresh head, and its tokenizer."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
+def encoder_config(base: str):
+    """(local dir, transformers config) of the base encoder `base` (catalog name, directory or hub id);
+    SlmError when it is a catalog model of another kind or does not load."""
+    from transformers import AutoConfig
 
-    from slmforge.clf.model import MeanPoolBertConfig, MeanPoolBertForSequenceClassification
     from slmforge.core.hub import CATALOG, resolve_model
 
     if base in CATALOG and CATALOG[base].kind != "encoder":
         raise SlmError(f"--base {base} is a {CATALOG[base].kind}, not an encoder (try minilm-l6)")
     base_dir = resolve_model(base)
     try:
-        config = AutoConfig.from_pretrained(base_dir)
+        return base_dir, AutoConfig.from_pretrained(base_dir)
     except Exception as e:
         raise SlmError(f"cannot load {base} as a transformers model: {first_line(e)}") from None
+
+
+def build_classifier(base: str, label_names: list[str]):
+    """The base encoder as a mean-pooling classifier with a fresh head, and its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from slmforge.clf.model import MeanPoolBertConfig, MeanPoolBertForSequenceClassification
+
+    base_dir, config = encoder_config(base)
     if config.model_type not in ("bert", MeanPoolBertConfig.model_type):
         raise SlmError(
             f"--base {base} is a {config.model_type!r} model; this version fine-tunes BERT-family "

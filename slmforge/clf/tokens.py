@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.clf.configs import TokenTrainConfig
-from slmforge.clf.io import META, dir_size, first_line
+from slmforge.clf.io import META, dir_size, encoder_config, first_line
 from slmforge.clf.train import length_bucketed_batches, param_groups, seed_everything
 from slmforge.core.errors import SlmError
 from slmforge.core.progress import bar, say
@@ -167,18 +167,10 @@ def bio_tags(labels: list[str]) -> list[str]:
 
 def build_tagger(base: str, tags: list[str]):
     """`BertForTokenClassification` on the base encoder with a fresh head, and its (fast) tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer, BertForTokenClassification
+    from transformers import AutoTokenizer, BertForTokenClassification
     from transformers.utils import logging as hf_logging
 
-    from slmforge.core.hub import CATALOG, resolve_model
-
-    if base in CATALOG and CATALOG[base].kind != "encoder":
-        raise SlmError(f"--base {base} is a {CATALOG[base].kind}, not an encoder (try minilm-l6)")
-    base_dir = resolve_model(base)
-    try:
-        config = AutoConfig.from_pretrained(base_dir)
-    except Exception as e:
-        raise SlmError(f"cannot load {base} as a transformers model: {first_line(e)}") from None
+    base_dir, config = encoder_config(base)
     if config.model_type != "bert":
         raise SlmError(
             f"--base {base} is a {config.model_type!r} model; token classification fine-tunes BERT-family "
