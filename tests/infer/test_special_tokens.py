@@ -131,7 +131,7 @@ def captured(tok, monkeypatch):
     tokenizer, so every surface runs its own prompt building and nothing else."""
     seen: list[list[int]] = []
 
-    def complete(step, tokenizer, ids, cfg, eos, on_text=None):
+    def complete(step, tokenizer, ids, cfg, eos, on_text=None, constraint=None):
         seen.append(list(ids))
         return generate.Completion(text="ok", token_ids=[28120])
 
