@@ -397,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.baseline:
                 acc, secs = tfidf_baseline(parts)
-                line += f"; TF-IDF+LR test accuracy {acc:.3f} ({secs:.1f} s)"
+                top = Counter(d.label for d in parts["train"]).most_common(1)[0][0]
+                majority = sum(d.label == top for d in parts["test"]) / len(parts["test"])
+                line += f"; TF-IDF+LR test accuracy {acc:.3f} ({secs:.1f} s), majority class {majority:.3f}"
             print(line, flush=True)
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)
