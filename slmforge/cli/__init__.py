@@ -49,6 +49,10 @@ app.add_typer(serve.keys_app, name="keys")
 
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    # transformers' and huggingface_hub's own tqdm bars ("Loading weights", "Writing model shards") are noise
+    # next to slmforge's progress bars; the variable is read when huggingface_hub is first imported, which
+    # happens inside the commands, after this line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app(standalone_mode=False)
     except SlmError as e:

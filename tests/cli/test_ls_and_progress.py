@@ -46,3 +46,22 @@ def test_epoch_rate_is_steady_across_epochs(monkeypatch):
             seen += 100
         rates.append(classify._rate_text(seen, classify.time.perf_counter() - epoch_started, 0.0))
     assert rates == ["100 ex/s loss 0.000"] * 3
+
+
+def test_cli_prints_no_third_party_progress_bars(tiny_model_dir, tiny_corpus_dir, tmp_path):
+    """`slm` loads and saves models without transformers' own "Loading weights" / "Writing model shards"
+    bars reaching the terminal (slmforge's rich bars are the only progress a user sees). Continued
+    pretraining both loads (--init) and saves a model."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SLMFORGE_HOME": str(tmp_path / "home")}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    cmd = [sys.executable, "-m", "slmforge.cli", "pretrain", "--init", str(tiny_model_dir)]
+    r = subprocess.run([*cmd, "--data", str(tiny_corpus_dir), "--out", str(tmp_path / "run"), "--max-steps", "1"],
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+    for bar in ("Loading weights", "Writing model shards"):
+        assert bar not in r.stderr + r.stdout
