@@ -38,6 +38,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> Classif
     threads = set_threads(cfg.threads)
     texts, labels = read_examples(cfg.data, cfg.text_col, cfg.label_col, cfg.encoding)
     label_names = check_labels(labels, cfg.min_per_class, cfg.data)
-    rarest = min(labels.count(n) for n in label_names)
+    rarest = min(Counter(labels).values())
     few_shot = cfg.arch == "encoder" and (cfg.few_shot or rarest < cfg.few_shot_below)
     notes: list[str] = []
     if few_shot:
