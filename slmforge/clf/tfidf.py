@@ -33,7 +33,9 @@ VECTORIZERS = (
 )
 """The two vectorizers' parameters (scikit-learn's names)."""
 DEFAULT_C = 10.0
-"""Inverse regularisation of the logistic regression."""
+"""Inverse regularisation of the logistic regression.
+
+BANKING77 test accuracy, fitted on all 10,003 training texts: C = 1 90.13 %, 10 91.33 %, 100 91.46 %."""
 ONNX_REFUSAL = (
     "a tfidf classifier has no ONNX export (skl2onnx cannot convert the char_wb analyzer); "
     "it runs without torch or ONNX Runtime as it is"
