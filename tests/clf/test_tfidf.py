@@ -95,3 +95,15 @@ def test_onnx_export_and_int8_are_refused_in_one_line(tfidf_dir, slm_cli, tmp_pa
         code, _, err = slm_cli(verb, tfidf_dir, "--out", tmp_path / verb)
         assert code == 2 and "skl2onnx" in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / verb).exists()
+
+
+def test_prune_distill_and_rightsize_refuse_it(tfidf_dir, slm_cli, tmp_path):
+    for args in (
+        ("prune", tfidf_dir, "--data", TRAIN, "--layers", "1", "--out", tmp_path / "p"),
+        ("distill", tfidf_dir, "--data", TRAIN, "--student", "minilm-l6", "--out", tmp_path / "d"),
+        ("rightsize", "--task", "classification", "--data", TRAIN, "--eval-data", TEST, "--base-model", tfidf_dir,
+         "--label-col", "category", "--out", tmp_path / "r"),
+    ):  # fmt: skip
+        code, _, err = slm_cli(*args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "is a tfidf classifier" in err or "a tfidf or ONNX model cannot be pruned" in err, err

@@ -170,7 +170,8 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
             or json.loads((base_path / "classifier.json").read_text()).get("arch") == "tfidf"
         ):
             raise SlmError(
-                f"--base-model {cfg.base_model} is not a torch classifier from `slm classify train`"
+                f"--base-model {cfg.base_model} is not a torch classifier from `slm classify train` "
+                "(a tfidf or ONNX model cannot be pruned; give the encoder it came from)"
             )
     else:
         base_path = build(
