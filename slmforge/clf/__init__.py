@@ -4,7 +4,8 @@ configs      ClassifyTrainConfig, CompressConfig (torch-free; the CLI's options)
 examples     labelled examples: read .csv/.tsv/.jsonl, check labels, stratified splits
 model        the mean-pooling encoder + linear head saved with every classifier (copied as modeling_slmforge.py)
 io           build a classifier from a base encoder, save it, measure it
-train        `slm classify train`: fine-tuning, few-shot (SetFit-style) and the calibrated `oos` threshold
+train        `slm classify train`: step budgets, baselines, few-shot (SetFit-style) and the calibrated `oos` threshold
+tfidf        `--arch tfidf`: a TF-IDF word + char n-gram logistic regression saved as JSON + safetensors
 predict      `slm classify predict`: the one interface evaluation and serving use
 evaluate     `slm eval --task classification` on classifiers: accuracy, macro-F1, per class, confusion plot
 compress     `slm prune` / `slm distill` of classifiers: fewer layers, trimmed vocabulary, healed

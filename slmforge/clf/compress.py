@@ -59,6 +59,8 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     teacher_dir = Path(cfg.teacher)
     if not (teacher_dir / META).exists() or (teacher_dir / "model.onnx").exists():
         raise SlmError(f"{cfg.teacher} is not a torch classifier from `slm classify train`")
+    if json.loads((teacher_dir / META).read_text()).get("arch") == "tfidf":
+        raise SlmError(f"{cfg.teacher} is a tfidf classifier: pruning and distilling are for encoders")
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite and any(out.iterdir()):
         raise SlmError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
@@ -77,7 +79,9 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     if unseen:
         raise SlmError(f"{cfg.data} has labels the teacher does not know: {', '.join(unseen[:5])}")
     train_idx, val_idx = stratified_split(labels, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 0))
-    if tcfg.get("val"):
+    if meta.get("validation") == "none":  # a few-shot teacher took no validation split
+        train_idx, val_idx, val_texts, val_labels = list(range(len(texts))), [], [], []
+    elif tcfg.get("val"):
         train_idx, val_idx = list(range(len(texts))), []
         val_texts, val_labels = read_examples(tcfg["val"], text_col, label_col, tcfg.get("encoding", "utf-8"))
     else:
@@ -133,7 +137,7 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
         before = logits_of(student.eval(), val_ids).argmax(1)
         log.append({"stage": "before_healing", "val_accuracy": float((before == y_val).mean())})
         say(progress, f"student before healing: val accuracy {log[-1]['val_accuracy']:.4f}")
-    best_epoch, epochs_run = fine_tune(
+    tuned = fine_tune(
         student,
         train_ids,
         y_all,
@@ -172,7 +176,7 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
         "teacher_val_accuracy": teacher_acc,
         "layers": student.config.num_hidden_layers,
         "vocab_size": student.config.vocab_size,
-        "best_epoch": best_epoch,
+        "best_epoch": tuned.best_epoch,
         "train_examples": len(train_ids),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
@@ -184,7 +188,7 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
                 f.write(json.dumps(row) + "\n")
     kind = "distill" if cfg.student else "prune"
     workspace.register("model", out, source=f"{kind}:{teacher_dir}", metrics=metrics)
-    return {"out": str(out), "epochs_run": epochs_run, **metrics}
+    return {"out": str(out), "epochs_run": tuned.epochs_run, **metrics}
 
 
 def drop_layers(model, keep: int) -> list[int]:

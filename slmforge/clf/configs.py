@@ -17,16 +17,32 @@ class ClassifyTrainConfig:
     """Column / field holding the text."""
     label_col: str = "label"
     """Column / field holding the label."""
+    arch: str = "encoder"
+    """encoder (fine-tune --base) or tfidf (word + char n-gram linear model).
+
+    tfidf: a scikit-learn TF-IDF logistic regression saved as JSON + safetensors (slmforge.clf.tfidf): no
+    torch to run it, no ONNX export (skl2onnx cannot convert the char_wb analyzer)."""
     base: str = "minilm-l6"
     """Encoder: catalog name, BERT-family dir or hub id."""
     val: str | None = None
     """Validation file (default: a stratified split).
 
-    Without it a stratified val_fraction of data is held out."""
+    Without it a stratified val_fraction of data is held out (none in few-shot mode)."""
     val_fraction: float = 0.1
     """Share held out when there is no --val."""
-    epochs: int = 5
-    """Fine-tuning epochs (at most; see patience)."""
+    steps: int | None = None
+    """Optimizer steps [default: 5 passes, 500 to 3000 steps].
+
+    The default is 5 passes over the training set, raised to 500 or capped at 3000 steps; early stopping
+    (see patience) may end it sooner; the best validation's weights are kept."""
+    epochs: int | None = None
+    """Passes over the training set instead of --steps.
+
+    Validation then runs after every pass (unless --eval-every)."""
+    eval_every: int | None = None
+    """Steps between validations [default: a pass, or steps/10 if longer].
+
+    And at least 5 validations in all: a pass longer than a fifth of the budget is not waited for."""
     lr: float = 1e-4
     """Top layer's learning rate (lower layers decay from it).
 
@@ -54,7 +70,10 @@ class ClassifyTrainConfig:
     few_shot: bool = False
     """Contrastive pair training, then a logistic-regression head.
 
-    For about 5-20 examples per class."""
+    For about 5-20 examples per class; also chosen when the rarest label has fewer than few_shot_below. No
+    validation split is taken from the training data in this mode (only --val validates)."""
+    few_shot_below: int = 16
+    """Few-shot mode when the rarest label has fewer examples (0: never)."""
     few_shot_steps: int = 150
     """Contrastive batches (--few-shot)."""
     few_shot_lr: float = 2e-5
@@ -71,14 +90,21 @@ class ClassifyTrainConfig:
     """Share of in-scope val texts the threshold may flag."""
     min_per_class: int = 2
     """Refuse labels with fewer examples."""
-    patience: int = 2
-    """Epochs without improvement before stopping.
+    patience: int = 3
+    """Validations without improvement before stopping.
 
     Improvement: a better validation accuracy."""
     max_minutes: float | None = None
     """Stop fine-tuning after this.
 
-    The best epoch so far is kept."""
+    The best validation so far is kept."""
+    ship_baseline: bool = True
+    """Ship a classical baseline that beats the fine-tuned model on val.
+
+    The baselines, scored on the same validation split: the TF-IDF model (--arch tfidf) and the frozen
+    encoder with a logistic-regression head. The run says which it ships and why."""
+    strict: bool = False
+    """Refuse (exit 2) instead of shipping a baseline."""
     encoding: str = "utf-8"
     """Text encoding of the data files."""
     seed: int = 0

@@ -10,10 +10,12 @@ import csv
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 from slmforge.core.errors import SlmError
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 OOS = "oos"
 """The reserved label `predict` answers below the calibrated confidence threshold (`--oos`)."""
 
@@ -97,12 +99,26 @@ def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[lis
 
 
 def check_labels(labels: list[str], min_per_class: int, path: str) -> list[str]:
-    """The sorted label names, after checking there are two or more, none reserved and none too rare."""
+    """The sorted label names, after checking there are two or more, not one per text, all of one kind
+    (numbers or words), none reserved and none too rare."""
     counts: dict[str, int] = {}
     for y in labels:
         counts[y] = counts.get(y, 0) + 1
     if len(counts) < 2:
         raise SlmError(f"{path} has only one label ({next(iter(counts))!r}); a classifier needs at least two")
+    if len(counts) == len(labels) and len(labels) > 2:
+        raise SlmError(
+            f"every one of the {len(labels)} labels in {path} is different (e.g. {preview(labels, 2)}): "
+            "is the label column the text? (set --label-col / --text-col)"
+        )
+    numbers = [y for y in counts if _NUMBER.fullmatch(y)]
+    if numbers and len(numbers) < len(counts):
+        words = [y for y in counts if not _NUMBER.fullmatch(y)]
+        raise SlmError(
+            f"the labels in {path} mix numbers ({preview(sorted(numbers), 2)}) and words "
+            f"({preview(sorted(words), 2)}): is it the label column, or are some rows shifted? "
+            "(make every label a word, or every label a number)"
+        )
     if OOS in counts:
         raise SlmError(f"{path} uses the reserved label {OOS!r}; rename it (oos is what --oos predicts)")
     rare = sorted(k for k, v in counts.items() if v < min_per_class)

@@ -1,7 +1,8 @@
 """Run a trained classifier: `slm classify predict`, and the one interface evaluation and serving use.
 
-`load_classifier` opens a directory from `slm classify train`, `slm export` or `slm quantize` (ONNX
-Runtime when it holds `model.onnx`, else torch); `Classifier.decide` applies the calibrated
+`load_classifier` opens a directory from `slm classify train`, `slm export` or `slm quantize`: a
+`TfidfClassifier` for `--arch tfidf` (scikit-learn features, NumPy weights), else a `Classifier` (ONNX
+Runtime when it holds `model.onnx`, else torch). `ClassifierBase.decide` applies the calibrated
 out-of-scope threshold, below which the label is `oos`.
 """
 
@@ -38,24 +39,67 @@ def predict(model: str, texts: list[str], threads: int | None = None, batch_size
     return [{"text": t, "label": lab, "score": float(p.max())} for t, lab, p in zip(texts, labels, probs)]
 
 
-class Classifier:
+class ClassifierBase:
+    """What every saved classifier offers: its labels and `classifier.json`, logits, decisions, token counts."""
+
+    path: Path
+    meta: dict
+    labels: list[str]
+    runtime: str
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        raise NotImplementedError
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens (features, for tfidf) each text gives the model."""
+        raise NotImplementedError
+
+    def params(self) -> int:
+        raise NotImplementedError
+
+    def decide(self, logits: np.ndarray) -> list[str]:
+        labels = [self.labels[i] for i in logits.argmax(1)] if len(logits) else []
+        oos = self.meta.get("oos")
+        if oos and oos.get("threshold") is not None:
+            flagged = oos_score(logits, oos["score"]) < oos["threshold"]
+            labels = [OOS if f else lab for lab, f in zip(labels, flagged)]
+        return labels
+
+
+class TfidfClassifier(ClassifierBase):
+    """A `--arch tfidf` directory (`slmforge.clf.tfidf`): scikit-learn features, a NumPy linear layer."""
+
+    runtime = "sklearn"
+
+    def __init__(self, path: Path, meta: dict):
+        from slmforge.clf.tfidf import TfidfModel
+
+        self.path, self.meta = path, meta
+        self.labels = meta["labels"]
+        self.max_len = meta.get("max_len")
+        self.model = TfidfModel.load(path)
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.model.logits(texts)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        x = self.model.features(texts)
+        return [int(n) for n in np.diff(x.indptr)]
+
+    def params(self) -> int:
+        return int(self.model.weight.size + self.model.bias.size)
+
+
+class Classifier(ClassifierBase):
     """A trained classifier behind one interface: torch (HF directory) or ONNX Runtime (`model.onnx`)."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, meta: dict | None = None):
         from transformers import AutoTokenizer
 
         import slmforge.clf.model  # noqa: F401  (registers the model type: no remote-code prompt)
 
         self.path = path
-        meta_path = path / META
-        if not meta_path.exists():
-            raise SlmError(f"{path} is not a classifier from `slm classify train` (no {META})")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("task") == "tokens":
-            raise SlmError(
-                f"{path} is a token classifier: `slm classify predict` lists its entity spans and "
-                "`slm eval --task extraction` scores it"
-            )
+        self.meta = meta if meta is not None else read_meta(path)
         self.labels: list[str] = self.meta["labels"]
         self.max_len: int = self.meta["max_len"]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -87,6 +131,11 @@ class Classifier:
             self._torch = torch
             self.runtime = "torch"
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [
+            len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_len)["input_ids"]
+        ]
+
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
@@ -111,14 +160,6 @@ class Classifier:
             inputs = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()}
             return self.model(**inputs).logits.float().numpy()
 
-    def decide(self, logits: np.ndarray) -> list[str]:
-        labels = [self.labels[i] for i in logits.argmax(1)] if len(logits) else []
-        oos = self.meta.get("oos")
-        if oos and oos.get("threshold") is not None:
-            flagged = oos_score(logits, oos["score"]) < oos["threshold"]
-            labels = [OOS if f else lab for lab, f in zip(labels, flagged)]
-        return labels
-
     def params(self) -> int:
         """Parameters of the model (an int8 export counts its fp32 source's, not its scale tensors)."""
         from slmforge.core import workspace
@@ -134,13 +175,31 @@ class Classifier:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_classifier(model: str, threads: int | None = None) -> Classifier:
+def read_meta(path: Path) -> dict:
+    """`classifier.json` of a text classifier directory; SlmError for anything else."""
+    meta_path = path / META
+    if not meta_path.exists():
+        raise SlmError(f"{path} is not a classifier from `slm classify train` (no {META})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("task") == "tokens":
+        raise SlmError(
+            f"{path} is a token classifier: `slm classify predict` lists its entity spans and "
+            "`slm eval --task extraction` scores it"
+        )
+    return meta
+
+
+def load_classifier(model: str, threads: int | None = None) -> ClassifierBase:
+    """The classifier in `model` (a directory, or its model.onnx): tfidf, torch or ONNX Runtime."""
     path = Path(model)
     if path.is_file() and path.suffix == ".onnx":
         path = path.parent
     if not path.is_dir():
         raise SlmError(f"no classifier at {model}")
-    return Classifier(path, threads)
+    meta = read_meta(path)
+    if meta.get("arch") == "tfidf":
+        return TfidfClassifier(path, meta)
+    return Classifier(path, threads, meta)
 
 
 def oos_score(logits: np.ndarray, kind: str) -> np.ndarray:

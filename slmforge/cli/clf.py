@@ -41,17 +41,32 @@ def classify_train(
     from slmforge.clf.train import train_classifier
 
     r = train_classifier(flags.config("text classifier"))
+    encoder = r.shipped in ("fine-tuned", "frozen-lr") and r.steps_run
     table(
         "classifier",
         {
             "model": r.model_dir,
+            "shipped": r.shipped,
             "labels": len(r.labels),
             "params": f"{r.params / 1e6:.2f}M",
             "train / val examples": f"{r.train_examples:,} / {r.val_examples:,}",
-            "frozen + LR val accuracy": f"{r.frozen_lr_val_accuracy:.4f}",
+            **(
+                {"frozen + LR val accuracy": f"{r.frozen_lr_val_accuracy:.4f}"}
+                if r.frozen_lr_val_accuracy == r.frozen_lr_val_accuracy
+                else {}
+            ),
+            **(
+                {"TF-IDF val accuracy": f"{r.tfidf_val_accuracy:.4f}"}
+                if r.tfidf_val_accuracy == r.tfidf_val_accuracy and r.arch != "tfidf"
+                else {}
+            ),
             "val accuracy": f"{r.val_accuracy:.4f}",
             "val macro-F1": f"{r.val_macro_f1:.4f}",
-            "best epoch": f"{r.best_epoch} of {r.epochs_run}",
+            **(
+                {"best step": f"{r.best_step} of {r.steps_run} (pass {r.best_epoch} of {r.epochs_run})"}
+                if encoder
+                else {}
+            ),
             **({"oos threshold": f"{r.oos_threshold:.4f}"} if r.oos_threshold is not None else {}),
             "time": f"{r.elapsed_s:.0f}s",
         },

@@ -340,7 +340,8 @@ def _train_encoder(
     trained = train_classifier(
         ClassifyTrainConfig(
             data=train_csv, val=val_csv, out=str(model_dir), epochs=epochs, max_len=max_len,
-            threads=threads, max_minutes=max_minutes, val_fraction=0.1,
+            threads=threads, max_minutes=max_minutes, val_fraction=0.1, patience=2,
+            ship_baseline=False, few_shot_below=0,  # an encoder to prune and export; its own n-gram model
         ),
         progress=progress,
     )  # fmt: skip

@@ -537,7 +537,8 @@ def build_bank_example(
         train_classifier(
             ClassifyTrainConfig(
                 data=str(data), out=str(model_dir), epochs=1 if quick else 4, max_len=32 if quick else 48,
-                val_fraction=0.15, threads=threads, overwrite=True, max_minutes=4,
+                val_fraction=0.15, threads=threads, overwrite=True, max_minutes=4, patience=2,
+                ship_baseline=False, few_shot_below=0,  # the example's documented model: fine-tuned MiniLM
             ),
             progress=progress,
         )  # fmt: skip

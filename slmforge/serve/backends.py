@@ -234,10 +234,9 @@ class ClassifyBackend:
         labels = clf.decide(logits)
         z = logits - logits.max(1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-        lengths = clf.tokenizer(texts, truncation=True, max_length=clf.max_len)["input_ids"]
         return [
-            {"label": lab, "score": float(p.max()), "tokens": len(n)}
-            for lab, p, n in zip(labels, probs, lengths)
+            {"label": lab, "score": float(p.max()), "tokens": n}
+            for lab, p, n in zip(labels, probs, clf.token_counts(texts))
         ]
 
 

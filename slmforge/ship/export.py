@@ -91,11 +91,16 @@ def export(cfg: ExportConfig) -> dict:
 def model_kind(path: Path) -> str:
     """`classifier` (from slm classify train), `encoder` (a BERT-family model) or `causal-lm`."""
     if (path / "classifier.json").exists():
-        if json.loads((path / "classifier.json").read_text()).get("task") == "tokens":
+        meta = json.loads((path / "classifier.json").read_text())
+        if meta.get("task") == "tokens":
             raise SlmError(
                 f"{path} is a token classifier: ONNX export and int8 are for text classifiers and encoders "
                 "in this version (a tagger has logits per token); run it with torch"
             )
+        if meta.get("arch") == "tfidf":
+            from slmforge.clf.tfidf import ONNX_REFUSAL
+
+            raise SlmError(f"{path}: {ONNX_REFUSAL}")
         return "classifier"
     config = path / "config.json"
     if not config.exists():

@@ -15,13 +15,14 @@ from slmforge.clf.configs import ClassifyTrainConfig
 from slmforge.clf.evaluate import evaluate_classifier
 from slmforge.clf.examples import read_examples, stratified_split
 from slmforge.clf.predict import predict
-from slmforge.clf.train import fit_linear_head, train_classifier
+from slmforge.clf.train import fit_linear_head, step_budget, train_classifier
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "classify"
 TRAIN, TEST, UNSEEN = FIXTURES / "train.csv", FIXTURES / "test.csv", FIXTURES / "unseen.csv"
-TINY = dict(label_col="category", epochs=1, max_len=32, threads=1, val_fraction=0.25)
+TINY = dict(label_col="category", epochs=1, max_len=32, threads=1, val_fraction=0.25, few_shot_below=0,
+            ship_baseline=False)  # fmt: skip
 
 
 def _cfg(out, **kw) -> ClassifyTrainConfig:
@@ -60,7 +61,10 @@ def test_trained_dir_is_an_hf_classifier_with_labels(trained):
     log = [
         json.loads(line) for line in (Path(trained.model_dir) / "train_log.jsonl").read_text().splitlines()
     ]
-    assert log[0]["stage"] == "frozen_lr" and log[1]["epoch"] == 1 and "val_accuracy" in log[1]
+    stages = [row.get("stage") for row in log]
+    assert stages[:3] == ["frozen_lr", "tfidf", "budget"] and stages[-1] == "choice"
+    assert log[3]["epoch"] == 1 and log[3]["step"] == 1 and "val_accuracy" in log[3]
+    assert "--epochs 1" in log[2]["text"] and trained.budget == log[2]["text"]
     assert workspace.read_manifest(trained.model_dir)["metrics"]["params"] == trained.params
 
 
@@ -103,9 +107,66 @@ def test_unseen_labels_refused_or_scored_as_oos(trained, slm_cli):
 
 
 @pytest.mark.recipe
-def test_few_shot_mode(tmp_path):
-    r = train_classifier(_cfg(tmp_path / "fs", few_shot=True, few_shot_steps=3), progress=False)
-    assert r.epochs_run == 0 and r.val_accuracy >= 0.5
+def test_few_shot_mode_takes_no_validation_split(tmp_path):
+    """8 examples a label is below few_shot_below (16): few-shot mode by default, every example trains."""
+    cfg = _cfg(tmp_path / "fs", few_shot_steps=3, few_shot_below=16, ship_baseline=True)
+    r = train_classifier(cfg, progress=False)
+    assert r.shipped == "few-shot" and r.train_examples == 32 and r.val_examples == 0 and r.steps_run == 0
+    assert (
+        "fewer than 16" in r.notes[0]
+        and "no validation split" in r.notes[0]
+        and "3 contrastive" in r.notes[0]
+    )
+    assert evaluate_classifier(r.model_dir, str(TEST), latency_queries=2)["accuracy"] >= 0.5
+    meta = json.loads((Path(r.model_dir) / "classifier.json").read_text())
+    assert meta["validation"] == "none"
+    with pytest.raises(SlmError, match="pass --val"):
+        train_classifier(_cfg(tmp_path / "fs2", few_shot_below=16, oos=True), progress=False)
+
+
+def test_step_budget_fits_the_data():
+    def budget(n, **kw):
+        total, every, text = step_budget(n, ClassifyTrainConfig(data="d", out="o", **kw))
+        return total, every, text
+
+    assert budget(491)[:2] == (500, 50) and "raised to the floor of 500" in budget(491)[2]  # 16 steps a pass
+    assert budget(9003)[:2] == (1410, 282)  # BANKING77's split: 5 passes of 282 steps, as 5 epochs were
+    assert budget(100_000)[:2] == (3000, 600)  # a pass (3125 steps) is longer than the budget: 5 validations
+    assert "capped at the ceiling of 3000" in budget(100_000)[2]
+    assert budget(9003, epochs=2)[:2] == (564, 282) and budget(100, steps=7, eval_every=3)[:2] == (7, 3)
+
+
+@pytest.mark.recipe
+def test_early_stopping_keeps_the_best_validation(tmp_path):
+    r = train_classifier(
+        _cfg(tmp_path / "es", epochs=None, steps=4, eval_every=1, patience=1, head_init="random"),
+        progress=False,
+    )
+    log = [json.loads(line) for line in (Path(r.model_dir) / "train_log.jsonl").read_text().splitlines()]
+    rows = [row for row in log if "step" in row]
+    accs = [row["val_accuracy"] for row in rows]
+    assert r.steps_run == len(rows) < 4  # stopped after one validation without improvement
+    assert r.best_step == rows[accs.index(max(accs))]["step"] < r.steps_run  # not the last step
+    assert r.val_accuracy == max(accs)
+
+
+@pytest.mark.recipe
+def test_a_better_baseline_is_shipped_or_refused(tmp_path):
+    """A head that cannot learn (learning rates ~0) stays near chance: the TF-IDF baseline (0.75) ships."""
+    frozen = dict(epochs=None, steps=1, head_init="random", lr=1e-12, head_lr=1e-12, ship_baseline=True)
+    r = train_classifier(_cfg(tmp_path / "tf", **frozen), progress=False)
+    assert r.shipped == r.arch == "tfidf" and r.val_accuracy == r.tfidf_val_accuracy == 0.75
+    assert "shipping the TF-IDF model" in r.notes[-1]
+    assert (Path(r.model_dir) / "tfidf.safetensors").exists() and not (
+        Path(r.model_dir) / "config.json"
+    ).exists()
+    assert predict(r.model_dir, ["what is the euro exchange rate"])[0]["label"] == "exchange_rate"
+    # one step from the frozen-embedding head does not beat that head (1.0 on val): it is what ships
+    r = train_classifier(_cfg(tmp_path / "lr", ship_baseline=True), progress=False)
+    assert r.shipped == "frozen-lr" and r.best_step == 0 and "frozen encoder" in r.notes[-1]
+    with pytest.raises(SlmError, match=r"does not beat frozen embeddings .* refusing \(--strict\)"):
+        train_classifier(_cfg(tmp_path / "strict", strict=True, ship_baseline=True), progress=False)
+    assert not (tmp_path / "strict").exists()
 
 
 def test_linear_head_folds_the_standardisation():
@@ -143,8 +204,10 @@ def _train_cli(slm_cli, data, out, *extra):
         ("text,category\nhello,greet\n  ,greet\nbye,leave\nbye now,leave\n", ":3 has an empty 'text'"),
         ("text,category\nhi,greet\nhello,greet\nbye,leave\n", "fewer than 2 examples ('leave')"),
         ("text,category\nhi,greet\nhello,greet\n", "only one label"),
+        ("category,text\nhi,greet\nhello,greet\nbye,leave\n", "every one of the 3 labels"),
+        ("text,category\nhi,1\nhello,1\nbye,spam\nso long,spam\n", "mix numbers ('1') and words ('spam')"),
     ],
-    ids=["missing-columns", "empty-text", "one-example-label", "one-label"],
+    ids=["missing-columns", "empty-text", "one-example-label", "one-label", "all-distinct", "mixed-kinds"],
 )
 def test_bad_training_files(slm_cli, tmp_path, content, expected):
     data = _write(tmp_path / "data.csv", content)

@@ -32,6 +32,8 @@ def teacher(tmp_path_factory):
                 epochs=1,
                 max_len=32,
                 threads=1,
+                ship_baseline=False,
+                few_shot_below=0,
             ),  # fmt: skip
             progress=False,
         ).model_dir

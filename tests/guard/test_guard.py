@@ -178,7 +178,9 @@ def detector(tmp_path_factory):
         w.writerows(keep)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLMFORGE_HOME", str(tmp_path_factory.mktemp("slmhome_guard")))
-        cfg = ClassifyTrainConfig(data=str(data), out=str(root / "torch"), epochs=1, max_len=32, threads=1)
+        cfg = ClassifyTrainConfig(
+            data=str(data), out=str(root / "torch"), epochs=1, max_len=32, threads=1, ship_baseline=False
+        )
         train_classifier(cfg, progress=False)
         export(ExportConfig(model=str(root / "torch"), out=str(root / "onnx")))
     return root
@@ -218,7 +220,14 @@ def test_detector_without_injection_label_is_refused(tmp_path):
     out = tmp_path / "intents"
     train_classifier(
         ClassifyTrainConfig(
-            data=str(data), out=str(out), label_col="category", epochs=1, max_len=32, threads=1
+            data=str(data),
+            out=str(out),
+            label_col="category",
+            epochs=1,
+            max_len=32,
+            threads=1,
+            ship_baseline=False,
+            few_shot_below=0,
         ),
         progress=False,
     )

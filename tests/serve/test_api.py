@@ -4,6 +4,7 @@ RAG, pipelines, the input guard, the audit log (one record per request) and the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,37 @@ def test_classify_batched_equals_unbatched(client, new_key, backends):
     assert [d["label"] for d in a["data"]] == [d["label"] for d in b]
     assert np.allclose([d["score"] for d in a["data"]], [d["score"] for d in b], atol=1e-5)
     assert [d["index"] for d in a["data"]] == [0, 1, 2] and a["usage"]["prompt_tokens"] > 0
+
+
+def test_classify_serves_a_tfidf_classifier(make_app, new_key, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from slmforge.clf.configs import ClassifyTrainConfig
+    from slmforge.clf.train import train_classifier
+    from slmforge.serve.backends import ClassifyBackend
+    from slmforge.serve.config import ModelConfig
+
+    monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path / "home"))
+    data = Path(__file__).parents[1] / "fixtures" / "classify" / "train.csv"
+    tfidf_dir = tmp_path / "tfidf"
+    train_classifier(ClassifyTrainConfig(data=str(data), out=str(tfidf_dir), label_col="category", arch="tfidf"),
+                     progress=False)  # fmt: skip
+
+    backend = ClassifyBackend(ModelConfig("tf", "classify", str(tfidf_dir)), threads=1)
+    models = [
+        {"name": "tiny", "kind": "chat", "path": "x", "max_new_tokens": 8},
+        {"name": "intents", "kind": "classify", "path": "x"},
+        {"name": "intents-1", "kind": "classify", "path": "x", "batch": {"max_size": 1}},
+        {"name": "minilm", "kind": "embeddings", "path": "x", "runtime": "torch"},
+        {"name": "tf", "kind": "classify", "path": str(tfidf_dir)},
+    ]
+    with TestClient(make_app(extra_backends={"tf": backend}, models=models)) as c:
+        r = c.post("/v1/classify", json={"model": "tf", "input": ["my card was stolen", "exchange rate?"]},
+                   headers=bearer(new_key("classify")))  # fmt: skip
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["label"] for d in data] == ["lost_or_stolen_card", "exchange_rate"]
+    assert r.json()["usage"]["prompt_tokens"] > 0
 
 
 def test_guard_blocks_redacts_and_flags_per_request(make_app, new_key):

@@ -39,6 +39,8 @@ def exported(tmp_path_factory):
                 epochs=1,
                 max_len=32,
                 threads=1,
+                ship_baseline=False,
+                few_shot_below=0,
             ),  # fmt: skip
             progress=False,
         ).model_dir

@@ -164,9 +164,14 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
     # the base rung
     if cfg.base_model:
         base_path = Path(cfg.base_model)
-        if not (base_path / "classifier.json").exists() or (base_path / "model.onnx").exists():
+        if (
+            not (base_path / "classifier.json").exists()
+            or (base_path / "model.onnx").exists()
+            or json.loads((base_path / "classifier.json").read_text()).get("arch") == "tfidf"
+        ):
             raise SlmError(
-                f"--base-model {cfg.base_model} is not a torch classifier from `slm classify train`"
+                f"--base-model {cfg.base_model} is not a torch classifier from `slm classify train` "
+                "(a tfidf or ONNX model cannot be pruned; give the encoder it came from)"
             )
     else:
         base_path = build(
@@ -180,6 +185,8 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
                     base=cfg.base,
                     seed=cfg.seed,
                     threads=cfg.threads,
+                    ship_baseline=False,  # the ladder prunes and quantizes this rung: it must be the encoder
+                    few_shot_below=0,  # and validated on the split the pruned rungs heal with
                 ),
                 progress,
             ),
