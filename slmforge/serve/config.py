@@ -151,6 +151,9 @@ class ModelConfig:
     """The model's name upstream (default: name)."""
     upstream_key_env: str = ""
     """An environment variable holding the upstream's API key, if it wants one."""
+    chat_template: str = ""
+    """chat: a Jinja chat template file used instead of the model's own (e.g.
+    examples/tools/chatml-tools.jinja, so a ChatML model such as SmolLM2 can take `tools`)."""
     batch: BatchConfig = field(default_factory=BatchConfig)
     """classify, embeddings: how requests are micro-batched."""
 
@@ -247,6 +250,8 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             raise SlmError(f"{w}: needs a path (or, for chat, an upstream)")
         if m.max_new_tokens < 1:
             raise SlmError(f"{w}: max_new_tokens must be at least 1")
+        if m.chat_template and (m.kind != "chat" or m.upstream):
+            raise SlmError(f"{w}: only a local chat model takes a chat_template")
         from slmforge.infer.engines import BACKENDS, PRECISIONS
 
         if m.backend not in BACKENDS or m.precision not in PRECISIONS:
