@@ -87,6 +87,8 @@ def schema_problem(schema: dict) -> str | None:
     """Why `schema` is not valid under its own draft of JSON Schema (2020-12 by default), or None."""
     from jsonschema import SchemaError, validators
 
+    if not isinstance(schema.get("$schema", ""), str):
+        return '"$schema" is not a URI string'
     try:
         validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
     except SchemaError as e:
@@ -111,7 +113,7 @@ def plan_chat(b, body, model: str) -> Plan:
         return Plan(answer, response_format=raw_format)
     reason = tool_calls.check_tools(tools)
     if reason:
-        raise ApiError(400, f"tools: {reason.removeprefix('tools ')}", param="tools")
+        raise ApiError(400, reason if reason.startswith('"tools"') else f"tools: {reason}", param="tools")
     if upstream:
         raise ApiError(400, f"model {model!r} is served by an upstream server; tools are not passed on to it",
                        param="tools")  # fmt: skip
@@ -160,7 +162,13 @@ def chat_messages(body, texts: list[str]) -> list[dict]:
         messages.append(out)
     if not any("tool_calls" in m or m["role"] == "tool" for m in messages):
         return messages
-    reason = tool_calls.check_tool_messages(messages, body.tools) if body.tools else None
+    if body.tools:
+        reason = tool_calls.check_tool_messages(messages, body.tools)
+    else:  # no tools to check the calls against: each tool message must still answer an earlier call
+        made = {c.get("id") for m in messages for c in m.get("tool_calls") or [] if isinstance(c, dict)}
+        reason = next((f"message {i} (tool) answers no earlier tool call (tool_call_id "
+                       f"{m.get('tool_call_id')!r})" for i, m in enumerate(messages, 1)
+                       if m["role"] == "tool" and m.get("tool_call_id") not in made - {None}), None)  # fmt: skip
     if reason:
         raise ApiError(400, f"messages: {reason}", param="messages")
     try:

@@ -210,6 +210,10 @@ def test_a_call_cut_short_is_reported_not_passed_on(api):
         ("tiny", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
             "type": "object", "dependentSchemas": {"a": {"required": ["b"]}}}}}},
          "keywords LLGuidance does not support: dependentSchemas"),
+        ("tiny", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$schema": 5}}}},
+         '"$schema" is not a URI string'),
+        ("tiny-tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+          "$schema": [1]}}}]}, '"$schema" is not a URI string'),
         ("tiny", {"response_format": {"type": "xml"}}, "response_format type must be text, json_object or json_schema"),
         ("tiny", {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json_schema.schema"),
         ("tiny", {"tools": TOOLS}, "model 'tiny' cannot take tools: its chat template ignores \"tools\""),
@@ -222,6 +226,13 @@ def test_a_call_cut_short_is_reported_not_passed_on(api):
             "type": "object", "properties": {"a": {"type": "string", "format": "nope-format", "dependentSchemas": {}}}}}}]},
          "dependentSchemas"),
         ("tiny-tools", {"tool_choice": "sometimes", "tools": TOOLS}, "tool_choice"),
+        ("tiny-tools", {"messages": [*ASK, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
+         "message 2 (tool) answers no earlier tool call"),
+        ("tiny-tools", {"tools": TOOLS, "messages": [*ASK, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
+         'answers call id "call_x", which no earlier tool call made'),
+        ("tiny-tools", {"tools": TOOLS, "messages": [*ASK, {"role": "assistant", "tool_calls": [{"id": "c1",
+          "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome", "days": 1}'}}]}]},
+         "get_weather rejects these arguments: 'Rome' is not one of"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_400(api, model, extra, message):
