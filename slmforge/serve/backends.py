@@ -56,15 +56,18 @@ class ChatBackend:
         from slmforge.infer.engines import open_lm
 
         self.cfg = cfg
-        self.lm = open_lm(cfg.path, cfg.backend, cfg.precision, threads)
-        self.tokenizer, self.eos = self.lm.tokenizer, self.lm.eos
-        if cfg.chat_template:
+        template = None
+        if cfg.chat_template:  # before the model loads: a wrong path fails at once
             from pathlib import Path
 
-            template = Path(cfg.chat_template).expanduser()
-            if not template.is_file():
+            path = Path(cfg.chat_template).expanduser()
+            if not path.is_file():
                 raise SlmError(f"chat_template: no such file {cfg.chat_template}")
-            self.tokenizer.chat_template = template.read_text(encoding="utf-8")
+            template = path.read_text(encoding="utf-8")
+        self.lm = open_lm(cfg.path, cfg.backend, cfg.precision, threads)
+        self.tokenizer, self.eos = self.lm.tokenizer, self.lm.eos
+        if template is not None:
+            self.tokenizer.chat_template = template
 
     def tool_format(self):
         """How this model's chat template writes a tool call (`slmforge.infer.tool_use.ToolFormat`);

@@ -34,6 +34,7 @@ guard: null                     # a slmforge.guard config (block / redact / flag
 pipelines: null                 # a pipelines YAML file (slmforge.route.pipeline)
 models:
   - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}
+  - {name: smollm-tools, kind: chat, path: smollm2-135m-instruct, chat_template: examples/tools/chatml-tools.jinja}
   - {name: intents, kind: classify, path: models/intents, batch: {max_size: 32, max_wait_ms: 5}}
   - {name: minilm, kind: embeddings, path: minilm-l6, runtime: onnx}
   - {name: docs, kind: rag, index: docs, generator: smollm}

@@ -244,6 +244,20 @@ def test_bad_input_is_a_one_line_400(api, model, extra, message):
     assert set(error) == {"message", "type", "param", "code"}
 
 
+def test_chat_template_setting_is_checked():
+    from slmforge.core.errors import SlmError
+    from slmforge.serve.config import from_dict, validate
+
+    with pytest.raises(SlmError, match="chat_template: no such file /no/such.jinja"):
+        ChatBackend(ModelConfig("t", "chat", "/no/model", chat_template="/no/such.jinja"))
+    with pytest.raises(SlmError, match="model 'x': only a local chat model takes a chat_template"):
+        validate(
+            from_dict(
+                {"models": [{"name": "x", "kind": "classify", "path": "p", "chat_template": "t.jinja"}]}
+            )
+        )
+
+
 def test_upstream_models_refuse_tools(make_app, new_key):
     from slmforge.serve.backends import UpstreamChatBackend
 
