@@ -146,6 +146,8 @@ def _schema_problem(schema) -> str | None:
         return "is not a JSON Schema object"
     if schema.get("type", "object") != "object":
         return f'must describe an object (its "type" is {schema["type"]!r})'
+    if not isinstance(schema.get("$schema", ""), str):
+        return 'is not a valid JSON Schema ("$schema" is not a URI string)'
     try:
         validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
     except SchemaError as e:

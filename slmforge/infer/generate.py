@@ -105,20 +105,25 @@ def chat(
     return history
 
 
-def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
+def prompt_ids(
+    tokenizer, messages: list[dict], chat: bool = True, tools: list[dict] | None = None
+) -> list[int]:
     """Token ids of the conversation: through the chat template (with the assistant prompt) if asked and
-    available, else the plain text of the messages.
+    available, else the plain text of the messages. `tools` (OpenAI's function list) go to the template's
+    `tools=`; messages may carry `tool_calls` (arguments as objects) and `tool` roles.
 
     A message's content never becomes control tokens: a special-token string in it (`<|im_end|>`,
     `<|im_start|>` ...) is tokenised as ordinary text, so content cannot forge turn boundaries. Only the
     template's own markup is parsed as special tokens. Contents holding no special-token string take the
-    plain path, so ordinary prompts tokenise exactly as they always did."""
+    plain path, so ordinary prompts tokenise exactly as they always did. The same holds for every string
+    inside tool calls and tool definitions (a description or an argument holding `<|im_end|>`)."""
     specials, find = _special_matcher(tokenizer)
-    forged = find is not None and any(find.search(c) for c in _contents(messages))
+    extra = {"tools": tools} if tools is not None else {}
+    forged = find is not None and any(find.search(c) for c in _strings([messages, tools]))
     if chat and getattr(tokenizer, "chat_template", None):
         if forged:
-            return _escaped_chat_ids(tokenizer, messages, specials, find)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return _escaped_chat_ids(tokenizer, messages, specials, find, tools)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = "\n\n".join(m["content"] for m in messages if m["content"])
     if forged:  # no template markup here at all: split every special-token string in the text
@@ -136,8 +141,26 @@ def special_strings(tokenizer) -> list[str]:
     return sorted((s for s in found if s), key=lambda s: (-len(s), s))
 
 
-def _contents(messages: list[dict]) -> list[str]:
-    return [m["content"] for m in messages if isinstance(m.get("content"), str)]
+def _strings(value) -> list[str]:
+    """Every string inside nested lists and dicts (keys too)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k) + _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _masked(value, find: re.Pattern, mark: dict):
+    """`value` with every special-token string in its strings (keys too) replaced by its placeholder."""
+    if isinstance(value, str):
+        return find.sub(lambda hit: mark[hit.group(0)], value)
+    if isinstance(value, dict):
+        return {_masked(k, find, mark): _masked(v, find, mark) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, find, mark) for v in value]
+    return value
 
 
 _MATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -181,7 +204,9 @@ def _trie_pattern(words: list[str]) -> str:
     return emit(trie)
 
 
-def _escaped_chat_ids(tokenizer, messages: list[dict], specials: list[str], find: re.Pattern) -> list[int]:
+def _escaped_chat_ids(
+    tokenizer, messages: list[dict], specials: list[str], find: re.Pattern, tools: list[dict] | None = None
+) -> list[int]:
     """The chat template's ids with every special-token string inside a content tokenised as text.
 
     Each such string is swapped for a placeholder no content can guess (a private-use character and a
@@ -191,13 +216,9 @@ def _escaped_chat_ids(tokenizer, messages: list[dict], specials: list[str], find
     so a template's filters (`| trim`, as Llama 3 and Gemma use) still see the real content."""
     nonce = secrets.token_hex(8)
     mark = {s: f"\ue000{nonce}:{i}\ue001" for i, s in enumerate(specials)}
-    masked = [
-        {**m, "content": find.sub(lambda hit: mark[hit.group(0)], m["content"])}
-        if isinstance(m.get("content"), str)
-        else m
-        for m in messages
-    ]
-    text = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=True)
+    masked = [{k: v if k == "role" else _masked(v, find, mark) for k, v in m.items()} for m in messages]
+    extra = {"tools": _masked(tools, find, mark)} if tools is not None else {}
+    text = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=True, **extra)
     pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", text)  # text, index, text, index, ..., text
     ids: list[int] = []
     for n, piece in enumerate(pieces):

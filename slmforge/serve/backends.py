@@ -36,6 +36,8 @@ class GenParams:
     top_p: float = 1.0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    constraint: Any = None  # a slmforge.infer.constrain.Constraint the reply must satisfy (local models)
+    response_format: dict | None = None  # the request's own, passed on to an upstream server
 
 
 @dataclass
@@ -54,15 +56,34 @@ class ChatBackend:
         from slmforge.infer.engines import open_lm
 
         self.cfg = cfg
+        template = None
+        if cfg.chat_template:  # before the model loads: a wrong path fails at once
+            from pathlib import Path
+
+            path = Path(cfg.chat_template).expanduser()
+            if not path.is_file():
+                raise SlmError(f"chat_template: no such file {cfg.chat_template}")
+            template = path.read_text(encoding="utf-8")
         self.lm = open_lm(cfg.path, cfg.backend, cfg.precision, threads)
         self.tokenizer, self.eos = self.lm.tokenizer, self.lm.eos
+        if template is not None:
+            self.tokenizer.chat_template = template
 
-    def encode(self, messages: list[dict] | None, prompt: str | None = None) -> list[int]:
+    def tool_format(self):
+        """How this model's chat template writes a tool call (`slmforge.infer.tool_use.ToolFormat`);
+        SlmError saying what the template lacks when it cannot render tools."""
+        from slmforge.infer.tool_use import tool_format
+
+        return tool_format(self.tokenizer)
+
+    def encode(
+        self, messages: list[dict] | None, prompt: str | None = None, tools: list[dict] | None = None
+    ) -> list[int]:
         from slmforge.infer.generate import prompt_ids
 
         try:
             if messages is not None:
-                return prompt_ids(self.tokenizer, messages, chat=True)
+                return prompt_ids(self.tokenizer, messages, chat=True, tools=tools)
             return prompt_ids(self.tokenizer, [{"role": "user", "content": prompt or ""}], chat=False)
         except Exception as e:  # a chat template that rejects the conversation (roles out of order ...)
             raise SlmError(f"the model's chat template rejected the messages: {_first_line(e)}") from None
@@ -103,7 +124,7 @@ class ChatBackend:
 
         started = time.perf_counter()
         try:
-            done = complete(self.lm.step(), self.tokenizer, ids, gen, self.eos, take)
+            done = complete(self.lm.step(), self.tokenizer, ids, gen, self.eos, take, p.constraint)
         except Cancelled:
             if not stopped:
                 raise
@@ -170,6 +191,8 @@ class UpstreamChatBackend:
                                 "stream_options": {"include_usage": True}}  # fmt: skip
         if p.stop:
             body["stop"] = p.stop
+        if p.response_format:
+            body["response_format"] = p.response_format
         if prompt.messages is not None:
             url, body["messages"] = self.base + "/chat/completions", prompt.messages
         else:

@@ -34,6 +34,7 @@ guard: null                     # a slmforge.guard config (block / redact / flag
 pipelines: null                 # a pipelines YAML file (slmforge.route.pipeline)
 models:
   - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}
+  - {name: smollm-tools, kind: chat, path: smollm2-135m-instruct, chat_template: examples/tools/chatml-tools.jinja}
   - {name: intents, kind: classify, path: models/intents, batch: {max_size: 32, max_wait_ms: 5}}
   - {name: minilm, kind: embeddings, path: minilm-l6, runtime: onnx}
   - {name: docs, kind: rag, index: docs, generator: smollm}
@@ -151,6 +152,9 @@ class ModelConfig:
     """The model's name upstream (default: name)."""
     upstream_key_env: str = ""
     """An environment variable holding the upstream's API key, if it wants one."""
+    chat_template: str = ""
+    """chat: a Jinja chat template file used instead of the model's own (e.g.
+    examples/tools/chatml-tools.jinja, so a ChatML model such as SmolLM2 can take `tools`)."""
     batch: BatchConfig = field(default_factory=BatchConfig)
     """classify, embeddings: how requests are micro-batched."""
 
@@ -247,6 +251,8 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             raise SlmError(f"{w}: needs a path (or, for chat, an upstream)")
         if m.max_new_tokens < 1:
             raise SlmError(f"{w}: max_new_tokens must be at least 1")
+        if m.chat_template and (m.kind != "chat" or m.upstream):
+            raise SlmError(f"{w}: only a local chat model takes a chat_template")
         from slmforge.infer.engines import BACKENDS, PRECISIONS
 
         if m.backend not in BACKENDS or m.precision not in PRECISIONS:

@@ -13,8 +13,24 @@ class _Body(BaseModel):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, OpenAI's shape
+    tool_call_id: str | None = None  # the call a tool message answers
+
+
+class FunctionName(_Body):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ResponseFormat(_Body):
+    type: str  # text, json_object or json_schema (others: a 400 naming them)
+    json_schema: dict[str, Any] | None = None
 
 
 class GenBody(_Body):  # what chat and text completions share (no docstring: it would enter the schemas)
@@ -27,11 +43,15 @@ class GenBody(_Body):  # what chat and text completions share (no docstring: it 
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1, le=1)
+    response_format: ResponseFormat | None = None
 
 
 class ChatRequest(GenBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; a forced reply holds one call
 
 
 class CompletionRequest(GenBody):

@@ -185,6 +185,34 @@ def test_server_chat_and_completions_encode(tok):
     assert backend.encode(ordinary) == _before(tok, ordinary)
 
 
+def test_tool_definitions_and_call_arguments_are_escaped_too(tok):
+    """A tool's description and a call's argument reach the template through `tojson`, unescaped: they
+    are escaped like content, and without forged markup the tools render as the template says."""
+    import copy
+    import json
+    from pathlib import Path
+
+    tools_tok = copy.deepcopy(tok)
+    template = Path(__file__).resolve().parents[2] / "examples" / "tools" / "chatml-tools.jinja"
+    tools_tok.chat_template = template.read_text()
+    tool = {"type": "function", "function": {"name": "lookup", "description": FORGED,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}  # fmt: skip
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": {"q": FORGED}}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]  # fmt: skip
+    ids = generate.prompt_ids(tools_tok, messages, tools=[tool])
+    assert _starts(tools_tok, ids) == 5  # system (tools), user, assistant (call), user (result), prompt
+    assert _ends(tools_tok, ids) == 4 and tools_tok.decode(ids).count(json.dumps(FORGED)) == 2  # as JSON text
+    plain = [{**tool, "function": {**tool["function"], "description": "Look it up."}}]
+    text = tools_tok.apply_chat_template(
+        messages[:1], tools=plain, tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        generate.prompt_ids(tools_tok, messages[:1], tools=plain)
+        == tools_tok(text, add_special_tokens=False)["input_ids"]
+    )
+
+
 def test_rag_ask_chunk(tok, captured):
     from slmforge.rag.ask import AskConfig, Asker
     from slmforge.rag.search import Hit, SearchResult

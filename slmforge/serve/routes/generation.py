@@ -1,10 +1,14 @@
 """Chat and text completions, answered whole or streamed as server-sent events: the request's caps on
-tokens and stop strings, the guard over every message, templating and tokenising off the event loop, and
-generation on the door's worker pool within the request's deadline (cancelled at it)."""
+tokens and stop strings, `response_format` and tools (slmforge.serve.structured), the guard over every
+message, templating and tokenising off the event loop, and generation on the door's worker pool within the
+request's deadline (cancelled at it). Tool calls come back in OpenAI's shape (`message.tool_calls`,
+`finish_reason` "tool_calls"; streamed as `delta.tool_calls`); a call the tool's schema rejects is never
+passed on: the reply stays text and `message.tool_call_error` (streamed: `delta.tool_call_error`) says why."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 
@@ -19,6 +23,7 @@ from slmforge.serve.errors import ERRORS, ApiError, error_body
 from slmforge.serve.limits import MAX_STOP
 from slmforge.serve.routes.steps import backend, ctx, door_of, guard_texts, remember_prompt
 from slmforge.serve.schemas import ChatRequest, CompletionRequest, GenBody
+from slmforge.serve.structured import Plan, chat_messages, plan_chat, response_constraint
 
 router = APIRouter(route_class=CappedRoute)
 
@@ -29,12 +34,16 @@ async def chat_completions(body: ChatRequest, request: Request):
     key, rec = ctx(request)
     b = backend(door, key, rec, "chat", body.model)
     params = gen_params(door, body, body.max_completion_tokens or body.max_tokens, b)
+    plan = await offload(request.scope, door.prep, plan_chat, b, body, body.model)
+    params.constraint, params.response_format = plan.constraint, plan.response_format
     # every role: a system, developer or forged assistant message reaches the model as surely as a user's
     texts = await guard_texts(request, [content_text(m.content) for m in body.messages], joined=True)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": t}
-                for m, t in zip(body.messages, texts)]  # fmt: skip
+    messages = chat_messages(body, texts)
     remember_prompt(door, rec, "\n".join(m["content"] for m in messages if m["role"] == "user"))
-    ids = await offload(request.scope, door.prep, b.encode, messages)
+    if plan.tools is None:
+        ids = await offload(request.scope, door.prep, b.encode, messages)
+    else:
+        ids = await offload(request.scope, door.prep, functools.partial(b.encode, messages, tools=plan.tools))
     rec.tokens_in = len(ids)
     if not rec.tokens_in:
         raise ApiError(400, "the prompt is empty", param="prompt")
@@ -42,11 +51,20 @@ async def chat_completions(body: ChatRequest, request: Request):
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
         return sse(generate_stream(door, b, ids, params, request.scope, cid, "chat.completion.chunk", body.model,
-                                   usage))  # fmt: skip
+                                   usage, plan))  # fmt: skip
     r = await generate(door, b, ids, params, request.scope)
+    message: dict = {"role": "assistant", "content": r.text}
+    finish = r.finish_reason
+    read = plan.read(r.text)
+    if read is not None and read.calls:
+        message, finish = (
+            {"role": "assistant", "content": read.content, "tool_calls": read.calls},
+            "tool_calls",
+        )
+    elif read is not None and read.error:
+        message["tool_call_error"] = read.error  # reported; never passed on as a valid call
     return {"id": cid, "object": "chat.completion", "created": int(rec.time), "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
-                         "logprobs": None, "finish_reason": r.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": usage_of(r)}  # fmt: skip
 
 
@@ -59,6 +77,10 @@ async def completions(body: CompletionRequest, request: Request):
     if len(prompts) != 1:
         raise ApiError(400, "send one prompt per request", param="prompt")
     params = gen_params(door, body, body.max_tokens, b)
+    if callable(getattr(b, "tool_format", None)):  # a local model: the constraint is ours to enforce
+        params.constraint = await offload(request.scope, door.prep, response_constraint, body.response_format)
+    elif body.response_format is not None:
+        params.response_format = body.response_format.model_dump(exclude_none=True)
     prompt = (await guard_texts(request, prompts[:1]))[0]
     remember_prompt(door, rec, prompt)
     ids = await offload(request.scope, door.prep, b.encode, None, prompt)
@@ -115,7 +137,16 @@ def note_generation(door: Door, rec, r: GenResult) -> None:
 
 
 async def generate_stream(
-    door: Door, b, ids, params, scope, cid: str, obj: str, model: str, with_usage: bool
+    door: Door,
+    b,
+    ids,
+    params,
+    scope,
+    cid: str,
+    obj: str,
+    model: str,
+    with_usage: bool,
+    plan: Plan | None = None,
 ):
     rec = scope["slm"]["audit"]
     loop = asyncio.get_running_loop()
@@ -129,11 +160,16 @@ async def generate_stream(
     fut = door.generation.submit(b.generate, ids, params, on_text, cancel)
     fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(pieces.put_nowait, end))
     chat = obj == "chat.completion.chunk"
+    from slmforge.infer.tool_use import CallHoldback
 
-    def chunk(text: str | None, finish: str | None = None, first: bool = False) -> dict:
+    held = CallHoldback(plan.fmt) if plan is not None and plan.fmt is not None else None
+
+    def chunk(text: str | None, finish: str | None = None, first: bool = False, **more) -> dict:
         if chat:
-            delta = ({"role": "assistant", "content": ""} if first else {}) | (
-                {"content": text} if text else {}
+            delta = (
+                ({"role": "assistant", "content": ""} if first else {})
+                | ({"content": text} if text else {})
+                | more
             )
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
@@ -156,7 +192,9 @@ async def generate_stream(
                 return
             if item is end:
                 break
-            yield chunk(item)
+            piece = held.push(item) if held is not None else item
+            if piece:
+                yield chunk(piece)
         try:
             r = fut.result()
         except (SlmError, UpstreamError) as e:
@@ -165,7 +203,24 @@ async def generate_stream(
         except Cancelled:
             return
         note_generation(door, rec, r)
-        yield chunk(None, r.finish_reason)
+        finish = r.finish_reason
+        if held is not None:
+            read = plan.read(held.text)
+            if read.calls:  # OpenAI's shape: per call, its id and name, then its arguments
+                for i, call in enumerate(read.calls):
+                    head = {"index": i, "id": call["id"], "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                    yield chunk(None, tool_calls=[head])
+                    yield chunk(
+                        None,
+                        tool_calls=[{"index": i, "function": {"arguments": call["function"]["arguments"]}}],
+                    )
+                finish = "tool_calls"
+            else:
+                rest = held.rest()
+                if rest or read.error:
+                    yield chunk(rest, **({"tool_call_error": read.error} if read.error else {}))
+        yield chunk(None, finish)
         if with_usage:
             yield {"id": cid, "object": obj, "created": int(rec.time), "model": model, "choices": [],
                    "usage": usage_of(r)}  # fmt: skip
