@@ -268,7 +268,7 @@ def _rag_tune(cfg: QuickstartConfig, root: Path, index: str) -> dict:
         RagTuneConfig(
             index=index, data=str(data), out=str(root / "rag-tuned"), base=cfg.base, method="lora", lr=1e-3,
             variants=2, answer_sentences=1, max_minutes=cfg.rag_tune_minutes, threads=cfg.threads,
-            precision="fp32", overwrite=True,
+            overwrite=True,  # precision auto: bf16 autocast where the CPU has fast bf16
         )
     )  # fmt: skip
     return {"out": r.out, "rows": kept, "rows_not_found": lost, "examples": r.examples["examples"],
