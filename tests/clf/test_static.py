@@ -155,3 +155,24 @@ def test_the_log_warns_on_a_high_unknown_token_share(tiny_encoder, tmp_path):
                          progress=False)  # fmt: skip
     (note,) = [n for n in r.notes if "unknown to the" in n]
     assert "% of the validation texts' tokens" in note and "[UNK]" in note
+
+
+def test_rightsize_puts_the_tfidf_and_static_rungs_beside_the_transformers(tiny_encoder, tmp_path, slm_cli):
+    base = train_classifier(ClassifyTrainConfig(data=str(TRAIN), out=str(tmp_path / "base"), label_col="category",
+                                                base=str(tiny_encoder), epochs=1, max_len=32, threads=1,
+                                                ship_baseline=False, few_shot_below=0), progress=False)  # fmt: skip
+    code, out, err = slm_cli("rightsize", "--data", TRAIN, "--eval-data", TEST, "--out", tmp_path / "ladder",
+                             "--base-model", base.model_dir, "--layers", "1", "--heal-epochs", "1", "--no-int8",
+                             "--label-col", "category", "--threads", "1", "--latency-queries", "10",
+                             "--target", "accuracy>=0.5*base")  # fmt: skip
+    assert code == 0, err
+    state = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    rows = {t["rung"]: t for t in state["table"]}
+    assert list(rows) == ["base", "layers-1", "tfidf", "static"]
+    assert rows["tfidf"]["runtime"] == "sklearn" and rows["static"]["runtime"] == "numpy"
+    assert rows["static"]["p50_ms"] < rows["base"]["p50_ms"] and rows["static"]["params"] > 0
+    static_meta = json.loads((tmp_path / "ladder" / "static" / "classifier.json").read_text())
+    assert static_meta["base"] == str(tiny_encoder)  # distilled from the base's own encoder
+    report = (tmp_path / "ladder" / "report.md").read_text()
+    assert "| tfidf | sklearn |" in report and "| static | numpy |" in report
+    assert "static" in out and "tfidf" in out
