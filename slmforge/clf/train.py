@@ -685,7 +685,7 @@ def tokenize(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
 
 
 def unknown_share(tokenizer, texts: list[str], unk_id: int | None = None, limit: int = 2000) -> float:
-    """Share of the tokens of `texts` (the first `limit`, untruncated, no special tokens) that the tokenizer
+    """Share of the tokens of `texts` (the first `limit`, 512 tokens each, no special tokens) that the tokenizer
     could not represent: its unknown token, or a byte-fallback token (`<0xE4>`) of a SentencePiece/BPE one.
 
     `tokenizer` is a transformers tokenizer or a `tokenizers.Tokenizer` (then `unk_id` names its unknown id)."""
@@ -698,7 +698,7 @@ def unknown_share(tokenizer, texts: list[str], unk_id: int | None = None, limit:
         ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     else:
         unk_id = tokenizer.unk_token_id
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
     byte = re.compile(r"<0x[0-9A-Fa-f]{2}>")
     bad = {i for t, i in tokenizer.get_vocab().items() if byte.fullmatch(t)}
     if unk_id is not None:
