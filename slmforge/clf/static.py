@@ -75,7 +75,7 @@ class StaticModel:
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids (no special tokens, unknown tokens dropped, at most MAX_TOKENS)."""
         out = []
-        for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+        for enc in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False):  # no offsets
             ids = enc.ids
             if self._unk is not None:
                 ids = [i for i in ids if i != self._unk]
