@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,20 +68,52 @@ class StaticModel:
         self._max = int(self.info.get("max_tokens", MAX_TOKENS))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
+        self._words = _is_bert_uncased(self.tokenizer)
+        self._cache: dict[str, list[int]] = {}
 
     @property
     def dims(self) -> int:
         return int(self.embeddings.shape[1])
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        """Each text's token ids (no special tokens, unknown tokens dropped, at most MAX_TOKENS)."""
-        out = []
-        for enc in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False):  # no offsets
-            ids = enc.ids
-            if self._unk is not None:
-                ids = [i for i in ids if i != self._unk]
-            out.append(ids[: self._max])
+        """Each text's token ids (no special tokens, unknown tokens dropped, at most MAX_TOKENS).
+
+        An ASCII text for an uncased BERT tokenizer takes a shortcut with the same result: lower-cased and
+        cleaned of control characters in Python, split into words and punctuation as BertPreTokenizer does
+        on ASCII, each word's pieces from a cache (the tokenizer's own WordPiece on a miss). The tokenizer's
+        Rust normalizer is most of a query's time otherwise (0.19 of 0.21 ms on a 658-character text)."""
+        out: list[list[int] | None] = [None] * len(texts)
+        rest = []
+        for i, text in enumerate(texts):
+            if self._words and text.isascii():
+                out[i] = self._ascii_ids(text)
+            else:
+                rest.append(i)
+        if rest:
+            encs = self.tokenizer.encode_batch_fast([texts[i] for i in rest], add_special_tokens=False)
+            for i, enc in zip(rest, encs):
+                ids = enc.ids
+                if self._unk is not None:
+                    ids = [t for t in ids if t != self._unk]
+                out[i] = ids[: self._max]
         return out
+
+    def _ascii_ids(self, text: str) -> list[int]:
+        ids: list[int] = []
+        cache = self._cache
+        for word in _ASCII_WORD.findall(_ASCII_CONTROL.sub("", text).lower()):
+            pieces = cache.get(word)
+            if pieces is None:
+                if len(cache) > 200_000:
+                    cache.clear()
+                pieces = self.tokenizer.encode(word, add_special_tokens=False).ids
+                if self._unk is not None:
+                    pieces = [t for t in pieces if t != self._unk]
+                cache[word] = pieces
+            ids.extend(pieces)
+            if len(ids) >= self._max:
+                break
+        return ids[: self._max]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """The l2-normalised mean of each text's token rows (zeros for a text with no known token)."""
@@ -125,6 +158,26 @@ class StaticModel:
             bias=tensors["bias"],
             info=json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")),
         )
+
+
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""What BertNormalizer's clean_text drops from ASCII (control characters other than tab, newline, return)."""
+_ASCII_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+"""BertPreTokenizer on lower-cased ASCII: runs of letters and digits; every other visible character alone."""
+
+
+def _is_bert_uncased(tokenizer) -> bool:
+    """Whether the shortcut of `StaticModel.token_ids` holds: BertNormalizer (clean_text, lowercase),
+    BertPreTokenizer and WordPiece, as minilm-l6's and every uncased BERT's."""
+    spec = json.loads(tokenizer.to_str())
+    norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+    return (
+        norm.get("type") == "BertNormalizer"
+        and norm.get("lowercase") is True
+        and norm.get("clean_text") is True
+        and pre.get("type") == "BertPreTokenizer"
+        and (spec.get("model") or {}).get("type") == "WordPiece"
+    )
 
 
 def distilled_table(base: str, dims: int = DIMS, progress: bool = True) -> tuple[object, np.ndarray, dict]:

@@ -176,3 +176,20 @@ def test_rightsize_puts_the_tfidf_and_static_rungs_beside_the_transformers(tiny_
     report = (tmp_path / "ladder" / "report.md").read_text()
     assert "| tfidf | sklearn |" in report and "| static | numpy |" in report
     assert "static" in out and "tfidf" in out
+
+
+def test_the_ascii_shortcut_tokenizes_as_the_tokenizer_does(static_dir):
+    ours = StaticModel.load(static_dir)
+    assert ours._words  # minilm-l6's uncased BERT tokenizer
+    texts = read_examples(str(TRAIN), "text", "category")[0] + [
+        "Hello\x07World\x1f!! a_b c-d $5.00 `x` ~y^ {z}|\\ \t\n tabs\x0bvt\x0cff \x7fdel",
+        "UPPER lower 123abc, (brackets) [and] 'quotes'",
+        "",
+        "café ж",  # not ASCII: the tokenizer itself
+    ]
+    unk = ours.info["unk_id"]
+    theirs = [
+        [i for i in e.ids if i != unk] for e in ours.tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
+    assert ours.token_ids(texts) == theirs
+    assert ours.token_ids(texts) == theirs  # from the word cache the second time
