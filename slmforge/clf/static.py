@@ -90,7 +90,8 @@ class StaticModel:
             else:
                 rest.append(i)
         if rest:
-            encs = self.tokenizer.encode_batch_fast([texts[i] for i in rest], add_special_tokens=False)
+            encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)  # no offsets
+            encs = encode([texts[i] for i in rest], add_special_tokens=False)
             for i, enc in zip(rest, encs):
                 ids = enc.ids
                 if self._unk is not None:
