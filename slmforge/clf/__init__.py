@@ -6,6 +6,7 @@ model        the mean-pooling encoder + linear head saved with every classifier 
 io           build a classifier from a base encoder, save it, measure it
 train        `slm classify train`: step budgets, baselines, few-shot (SetFit-style) and the calibrated `oos` threshold
 tfidf        `--arch tfidf`: a TF-IDF word + char n-gram logistic regression saved as JSON + safetensors
+static       `--arch static`: a model2vec token table distilled from the encoder + a linear head (safetensors)
 predict      `slm classify predict`: the one interface evaluation and serving use
 evaluate     `slm eval --task classification` on classifiers: accuracy, macro-F1, per class, confusion plot
 compress     `slm prune` / `slm distill` of classifiers: fewer layers, trimmed vocabulary, healed

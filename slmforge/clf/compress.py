@@ -59,8 +59,9 @@ def compress(cfg: CompressConfig, progress: bool = True) -> dict:
     teacher_dir = Path(cfg.teacher)
     if not (teacher_dir / META).exists() or (teacher_dir / "model.onnx").exists():
         raise SlmError(f"{cfg.teacher} is not a torch classifier from `slm classify train`")
-    if json.loads((teacher_dir / META).read_text()).get("arch") == "tfidf":
-        raise SlmError(f"{cfg.teacher} is a tfidf classifier: pruning and distilling are for encoders")
+    arch = json.loads((teacher_dir / META).read_text()).get("arch", "encoder")
+    if arch != "encoder":
+        raise SlmError(f"{cfg.teacher} is a {arch} classifier: pruning and distilling are for encoders")
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite and any(out.iterdir()):
         raise SlmError(f"{out} already exists and is not empty (pass --overwrite to replace it)")

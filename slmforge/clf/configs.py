@@ -18,10 +18,14 @@ class ClassifyTrainConfig:
     label_col: str = "label"
     """Column / field holding the label."""
     arch: str = "encoder"
-    """encoder (fine-tune --base) or tfidf (word + char n-gram linear model).
+    """encoder (fine-tune --base), tfidf (n-gram linear model) or static.
 
-    tfidf: a scikit-learn TF-IDF logistic regression saved as JSON + safetensors (slmforge.clf.tfidf): no
-    torch to run it, no ONNX export (skl2onnx cannot convert the char_wb analyzer)."""
+    tfidf: a scikit-learn TF-IDF word + char n-gram logistic regression saved as JSON + safetensors
+    (slmforge.clf.tfidf): no torch to run it, no ONNX export (skl2onnx cannot convert the char_wb analyzer).
+    static: --base distilled by model2vec into a token table (static_dims columns), then a
+    logistic-regression head (slmforge.clf.static): NumPy only to run it, no ONNX export."""
+    static_dims: int = 256
+    """Columns of the --arch static table (PCA of the encoder's)."""
     base: str = "minilm-l6"
     """Encoder: catalog name, BERT-family dir or hub id."""
     val: str | None = None

@@ -1,7 +1,8 @@
 """Run a trained classifier: `slm classify predict`, and the one interface evaluation and serving use.
 
 `load_classifier` opens a directory from `slm classify train`, `slm export` or `slm quantize`: a
-`TfidfClassifier` for `--arch tfidf` (scikit-learn features, NumPy weights), else a `Classifier` (ONNX
+`TfidfClassifier` for `--arch tfidf` (scikit-learn features, NumPy weights), a `StaticClassifier` for
+`--arch static` (a token table and a NumPy head), else a `Classifier` (ONNX
 Runtime when it holds `model.onnx`, else torch). `ClassifierBase.decide` applies the calibrated
 out-of-scope threshold, below which the label is `oos`.
 """
@@ -88,6 +89,30 @@ class TfidfClassifier(ClassifierBase):
 
     def params(self) -> int:
         return int(self.model.weight.size + self.model.bias.size)
+
+
+class StaticClassifier(ClassifierBase):
+    """A `--arch static` directory (`slmforge.clf.static`): a token table, its tokenizer, a NumPy head."""
+
+    runtime = "numpy"
+
+    def __init__(self, path: Path, meta: dict):
+        from slmforge.clf.static import StaticModel
+
+        self.path, self.meta = path, meta
+        self.labels = meta["labels"]
+        self.max_len = meta.get("max_len")
+        self.model = StaticModel.load(path)
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.model.logits(texts)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.model.token_ids(texts)]
+
+    def params(self) -> int:
+        m = self.model
+        return int(m.embeddings.size + m.weight.size + m.bias.size)
 
 
 class Classifier(ClassifierBase):
@@ -190,7 +215,7 @@ def read_meta(path: Path) -> dict:
 
 
 def load_classifier(model: str, threads: int | None = None) -> ClassifierBase:
-    """The classifier in `model` (a directory, or its model.onnx): tfidf, torch or ONNX Runtime."""
+    """The classifier in `model` (a directory, or its model.onnx): tfidf, static, torch or ONNX Runtime."""
     path = Path(model)
     if path.is_file() and path.suffix == ".onnx":
         path = path.parent
@@ -199,6 +224,8 @@ def load_classifier(model: str, threads: int | None = None) -> ClassifierBase:
     meta = read_meta(path)
     if meta.get("arch") == "tfidf":
         return TfidfClassifier(path, meta)
+    if meta.get("arch") == "static":
+        return StaticClassifier(path, meta)
     return Classifier(path, threads, meta)
 
 

@@ -52,9 +52,11 @@ from slmforge.clf.predict import SCORES, oos_score
 from slmforge.core.errors import SlmError
 from slmforge.core.progress import bar, say
 
-ARCHS = ("encoder", "tfidf")
+ARCHS = ("encoder", "tfidf", "static")
 PASSES, MIN_STEPS, MAX_STEPS = 5, 500, 3000
 """The default budget: PASSES passes over the training set, clamped to [MIN_STEPS, MAX_STEPS] steps."""
+UNKNOWN_WARN = 0.05
+"""The log warns when more than this share of the validation texts' tokens are unknown to the tokenizer."""
 VALIDATIONS, MIN_VALIDATIONS = 10, 5
 """The default schedule validates every pass, or every budget / VALIDATIONS steps when that is longer, and at
 least MIN_VALIDATIONS times (a pass longer than budget / MIN_VALIDATIONS steps is not waited for)."""
@@ -146,7 +148,9 @@ def train_classifier(cfg: ClassifyTrainConfig, progress: bool = True) -> Classif
         )
     ctx = _Run(cfg, label_names, train_texts, y_train, val_texts, y_val, threads, started, progress, notes)
     if cfg.arch == "tfidf":
-        return ctx.ship_tfidf(ctx.fit_tfidf(), log=[])
+        return ctx.ship_linear(ctx.fit_tfidf(), log=[])
+    if cfg.arch == "static":
+        return ctx.ship_linear(ctx.fit_static(), log=[])
     return _train_encoder(ctx, few_shot)
 
 
@@ -158,6 +162,7 @@ def _train_encoder(ctx: _Run, few_shot: bool) -> ClassifyResult:
     train_ids = tokenize(tokenizer, ctx.train_texts, cfg.max_len)
     val_ids = tokenize(tokenizer, ctx.val_texts, cfg.max_len)
     log: list[dict] = []
+    ctx.unknown_tokens(tokenizer, log)
 
     # 1. the baselines: frozen embeddings + logistic regression (also the initial head), and TF-IDF
     with bar("embed (frozen)", total=len(train_ids) + len(val_ids), enabled=progress) as b:
@@ -237,7 +242,7 @@ def _train_encoder(ctx: _Run, few_shot: bool) -> ClassifyResult:
             say(progress, f"[yellow]{ctx.notes[-1]}[/yellow]")
             log.append({"stage": "choice", "shipped": "tfidf", "val_accuracy": tfidf_acc,
                         "encoder_val_accuracy": val_acc})  # fmt: skip
-            return ctx.ship_tfidf(tfidf, log, frozen_acc=frozen_acc, encoder_val_accuracy=val_acc)
+            return ctx.ship_linear(tfidf, log, frozen_acc=frozen_acc, encoder_val_accuracy=val_acc)
         if use_tfidf:
             ctx.notes.append(f"{tried} does not beat {best}; shipping the encoder (--no-ship-baseline)")
         else:
@@ -290,10 +295,13 @@ def _train_encoder(ctx: _Run, few_shot: bool) -> ClassifyResult:
 
 @dataclass
 class _Fitted:
-    model: object  # slmforge.clf.tfidf.TfidfModel
+    model: object  # slmforge.clf.tfidf.TfidfModel or slmforge.clf.static.StaticModel
     val_logits: np.ndarray
     val_accuracy: float
     seconds: float
+    arch: str = "tfidf"
+    how: str = ""
+    """What the log says about the fit (features, dims, the head's C)."""
 
 
 @dataclass
@@ -319,27 +327,68 @@ class _Run:
         model = fit_tfidf(self.train_texts, self.y_train, len(self.label_names), seed=self.cfg.seed)
         logits = model.logits(self.val_texts)
         acc = float((logits.argmax(1) == self.y_val).mean()) if len(self.y_val) else float("nan")
-        return _Fitted(model, logits, acc, time.perf_counter() - t0)
+        how = f"TF-IDF + logistic regression: {model.n_features:,} features"
+        return _Fitted(model, logits, acc, time.perf_counter() - t0, "tfidf", how)
 
-    def ship_tfidf(self, fitted: _Fitted, log: list[dict], **extra) -> ClassifyResult:
+    def fit_static(self) -> _Fitted:
+        from slmforge.clf.static import fit_static
+
+        t0 = time.perf_counter()
+        model, why = fit_static(self.cfg.base, self.train_texts, self.y_train, len(self.label_names),
+                                self.val_texts, self.y_val, self.cfg.static_dims, self.cfg.seed,
+                                self.progress)  # fmt: skip
+        self.unknown_tokens(model.tokenizer, log=None, unk_id=model.info.get("unk_id"))
+        logits = model.logits(self.val_texts)
+        acc = float((logits.argmax(1) == self.y_val).mean()) if len(self.y_val) else float("nan")
+        how = (f"static embeddings of {self.cfg.base} ({model.embeddings.shape[0]:,} tokens x {model.dims}) "
+               f"+ logistic regression, {why}")  # fmt: skip
+        return _Fitted(model, logits, acc, time.perf_counter() - t0, "static", how)
+
+    def unknown_tokens(self, tokenizer, log: list[dict] | None, unk_id: int | None = None) -> float:
+        """Log (and warn above UNKNOWN_WARN) the share of unknown tokens in the validation texts."""
+        texts = self.val_texts or self.train_texts
+        share = unknown_share(tokenizer, texts, unk_id)
+        which = "validation" if self.val_texts else "training"
+        if log is not None:
+            log.append({"stage": "unknown_tokens", "share": share, "texts": which})
+        if share > UNKNOWN_WARN:
+            self.notes.append(
+                f"{share * 100:.1f} % of the {which} texts' tokens are unknown to the {self.cfg.base} tokenizer "
+                "([UNK] or byte fallback): it reads this data poorly; see docs/classify.md for an encoder "
+                "for other languages, or try --arch tfidf"
+            )
+            say(self.progress, f"[yellow]warning: {self.notes[-1]}[/yellow]")
+        return share
+
+    def ship_linear(self, fitted: _Fitted, log: list[dict], **extra) -> ClassifyResult:
+        """Save a tfidf or static model (a linear head on features computed without torch)."""
         cfg = self.cfg
+        arch = fitted.arch
         pred = fitted.val_logits.argmax(1) if len(self.y_val) else np.zeros(0, int)
         val_f1 = macro_f1(self.y_val, pred, len(self.label_names)) if len(self.y_val) else float("nan")
-        if cfg.arch == "tfidf":
+        if cfg.arch == arch:
             log.append(
-                {"stage": "tfidf", "val_accuracy": fitted.val_accuracy, "seconds": round(fitted.seconds, 2)}
+                {"stage": arch, "val_accuracy": fitted.val_accuracy, "seconds": round(fitted.seconds, 2)}
             )
-            say(self.progress, f"TF-IDF + logistic regression: {fitted.model.n_features:,} features, "
-                               f"val accuracy {fitted.val_accuracy:.4f} ({fitted.seconds:.1f} s)")  # fmt: skip
+            say(
+                self.progress,
+                f"{fitted.how}: val accuracy {fitted.val_accuracy:.4f} ({fitted.seconds:.1f} s)",
+            )
         threshold = None
         if cfg.oos:
             scores = oos_score(fitted.val_logits, cfg.oos_score)
             threshold = float(np.quantile(scores, cfg.oos_val_flag_rate))
-        params = int(fitted.model.weight.size + fitted.model.bias.size)
-        meta = self.meta("tfidf", params, threshold) | {"features": fitted.model.n_features}
+        m = fitted.model
+        params = int(m.weight.size + m.bias.size)
+        if arch == "static":
+            params += int(m.embeddings.size)
+            extra_meta = {"dims": m.dims, "vocab": int(m.embeddings.shape[0]), "base": cfg.base}
+        else:
+            extra_meta = {"features": m.n_features}
+        meta = self.meta(arch, params, threshold) | extra_meta
         metrics = self.metrics(params, fitted.val_accuracy, val_f1) | {
-            "shipped": "tfidf",
-            "tfidf_val_accuracy": fitted.val_accuracy,
+            "shipped": arch,
+            f"{arch}_val_accuracy": fitted.val_accuracy,
             **{k: v for k, v in extra.items() if k == "encoder_val_accuracy"},
             "frozen_lr_val_accuracy": extra.get("frozen_acc", float("nan")),
         }
@@ -357,9 +406,9 @@ class _Run:
             epochs_run=0,
             oos_threshold=threshold,
             elapsed_s=time.perf_counter() - self.started,
-            arch="tfidf",
-            shipped="tfidf",
-            tfidf_val_accuracy=fitted.val_accuracy,
+            arch=arch,
+            shipped=arch,
+            tfidf_val_accuracy=fitted.val_accuracy if arch == "tfidf" else float("nan"),
             budget=self.budget,
             notes=self.notes,
         )
@@ -404,7 +453,9 @@ class _Run:
             with open(tmp / "train_log.jsonl", "w", encoding="utf-8") as f:
                 for row in log:
                     f.write(json.dumps(row) + "\n")
-        source = f"classify:{self.cfg.base}" if meta["arch"] == "encoder" else "classify:tfidf"
+        source = {"encoder": f"classify:{self.cfg.base}", "static": f"classify:static:{self.cfg.base}"}.get(
+            meta["arch"], f"classify:{meta['arch']}"
+        )
         workspace.register("model", out, source=source, data_hash=_data_hash(self.cfg.data), metrics=metrics)
 
 
@@ -633,6 +684,29 @@ def tokenize(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     return tokenizer(texts, truncation=True, max_length=max_len)["input_ids"] if texts else []
 
 
+def unknown_share(tokenizer, texts: list[str], unk_id: int | None = None, limit: int = 2000) -> float:
+    """Share of the tokens of `texts` (the first `limit`, 512 tokens each, no special tokens) that the tokenizer
+    could not represent: its unknown token, or a byte-fallback token (`<0xE4>`) of a SentencePiece/BPE one.
+
+    `tokenizer` is a transformers tokenizer or a `tokenizers.Tokenizer` (then `unk_id` names its unknown id)."""
+    import re
+
+    texts = [t for t in texts[:limit] if t]
+    if not texts:
+        return 0.0
+    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
+        ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    else:
+        unk_id = tokenizer.unk_token_id
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
+    byte = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+    bad = {i for t, i in tokenizer.get_vocab().items() if byte.fullmatch(t)}
+    if unk_id is not None:
+        bad.add(unk_id)
+    total = sum(len(x) for x in ids)
+    return sum(1 for x in ids for i in x if i in bad) / total if total else 0.0
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> dict:
     """Right-padded ids, attention mask and token type ids of one batch, as torch tensors."""
     import torch
@@ -752,6 +826,7 @@ def _validate(cfg: ClassifyTrainConfig) -> None:
     checks = [
         (0 <= cfg.val_fraction < 1, "--val-fraction must be in [0, 1)"),
         (cfg.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}"),
+        (2 <= cfg.static_dims <= 1024, "--static-dims must be in [2, 1024]"),
         (cfg.epochs is None or cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.steps is None or cfg.steps >= 1, "--steps must be at least 1"),
         (cfg.epochs is None or cfg.steps is None, "give --steps or --epochs, not both"),

@@ -81,7 +81,7 @@ def rightsize_classification(cfg) -> None:
     for t in r["table"]:
         picked = r["pick"] and t["rung"] == r["pick"]["rung"]
         table.add_row(t["rung"], t["runtime"], f"{t['params'] / 1e6:.2f}M", f"{t['disk_mb']:.1f}",
-                      f"{t['accuracy']:.4f}", f"{t['macro_f1']:.4f}", f"{t['p50_ms']:.1f}",
+                      f"{t['accuracy']:.4f}", f"{t['macro_f1']:.4f}", f"{t['p50_ms']:.3g}",
                       ladder_mark(picked, t["meets"]))  # fmt: skip
     out.print(table)
     if r["pick"]:

@@ -180,7 +180,7 @@ def classification_table(rows: list[dict]) -> None:
             cells += [f"{r['in_scope_accuracy']:.4f}" if r.get("in_scope_accuracy") is not None else "",
                       f"{r['oos_precision']:.3f}" if "oos_precision" in r else "",
                       f"{r['oos_recall']:.3f}" if "oos_recall" in r else ""]  # fmt: skip
-        cells += [f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['throughput_per_s']:.0f}",
+        cells += [f"{r['p50_ms']:.3g}", f"{r['p95_ms']:.3g}", f"{r['throughput_per_s']:.0f}",
                   f"{r['params'] / 1e6:.1f}M", f"{r['disk_mb']:.1f}", f"{r['model_rss_mb']:.0f}"]  # fmt: skip
         t.add_row(*cells)
     out.print(t)

@@ -101,6 +101,10 @@ def model_kind(path: Path) -> str:
             from slmforge.clf.tfidf import ONNX_REFUSAL
 
             raise SlmError(f"{path}: {ONNX_REFUSAL}")
+        if meta.get("arch") == "static":
+            from slmforge.clf.static import ONNX_REFUSAL as STATIC_REFUSAL
+
+            raise SlmError(f"{path}: {STATIC_REFUSAL}")
         return "classifier"
     config = path / "config.json"
     if not config.exists():

@@ -62,7 +62,9 @@ def test_trained_dir_is_an_hf_classifier_with_labels(trained):
         json.loads(line) for line in (Path(trained.model_dir) / "train_log.jsonl").read_text().splitlines()
     ]
     stages = [row.get("stage") for row in log]
-    assert stages[:3] == ["frozen_lr", "tfidf", "budget"] and stages[-1] == "choice"
+    assert stages[:4] == ["unknown_tokens", "frozen_lr", "tfidf", "budget"] and stages[-1] == "choice"
+    assert log[0]["share"] == 0.0 and log[0]["texts"] == "validation"  # English: minilm-l6 reads every token
+    log = log[1:]
     assert log[3]["epoch"] == 1 and log[3]["step"] == 1 and "val_accuracy" in log[3]
     assert "--epochs 1" in log[2]["text"] and trained.budget == log[2]["text"]
     assert workspace.read_manifest(trained.model_dir)["metrics"]["params"] == trained.params

@@ -7,6 +7,8 @@ directory under `out/`:
     base-int8       its ONNX Runtime int8 version
     layers-N        pruned to N encoder layers, vocabulary trimmed, healed by distillation (N from --layers)
     layers-N-int8   its int8 version
+    tfidf           `slm classify train --arch tfidf` on the same data (no transformer at all)
+    static          `--arch static`: the base's encoder distilled by model2vec into a token table + a head
 
 Every rung is evaluated on `eval_data` (accuracy, macro-F1, p50 latency, params, disk size); the
 pick is the smallest (params, then disk, then latency) that meets every clause of `target`. Rungs
@@ -230,6 +232,31 @@ def rightsize(cfg: RightsizeConfig, progress: bool = True) -> dict:
                 rows[qn] = score(qn, qp, name)
                 ladder.append((qn, qp))
 
+    if cfg.tfidf_static:  # the rungs below any transformer, trained on the same data
+        encoder = cfg.base
+        if cfg.base_model:
+            encoder = json.loads((base_path / "classifier.json").read_text()).get("base") or cfg.base
+        for arch in ("tfidf", "static"):
+            path = build(
+                arch,
+                lambda p, arch=arch: train_classifier(
+                    ClassifyTrainConfig(
+                        data=cfg.data,
+                        out=str(p),
+                        text_col=cfg.text_col,
+                        label_col=cfg.label_col,
+                        arch=arch,
+                        base=encoder,
+                        seed=cfg.seed,
+                        threads=cfg.threads,
+                    ),
+                    progress,
+                ),
+            )
+            if path is not None:
+                rows[arch] = score(arch, path, None)
+                ladder.append((arch, path))
+
     base = rows["base"]
     table = []
     for name, path in ladder:
@@ -284,14 +311,14 @@ def write_report(out: Path, table: list[dict], clauses: list[Clause], base: dict
         mark = "**pick**" if pick and t["rung"] == pick["rung"] else ("yes" if t["meets"] else "no")
         lines.append(
             f"| {t['rung']} | {t['runtime']} | {t['params'] / 1e6:.2f} M | {t['disk_mb']:.1f} | "
-            f"{t['accuracy'] * 100:.2f} % | {t['macro_f1'] * 100:.2f} % | {t['p50_ms']:.1f} | {mark} |"
+            f"{t['accuracy'] * 100:.2f} % | {t['macro_f1'] * 100:.2f} % | {t['p50_ms']:.3g} | {mark} |"
         )
     lines.append("")
     if pick:
         lines.append(
             f"Pick: **{pick['rung']}** (`{pick['path']}`): {pick['params'] / base['params'] * 100:.0f} % of the "
             f"base's parameters, accuracy {pick['accuracy'] * 100:.2f} % vs {base['accuracy'] * 100:.2f} %, "
-            f"p50 {pick['p50_ms']:.1f} ms vs {base['p50_ms']:.1f} ms."
+            f"p50 {pick['p50_ms']:.3g} ms vs {base['p50_ms']:.3g} ms."
         )
     else:
         lines.append("No rung meets every target: relax the target or add larger rungs.")

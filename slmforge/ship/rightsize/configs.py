@@ -35,6 +35,10 @@ class RightsizeConfig:
     """An int8 rung after each model."""
     heal_epochs: int = 3
     """Healing epochs of pruned rungs."""
+    tfidf_static: bool = True
+    """Also the tfidf and static rungs, trained on --data.
+
+    Below every transformer: --arch tfidf and --arch static (the base's encoder distilled by model2vec)."""
     text_col: str = "text"
     """Text column."""
     label_col: str = "label"
