@@ -315,7 +315,7 @@ class ContinuousBatcher:
             if self._closed:
                 raise SlmError("the batcher is closed")
             busy = len(self._rows) + (self._prefill is not None)
-            if busy >= self.config.max_batch and len(self._waiting) >= self.config.max_waiting:
+            if busy + len(self._waiting) >= self.config.max_batch + self.config.max_waiting:
                 raise BatcherFull(
                     f"all {self.config.max_batch} batch slots are busy and {len(self._waiting)} requests wait",
                     self._retry_after(),
