@@ -85,6 +85,11 @@ class BatcherConfig:
     """Prompt tokens prefilled between two decode steps, so a long prompt does not stall the running batch."""
     threads: int | None = None
     """ONNX Runtime intra-op threads [default: the LM's]."""
+    prefix_cache_tokens: int = 2048
+    """KV positions kept of recent prompts, so a prompt sharing a prefix with one of them (the same system
+    prompt or instructions) copies that prefix's keys and values instead of recomputing them (0 = off).
+
+    Counted on top of the slots' budget; least recently used prompts are dropped first."""
 
 
 class BatchRequest:
@@ -107,6 +112,7 @@ class BatchRequest:
         self.finish_reason: str | None = None  # one of FINISH_REASONS once done
         self.error: Exception | None = None
         self.submitted = time.perf_counter()
+        self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self._done = threading.Event()
         self._pieces: list[str] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # the pieces for stream(), then None
@@ -218,6 +224,53 @@ class BatchRequest:
         return pick_next(row, cfg, self._generator, self.guide)
 
 
+class _PrefixCache:
+    """The KV cache of recent prompts, one array per prompt ([layers x 2, kv_heads, length, head_size]), least
+    recently used first out when their positions pass `budget`. A new prompt reuses the longest common prefix
+    with any of them: keys and values at a position depend only on the tokens up to it."""
+
+    def __init__(self, budget: int, min_reuse: int = 4):
+        self.budget, self.min_reuse = budget, min_reuse
+        self.entries: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self.hits = self.reused_tokens = 0
+        self._ids = itertools.count()
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.entries.values())
+
+    def match(self, prompt: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """The longest cached prefix of `prompt` (leaving its last token to compute) and its KV array."""
+        best, best_kv, best_key = 0, None, None
+        for key, (ids, kv) in self.entries.items():
+            n = min(len(ids), len(prompt) - 1)
+            differ = np.flatnonzero(ids[:n] != prompt[:n])
+            common = int(differ[0]) if len(differ) else n
+            if common > best:
+                best, best_kv, best_key = common, kv, key
+        if best < self.min_reuse:
+            return 0, None
+        self.entries.move_to_end(best_key)
+        self.hits += 1
+        self.reused_tokens += best
+        return best, best_kv
+
+    def add(self, prompt: np.ndarray, kv: Callable[[], np.ndarray]) -> None:
+        """Keep `prompt`'s KV (`kv()` copies it out of its slot), unless a cached prompt already starts with it;
+        cached prompts it starts with are dropped."""
+        if len(prompt) > self.budget:
+            return
+        for key, (ids, _) in list(self.entries.items()):
+            if len(ids) >= len(prompt) and np.array_equal(ids[: len(prompt)], prompt):
+                self.entries.move_to_end(key)
+                return
+            if len(ids) < len(prompt) and np.array_equal(prompt[: len(ids)], ids):
+                del self.entries[key]
+        self.entries[next(self._ids)] = (prompt, kv())
+        while self.tokens > self.budget:
+            self.entries.popitem(last=False)
+
+
 class _Row:
     """A request holding a slot: how many positions of its slot's KV cache are filled, and what comes next."""
 
@@ -270,6 +323,7 @@ class ContinuousBatcher:
                     shape, dtype
                 )
         self.kv_bytes = sum(a.nbytes for a in self._kv.values())
+        self._prefix = _PrefixCache(config.prefix_cache_tokens) if config.prefix_cache_tokens > 0 else None
         self._rows: list[_Row] = []  # decoding rows in slots [0, n), then at most one row being prefilled
         self._prefill: _Row | None = None
         self._waiting: collections.deque[BatchRequest] = collections.deque()
@@ -343,6 +397,9 @@ class ContinuousBatcher:
                 "kv_tokens_budget": self.config.max_batch * self.config.slot_tokens,
                 "kv_bytes": self.kv_bytes,
                 "steps": self._steps,
+                "prefix_cache_tokens": self._prefix.tokens if self._prefix else 0,
+                "prefix_hits": self._prefix.hits if self._prefix else 0,
+                "prefix_reused_tokens": self._prefix.reused_tokens if self._prefix else 0,
             }
 
     def close(self) -> None:
@@ -404,9 +461,17 @@ class ContinuousBatcher:
             self._release(row)
 
     def _admit(self) -> None:
+        """Start prefilling the next waiting request, in the slot after the decoding rows, from the longest
+        prefix of its prompt the prefix cache holds."""
         with self._lock:
-            if self._prefill is None and self._waiting and len(self._rows) < self.config.max_batch:
-                self._prefill = _Row(self._waiting.popleft(), len(self._rows))
+            if self._prefill is not None or not self._waiting or len(self._rows) >= self.config.max_batch:
+                return
+            row = self._prefill = _Row(self._waiting.popleft(), len(self._rows))
+        if self._prefix is not None:
+            reused, kv = self._prefix.match(np.asarray(row.request.prompt_ids))
+            for i, buf in enumerate(self._kv.values() if reused else ()):
+                buf[row.slot, :, :reused] = kv[i, :, :reused]
+            row.length = row.request.cached_tokens = reused
 
     def _prefill_chunk(self) -> None:
         row = self._prefill
@@ -416,6 +481,8 @@ class ContinuousBatcher:
         row.length += len(chunk)
         if row.length < len(prompt):
             return
+        if self._prefix is not None:
+            self._prefix.add(np.asarray(prompt), lambda: self._slot_kv(row.slot, len(prompt)))
         with self._lock:
             self._prefill = None
             self._rows.append(row)  # already in slot len(rows): it joins the next decode step
@@ -463,6 +530,10 @@ class ContinuousBatcher:
                 self._rows[hole] = last
             if self._prefill is not None:
                 self._move(self._prefill, len(self._rows))
+
+    def _slot_kv(self, slot: int, length: int) -> np.ndarray:
+        """A copy of the first `length` KV positions of `slot`, every layer: [layers x 2, kv_heads, length, size]."""
+        return np.stack([buf[slot, :, :length] for buf in self._kv.values()])
 
     def _move(self, row: _Row, slot: int) -> None:
         if row.slot != slot:

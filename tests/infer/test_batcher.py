@@ -149,3 +149,25 @@ def test_seeded_sampling_and_constraints_equal_one_by_one(lm):
 def test_only_the_ort_backend(tiny_model_dir):
     with pytest.raises(SlmError, match="ort backend"):
         ContinuousBatcher(engines.open_lm(str(tiny_model_dir), "torch"))
+
+
+def test_a_shared_prefix_is_reused_not_recomputed_and_gives_the_same_replies(lm):
+    system = "The teacher reads a long book in the evening. The river follows the green field near the sea. "
+    texts = [system + "the cat sees", system + "a small dog finds", system + "hi"]
+    cfg = _cfg(12)
+    with ContinuousBatcher(lm, BatcherConfig(max_batch=3, slot_tokens=96, prefill_chunk=8)) as batcher:
+        requests = [batcher.submit(_ids(lm, t), cfg) for t in texts]
+        got = [r.result(60).token_ids for r in requests]
+        stats = batcher.stats()
+    shared = len(_ids(lm, system))
+    assert requests[0].cached_tokens == 0
+    assert all(shared - 2 <= r.cached_tokens < len(r.prompt_ids) for r in requests[1:])
+    assert stats["prefix_hits"] == 2 and 0 < stats["prefix_cache_tokens"] <= 2048
+    assert got == [_alone(lm, t, cfg).token_ids for t in texts]
+    with ContinuousBatcher(lm, BatcherConfig(max_batch=3, slot_tokens=96, prefix_cache_tokens=0)) as plain:
+        assert [plain.submit(_ids(lm, t), cfg).result(60).token_ids for t in texts] == got
+        assert plain.stats()["prefix_hits"] == 0
+    # a budget smaller than a prompt keeps nothing
+    with ContinuousBatcher(lm, BatcherConfig(max_batch=1, slot_tokens=96, prefix_cache_tokens=8)) as small:
+        small.generate(_ids(lm, texts[0]), cfg)
+        assert small.stats()["prefix_cache_tokens"] == 0
