@@ -362,6 +362,10 @@ class ContinuousBatcher:
             )
         if cfg.max_new_tokens < 1:
             raise SlmError(f"max_new_tokens must be at least 1 (got {cfg.max_new_tokens})")
+        if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1 or cfg.repetition_penalty <= 0:
+            raise SlmError(
+                "sampling: temperature and top_k must be at least 0, top_p in (0, 1], repetition_penalty above 0"
+            )
         constraint = constraint or Constraint.from_config(cfg)
         guide = Guide(constraint, self.tokenizer, sorted(self.eos)) if constraint is not None else None
         max_new = min(cfg.max_new_tokens, slot - len(prompt_ids))
