@@ -13,9 +13,9 @@ GenAI decodes), so a step writes only the new token's keys and values. Rows of d
 decode in one call, exactly. The cache is one buffer per layer and kind, `[max_batch, kv_heads, slot_tokens,
 head_size]`: `max_batch` slots of `slot_tokens` positions each (the KV budget, in tokens, is their product).
 The decoding rows are kept in slots `[0, n)` (a finished row's hole is filled by moving the last row into it), so
-each step passes a contiguous view. A prompt is prefilled into the next free slot in chunks of `prefill_chunk`
-tokens (GroupQueryAttention takes a multi-token input only at batch 1), one chunk between two decode steps, so
-a long prompt delays the others by one chunk per step, not by its whole length.
+each step passes a contiguous view. A prompt is prefilled into the next free slot (GroupQueryAttention takes a
+multi-token input only at batch 1), at most `prefill_chunk` prompt tokens (over one or more prompts) between two
+decode steps, so a long prompt delays the others by one chunk per step, not by its whole length.
 
 Each request keeps its own sampling parameters (a `GenerateConfig`: temperature, top-k, top-p, seed, repetition
 penalty, max_new_tokens), constraint (`slmforge.infer.constrain.Guide`), stop strings, cancellation and text
@@ -431,9 +431,9 @@ class ContinuousBatcher:
             started = time.perf_counter()
             try:
                 self._drop_cancelled()
-                self._admit()
-                if self._prefill is not None:
-                    self._prefill_chunk()
+                budget = self.config.prefill_chunk  # prompt tokens this iteration, over one or more prompts
+                while budget > 0 and (self._prefill is not None or self._admit()):
+                    budget -= self._prefill_chunk(budget)
                 if self._rows:
                     self._decode()
             except Exception as e:  # an engine failure ends the running requests, not the batcher
@@ -464,33 +464,36 @@ class ContinuousBatcher:
             row.request._finish("cancelled")
             self._release(row)
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
         """Start prefilling the next waiting request, in the slot after the decoding rows, from the longest
-        prefix of its prompt the prefix cache holds."""
+        prefix of its prompt the prefix cache holds; False when none can start."""
         with self._lock:
             if self._prefill is not None or not self._waiting or len(self._rows) >= self.config.max_batch:
-                return
+                return False
             row = self._prefill = _Row(self._waiting.popleft(), len(self._rows))
         if self._prefix is not None:
             reused, kv = self._prefix.match(np.asarray(row.request.prompt_ids))
             for i, buf in enumerate(self._kv.values() if reused else ()):
                 buf[row.slot, :, :reused] = kv[i, :, :reused]
             row.length = row.request.cached_tokens = reused
+        return True
 
-    def _prefill_chunk(self) -> None:
+    def _prefill_chunk(self, budget: int) -> int:
+        """Prefill up to `budget` more tokens of the prompt being prefilled; returns how many it took."""
         row = self._prefill
         prompt = row.request.prompt_ids
-        chunk = prompt[row.length : row.length + self.config.prefill_chunk]
+        chunk = prompt[row.length : row.length + budget]
         logits = self._run(row.slot, row.slot + 1, np.asarray([chunk], np.int64), [row.length])
         row.length += len(chunk)
         if row.length < len(prompt):
-            return
+            return len(chunk)
         if self._prefix is not None:
             self._prefix.add(np.asarray(prompt), lambda: self._slot_kv(row.slot, len(prompt)))
         with self._lock:
             self._prefill = None
             self._rows.append(row)  # already in slot len(rows): it joins the next decode step
         self._take(row, logits[0, -1])
+        return len(chunk)
 
     def _decode(self) -> None:
         rows = self._rows

@@ -171,3 +171,31 @@ def test_a_shared_prefix_is_reused_not_recomputed_and_gives_the_same_replies(lm)
     with ContinuousBatcher(lm, BatcherConfig(max_batch=1, slot_tokens=96, prefix_cache_tokens=8)) as small:
         small.generate(_ids(lm, texts[0]), cfg)
         assert small.stats()["prefix_cache_tokens"] == 0
+
+
+def test_an_engine_failure_ends_the_running_requests_not_the_batcher_and_close_cancels(lm, monkeypatch):
+    batcher = ContinuousBatcher(lm, BatcherConfig(max_batch=2, slot_tokens=64))
+    real = batcher._run
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("ONNX Runtime said no")
+        return real(*args)
+
+    monkeypatch.setattr(batcher, "_run", flaky)
+    failed = batcher.submit(_ids(lm, "The cat sees"), _cfg(20))
+    with pytest.raises(SlmError, match="generation failed: ONNX Runtime said no"):
+        failed.result(30)
+    assert failed.finish_reason == "error"
+    fine = batcher.submit(_ids(lm, "a small dog"), _cfg(6))
+    assert fine.result(30).token_ids == _alone(lm, "a small dog", _cfg(6)).token_ids
+    assert "".join(fine.stream()) == fine.completion.text  # a finished request still streams its pieces
+    # close: what is running or waiting ends "cancelled"
+    slow = threading.Event()
+    first = batcher.submit(_ids(lm, "The cat sees"), _cfg(60), on_text=lambda _: slow.wait(0.05))
+    queued = [batcher.submit(_ids(lm, "hi"), _cfg(60)) for _ in range(3)]
+    batcher.close()
+    assert {r.finish_reason for r in [first, *queued]} <= {"cancelled", "stop", "length"}
+    assert queued[-1].finish_reason == "cancelled"
