@@ -313,6 +313,7 @@ class ContinuousBatcher:
             decoder["head_size"],
         )
         kinds = {i.name: i.type for i in self.session.get_inputs()}
+        _check_graph(model_dir, kinds)
         dtype = np.float16 if kinds.get("past_key_values.0.key") == "tensor(float16)" else np.float32
         shape = (config.max_batch, heads, config.slot_tokens, size)
         # one buffer per past input, bound to its present output too; np.zeros commits pages as they are written
@@ -572,6 +573,21 @@ class ContinuousBatcher:
             return 1.0
         left = [r.request.max_new - len(r.request.completion.token_ids) for r in rows]
         return round(max(0.1, min(left) * self._step_seconds), 2)
+
+
+def _check_graph(model_dir: Path, inputs: dict) -> None:
+    """SlmError unless the decoder is what the batcher drives: GroupQueryAttention (per-row lengths from the
+    mask, right-padded KV) and no inputs but input_ids, attention_mask and the past keys and values."""
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    if not any(node.op_type == "GroupQueryAttention" for node in graph.node):
+        raise SlmError(f"{model_dir} has no GroupQueryAttention: continuous batching cannot run it")
+    other = sorted(
+        n for n in inputs if n not in ("input_ids", "attention_mask") and "past_key_values" not in n
+    )
+    if other:
+        raise SlmError(f"{model_dir} takes inputs continuous batching does not feed: {', '.join(other)}")
 
 
 def _session(model_dir: Path, threads: int):
