@@ -199,3 +199,25 @@ def test_an_engine_failure_ends_the_running_requests_not_the_batcher_and_close_c
     batcher.close()
     assert {r.finish_reason for r in [first, *queued]} <= {"cancelled", "stop", "length"}
     assert queued[-1].finish_reason == "cancelled"
+
+
+def test_a_decoder_the_batcher_cannot_drive_is_refused_named(lm, tmp_path):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])
+    pos = helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "s"])
+    out = helper.make_tensor_value_info("logits", TensorProto.INT64, ["b", "s"])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input_ids", "position_ids"], ["logits"])], "g", [ids, pos], [out]
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "model.onnx")
+    decoder = {"num_hidden_layers": 1, "num_key_value_heads": 1, "head_size": 8}
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": decoder}}))
+    other = engines.LM(
+        "ort", "fp32", lm.tokenizer, lm.eos, 512, lambda: None, info={"model_dir": str(tmp_path)}
+    )
+    with pytest.raises(SlmError, match="no GroupQueryAttention"):
+        ContinuousBatcher(other, BatcherConfig(slot_tokens=64))
