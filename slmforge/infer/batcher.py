@@ -239,6 +239,10 @@ class _PrefixCache:
     def tokens(self) -> int:
         return sum(len(ids) for ids, _ in self.entries.values())
 
+    @property
+    def nbytes(self) -> int:
+        return sum(kv.nbytes for _, kv in self.entries.values())
+
     def match(self, prompt: np.ndarray) -> tuple[int, np.ndarray | None]:
         """The longest cached prefix of `prompt` (leaving its last token to compute) and its KV array."""
         best, best_kv, best_key = 0, None, None
@@ -403,6 +407,7 @@ class ContinuousBatcher:
                 "kv_bytes": self.kv_bytes,
                 "steps": self._steps,
                 "prefix_cache_tokens": self._prefix.tokens if self._prefix else 0,
+                "prefix_cache_bytes": self._prefix.nbytes if self._prefix else 0,
                 "prefix_hits": self._prefix.hits if self._prefix else 0,
                 "prefix_reused_tokens": self._prefix.reused_tokens if self._prefix else 0,
             }

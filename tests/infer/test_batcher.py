@@ -221,3 +221,52 @@ def test_a_decoder_the_batcher_cannot_drive_is_refused_named(lm, tmp_path):
     )
     with pytest.raises(SlmError, match="no GroupQueryAttention"):
         ContinuousBatcher(other, BatcherConfig(slot_tokens=64))
+
+
+def test_many_clients_at_once_with_cancels_and_refusals_leave_nothing_behind(lm):
+    import random
+
+    texts = [
+        "The cat sees",
+        "a small dog",
+        "hi there",
+        "the old man walks to",
+        "our team builds",
+        "my friend",
+    ]
+    want = {t: _alone(lm, t, _cfg(10)).token_ids for t in texts}
+    outcomes: list[tuple[str, object]] = []
+    lock = threading.Lock()
+    config = BatcherConfig(
+        max_batch=3, slot_tokens=48, max_waiting=3, prefill_chunk=4, prefix_cache_tokens=64
+    )
+    with ContinuousBatcher(lm, config) as batcher:
+
+        def client(i: int) -> None:
+            rng = random.Random(i)
+            text = texts[i % len(texts)]
+            try:
+                request = batcher.submit(_ids(lm, text), _cfg(10))
+            except BatcherFull as full:
+                with lock:
+                    outcomes.append(("refused", full.retry_after))
+                return
+            if rng.random() < 0.3:
+                request.cancel()
+            done = request.result(60)
+            with lock:
+                outcomes.append((request.finish_reason, (text, done.token_ids)))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stats = batcher.stats()
+    assert len(outcomes) == 16
+    assert stats["decoding"] == stats["prefilling"] == stats["waiting"] == stats["kv_tokens_used"] == 0
+    assert stats["prefix_cache_tokens"] <= 64 and stats["prefix_cache_bytes"] > 0
+    finished = [v for reason, v in outcomes if reason in ("stop", "length")]
+    assert finished and all(ids == want[text] for text, ids in finished)
+    assert all(v > 0 for reason, v in outcomes if reason == "refused")
+    assert {reason for reason, _ in outcomes} <= {"stop", "length", "cancelled", "refused"}
