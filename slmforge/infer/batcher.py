@@ -154,7 +154,11 @@ class BatchRequest:
         self._pieces.append(piece)
         self._queue.put(piece)
         if self.on_text is not None:
-            self.on_text(piece)
+            try:
+                self.on_text(piece)
+            except Exception:  # the caller is gone (a closed connection): stop the request, not the batch
+                self.on_text = None
+                self.cancel_event.set()
 
     def _accept(self, token: int, eos: set[int]) -> bool:
         """Take the picked `token`; False when the request is finished by it."""
@@ -516,11 +520,8 @@ class ContinuousBatcher:
         try:
             token = request._pick(logits)
             going = request._accept(token, self.eos)
-        except Exception as e:  # a constraint's dead end, a caller's callback that raised
-            if isinstance(e, SlmError):
-                request._finish("error", error=e)
-            else:
-                request._finish("cancelled")
+        except SlmError as e:  # a constraint's dead end
+            request._finish("error", error=e)
             going = False
         if going and request.cancel_event.is_set():
             request._finish("cancelled")
