@@ -279,7 +279,6 @@ def test_a_callback_that_raises_cancels_its_own_request_only(lm):
     with ContinuousBatcher(lm, BatcherConfig(max_batch=2, slot_tokens=64)) as batcher:
         fine = batcher.submit(_ids(lm, "the old man walks to"), _cfg(20))
         broken = batcher.submit(_ids(lm, "a small dog"), _cfg(20), stop=["zzz"], on_text=gone)
-        broken.cancel()  # its cancel flushes held text into the raising callback
         assert fine.result(30).token_ids == _alone(lm, "the old man walks to", _cfg(20)).token_ids
         assert broken.result(30) is not None and broken.finish_reason == "cancelled"
         assert fine.finish_reason in ("stop", "length")
