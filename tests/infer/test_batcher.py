@@ -34,7 +34,7 @@ def _alone(lm, text, cfg, constraint=None):
     return complete(lm.step(), lm.tokenizer, _ids(lm, text), cfg, lm.eos, None, constraint)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_greedy_rows_of_different_lengths_equal_one_by_one(tiny_model_dir, precision):
     lm = engines.open_lm(str(tiny_model_dir), "ort", precision, threads=1)
     cfg = _cfg(20)
