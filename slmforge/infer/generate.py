@@ -273,7 +273,7 @@ def complete(
         else:
             if cfg.repetition_penalty != 1.0 and done.token_ids:
                 logits = penalise_repeats(logits, done.token_ids, cfg.repetition_penalty)
-            token = _pick(logits, cfg, generator, guide)
+            token = pick_next(logits, cfg, generator, guide)
         if not done.token_ids:
             done.first_token_seconds = time.perf_counter() - started
         if token in eos:
@@ -357,7 +357,7 @@ def _decode_together(lm, prompts: list[list[int]], cfg: GenerateConfig, constrai
                     row = logits[i]
                     if cfg.repetition_penalty != 1.0 and done.token_ids:
                         row = penalise_repeats(row, done.token_ids, cfg.repetition_penalty)
-                    token = _pick(row, cfg, samplers[i], guides[i])
+                    token = pick_next(row, cfg, samplers[i], guides[i])
                 if not done.token_ids:
                     done.first_token_seconds = time.perf_counter() - started
                 if token in eos:
@@ -392,7 +392,9 @@ def penalise_repeats(logits: torch.Tensor, seen: list[int], penalty: float) -> t
     return out
 
 
-def _pick(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator, guide: Guide | None) -> int:
+def pick_next(
+    logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator, guide: Guide | None
+) -> int:
     """`pick_token` among the tokens `guide` allows. Greedy first tries the model's own argmax: when the
     constraint allows it, it is also the argmax of the masked logits, and the logits need no mask."""
     if guide is not None:
