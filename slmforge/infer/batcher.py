@@ -200,7 +200,8 @@ class BatchRequest:
         if self.finish_reason is not None:
             return False
         if flush and reason != "error":
-            self._push_text(self._text.flush())
+            if self._push_text(self._text.flush()) and reason == "length":
+                reason = "stop"  # the held-back bytes completed a stop string
             self._emit(self._held)
             self._held = ""
         done = self.completion

@@ -68,6 +68,23 @@ class ChatBackend:
         self.tokenizer, self.eos = self.lm.tokenizer, self.lm.eos
         if template is not None:
             self.tokenizer.chat_template = template
+        self.continuous = self._continuous(cfg, threads)
+
+    def _continuous(self, cfg: ModelConfig, threads: int | None):
+        """A `ContinuousBatcher` when the config asks for one (or auto and the model runs on ort), else None."""
+        if cfg.batching == "off" or (cfg.batching == "auto" and self.lm.backend != "ort"):
+            return None
+        from slmforge.infer.batcher import BatcherConfig, ContinuousBatcher
+
+        slot = min(cfg.slot_tokens, self.lm.max_positions or cfg.slot_tokens)
+        try:
+            return ContinuousBatcher(
+                self.lm, BatcherConfig(max_batch=cfg.slots, slot_tokens=slot, threads=threads)
+            )
+        except SlmError as e:
+            if cfg.batching == "continuous":
+                raise SlmError(f"model {cfg.name}: {e}") from None
+            return None  # auto: a graph the batcher cannot drive decodes one request per worker
 
     def tool_format(self):
         """How this model's chat template writes a tool call (`slmforge.infer.tool_use.ToolFormat`);
@@ -96,6 +113,9 @@ class ChatBackend:
     ) -> GenResult:
         """Decode (in a worker thread); `cancel` stops it at the next piece of text."""
         from slmforge.infer.generate import GenerateConfig, complete
+
+        if self.continuous is not None:
+            return self._generate_batched(ids, p, on_text, cancel)
 
         pieces: list[str] = []
         stopped = False
@@ -131,6 +151,32 @@ class ChatBackend:
             text = "".join(pieces)
             return GenResult(text, len(ids), self.count(text), "stop", time.perf_counter() - started)
         reason = "stop" if done.stopped_at_eos else "length"
+        return GenResult(done.text, len(ids), len(done.token_ids), reason, done.seconds)
+
+    def _generate_batched(
+        self, ids: list[int], p: GenParams, on_text: Callable[[str], None] | None, cancel: threading.Event
+    ) -> GenResult:
+        """Join the continuous batch and wait (in a worker thread) for the reply. A full batcher is a 503 with
+        Retry-After, a prompt longer than a slot a 400; `cancel` frees the slot at the next step."""
+        from slmforge.infer.batcher import BatcherFull, PromptTooLong
+        from slmforge.infer.generate import GenerateConfig
+        from slmforge.serve.errors import ApiError
+
+        gen = GenerateConfig(model=self.cfg.name, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                             top_p=p.top_p, seed=p.seed)  # fmt: skip
+        try:
+            req = self.continuous.submit(ids, gen, constraint=p.constraint, stop=p.stop, on_text=on_text,
+                                         cancel=cancel)  # fmt: skip
+        except BatcherFull as e:
+            raise ApiError(503, "every generation slot is busy; retry shortly", "server_error", "queue_full",
+                           headers={"Retry-After": str(max(1, round(e.retry_after)))}) from None  # fmt: skip
+        except PromptTooLong as e:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {e.limit}",
+                           "invalid_request_error", "context_length_exceeded", param="messages") from None  # fmt: skip
+        done = req.result()
+        if req.finish_reason == "cancelled":
+            raise Cancelled
+        reason = "length" if req.finish_reason == "length" else "stop"
         return GenResult(done.text, len(ids), len(done.token_ids), reason, done.seconds)
 
 

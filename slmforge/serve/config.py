@@ -19,7 +19,7 @@ limits:
   burst: 60
   timeout_s: 60                 # per request; 504 after
   queue_size: 64                # requests admitted (running + waiting); 503 above
-  generation_workers: 2         # generations decoded at once; the rest wait in the queue
+  generation_workers: 2         # generations decoded at once by a chat model without continuous batching
 audit:                          # one record per request in the workspace DB (slmforge.serve.audit)
   store_prompts: false          # when true, prompts are stored PII-redacted
   log_json: false               # also log each record as one JSON line (slmforge.audit logger)
@@ -33,7 +33,7 @@ audit:                          # one record per request in the workspace DB (sl
 guard: null                     # a slmforge.guard config (block / redact / flag per route)
 pipelines: null                 # a pipelines YAML file (slmforge.route.pipeline)
 models:
-  - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}
+  - {name: smollm, kind: chat, path: smollm2-135m-instruct, max_new_tokens: 128}  # batching: auto, slots: 16, slot_tokens: 1024
   - {name: smollm-tools, kind: chat, path: smollm2-135m-instruct, chat_template: examples/tools/chatml-tools.jinja}
   - {name: intents, kind: classify, path: models/intents, batch: {max_size: 32, max_wait_ms: 5}}
   - {name: minilm, kind: embeddings, path: minilm-l6, runtime: onnx}
@@ -95,7 +95,7 @@ class LimitsConfig:
     queue_size: int = 64
     """Requests admitted (running + waiting); 503 above."""
     generation_workers: int = 2
-    """Generations decoded at once; the rest wait in the queue."""
+    """Generations decoded at once by a chat model without continuous batching; the rest wait in the queue."""
 
 
 @dataclass
@@ -155,6 +155,15 @@ class ModelConfig:
     chat_template: str = ""
     """chat: a Jinja chat template file used instead of the model's own (e.g.
     examples/tools/chatml-tools.jinja, so a ChatML model such as SmolLM2 can take `tools`)."""
+    batching: str = "auto"
+    """chat: continuous (requests decoded together, each joining and leaving the running batch at a token
+    boundary; the ort backend), off (each generation in its own worker, limits.generation_workers at once) or
+    auto (continuous where the model runs on ort and its graph allows it, else off)."""
+    slots: int = 16
+    """chat, continuous batching: requests decoded together; the rest wait (admitted up to limits.queue_size)."""
+    slot_tokens: int = 1024
+    """chat, continuous batching: KV-cache positions a request may hold, prompt plus reply (a longer prompt is a
+    400; max_tokens is clamped to what is left). The memory budget, slots x slot_tokens, is allocated at start."""
     batch: BatchConfig = field(default_factory=BatchConfig)
     """classify, embeddings: how requests are micro-batched."""
 
@@ -253,6 +262,10 @@ def validate(cfg: ServeConfig, where: str = "serve config") -> None:
             raise SlmError(f"{w}: max_new_tokens must be at least 1")
         if m.chat_template and (m.kind != "chat" or m.upstream):
             raise SlmError(f"{w}: only a local chat model takes a chat_template")
+        if m.batching not in ("auto", "continuous", "off"):
+            raise SlmError(f"{w}: batching must be auto, continuous or off, not {m.batching!r}")
+        if m.slots < 1 or m.slot_tokens < 2:
+            raise SlmError(f"{w}: slots must be at least 1 and slot_tokens at least 2")
         from slmforge.infer.engines import BACKENDS, PRECISIONS
 
         if m.backend not in BACKENDS or m.precision not in PRECISIONS:

@@ -74,9 +74,15 @@ class Door:
             log_json=cfg.audit.log_json, retention_days=cfg.audit.retention_days,
             unauthenticated_per_minute=cfg.audit.unauthenticated_per_minute, metrics=metrics,
         )  # fmt: skip
-        self.generation = concurrent.futures.ThreadPoolExecutor(
-            cfg.limits.generation_workers, thread_name_prefix="slm-generate"
+        # a continuously batched chat model decodes on its own scheduler thread; a worker only waits for its
+        # request there, so every admitted request gets one
+        batched = any(getattr(b, "continuous", None) is not None for b in backends.values())
+        workers = (
+            max(cfg.limits.generation_workers, cfg.limits.queue_size)
+            if batched
+            else cfg.limits.generation_workers
         )
+        self.generation = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="slm-generate")
         self.pipeline_executor = pipeline_executor
         self.guard_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slm-guard")
         # parsing bodies, chat templates and tokenisation: off the event loop, one at a time (a fast
