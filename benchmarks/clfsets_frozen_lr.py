@@ -18,8 +18,9 @@ import numpy as np
 
 def main() -> None:
     from slmforge.clf.examples import read_examples
+    from slmforge.clf.head import fit_linear_head
     from slmforge.clf.io import build_classifier
-    from slmforge.clf.train import embed, fit_linear_head, seed_everything, tokenize
+    from slmforge.clf.tuning import embed, seed_everything, tokenize
     from slmforge.core.runtime import set_threads
 
     ap = argparse.ArgumentParser()

@@ -26,9 +26,10 @@ import numpy as np
 from slmforge.clf.configs import ClassifyTrainConfig, CompressConfig
 from slmforge.clf.evaluate import macro_f1
 from slmforge.clf.examples import read_examples, stratified_split
+from slmforge.clf.head import fit_linear_head
 from slmforge.clf.io import META, build_classifier, save_model
 from slmforge.clf.predict import oos_score
-from slmforge.clf.train import embed, fine_tune, fit_linear_head, logits_of, seed_everything, tokenize
+from slmforge.clf.tuning import embed, fine_tune, logits_of, seed_everything, tokenize
 from slmforge.core.errors import SlmError
 from slmforge.core.progress import say
 

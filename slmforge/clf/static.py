@@ -289,7 +289,7 @@ def fit_static(
     progress: bool = True,
 ) -> tuple[StaticModel, str]:
     """The static model of `base` with a head fitted on `texts`; and a sentence on how C was chosen."""
-    from slmforge.clf.train import fit_linear_head
+    from slmforge.clf.head import fit_linear_head
 
     tokenizer, table, info = distilled_table(base, dims, progress)
     probe = StaticModel(tokenizer, table, np.zeros((n_labels, table.shape[1])), np.zeros(n_labels), info)

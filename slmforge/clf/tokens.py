@@ -35,7 +35,7 @@ import numpy as np
 
 from slmforge.clf.configs import TokenTrainConfig
 from slmforge.clf.io import META, dir_size, encoder_config, first_line
-from slmforge.clf.train import length_bucketed_batches, param_groups, seed_everything
+from slmforge.clf.tuning import length_bucketed_batches, param_groups, seed_everything
 from slmforge.core.errors import SlmError
 from slmforge.core.progress import bar, say
 from slmforge.data.entities import Record, Span, read_entities, span_scores

@@ -14,8 +14,10 @@ import pytest
 from slmforge.clf.configs import ClassifyTrainConfig
 from slmforge.clf.evaluate import evaluate_classifier
 from slmforge.clf.examples import read_examples, stratified_split
+from slmforge.clf.head import fit_linear_head
 from slmforge.clf.predict import predict
-from slmforge.clf.train import fit_linear_head, step_budget, train_classifier
+from slmforge.clf.train import train_classifier
+from slmforge.clf.tuning import step_budget
 from slmforge.core import workspace
 from slmforge.core.errors import SlmError
 

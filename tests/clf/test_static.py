@@ -22,7 +22,8 @@ from slmforge.clf.evaluate import evaluate_classifier  # noqa: E402
 from slmforge.clf.examples import read_examples  # noqa: E402
 from slmforge.clf.predict import load_classifier, predict  # noqa: E402
 from slmforge.clf.static import WEIGHTS_FILE, StaticModel  # noqa: E402
-from slmforge.clf.train import train_classifier, unknown_share  # noqa: E402
+from slmforge.clf.train import train_classifier  # noqa: E402
+from slmforge.clf.tuning import unknown_share  # noqa: E402
 from slmforge.core import workspace  # noqa: E402
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "classify"

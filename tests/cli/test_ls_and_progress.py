@@ -34,7 +34,7 @@ def test_ls_marks_missing_and_prune_drops_only_it(tmp_path):
 def test_epoch_rate_is_steady_across_epochs(monkeypatch):
     """A fake clock: 100 examples per second in every epoch must read as 100 ex/s in every epoch
     (the rate used to divide an epoch's examples by the time since the first epoch)."""
-    from slmforge.clf import train as classify
+    from slmforge.clf import tuning as classify
 
     clock = {"t": 0.0}
     monkeypatch.setattr(classify.time, "perf_counter", lambda: clock["t"])
