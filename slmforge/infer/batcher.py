@@ -20,8 +20,8 @@ decode steps, so a long prompt delays the others by one chunk per step, not by i
 Each request keeps its own sampling parameters (a `GenerateConfig`: temperature, top-k, top-p, seed, repetition
 penalty, max_new_tokens), constraint (`slmforge.infer.constrain.Guide`), stop strings, cancellation and text
 callback; its picks are those of `slmforge.infer.generate.complete` (the same `pick_next`, a seeded generator
-per request), so greedy output equals the one-request decode token for token, up to float rounding of a
-batched matmul.
+per request), so greedy output equals the one-request decode token for token (see `_chunk_size` for the
+one prefill shape that would break that).
 
 Public API (what the server calls): `ContinuousBatcher(lm, BatcherConfig(...))`, `.submit(ids, cfg, ...)` ->
 `BatchRequest` (`.result()`, `.stream()`, `.cancel()`, `.finish_reason`), `.stats()`, `.close()`; refusals raise
