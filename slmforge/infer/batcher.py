@@ -20,8 +20,8 @@ decode steps, so a long prompt delays the others by one chunk per step, not by i
 Each request keeps its own sampling parameters (a `GenerateConfig`: temperature, top-k, top-p, seed, repetition
 penalty, max_new_tokens), constraint (`slmforge.infer.constrain.Guide`), stop strings, cancellation and text
 callback; its picks are those of `slmforge.infer.generate.complete` (the same `pick_next`, a seeded generator
-per request), so greedy output equals the one-request decode token for token, up to float rounding of a
-batched matmul.
+per request), so greedy output equals the one-request decode token for token (see `_chunk_size` for the
+one prefill shape that would break that).
 
 Public API (what the server calls): `ContinuousBatcher(lm, BatcherConfig(...))`, `.submit(ids, cfg, ...)` ->
 `BatchRequest` (`.result()`, `.stream()`, `.cancel()`, `.finish_reason`), `.stats()`, `.close()`; refusals raise
@@ -249,10 +249,11 @@ class _PrefixCache:
         return sum(kv.nbytes for _, kv in self.entries.values())
 
     def match(self, prompt: np.ndarray) -> tuple[int, np.ndarray | None]:
-        """The longest cached prefix of `prompt` (leaving its last token to compute) and its KV array."""
+        """The longest cached prefix of `prompt` and its KV array, leaving at least the prompt's last two tokens
+        to compute (see `ContinuousBatcher._prefill_chunk`)."""
         best, best_kv, best_key = 0, None, None
         for key, (ids, kv) in self.entries.items():
-            n = min(len(ids), len(prompt) - 1)
+            n = min(len(ids), len(prompt) - 2)
             differ = np.flatnonzero(ids[:n] != prompt[:n])
             common = int(differ[0]) if len(differ) else n
             if common > best:
@@ -493,8 +494,10 @@ class ContinuousBatcher:
         """Prefill up to `budget` more tokens of the prompt being prefilled; returns how many it took."""
         row = self._prefill
         prompt = row.request.prompt_ids
-        chunk = prompt[row.length : row.length + budget]
-        logits = self._run(row.slot, row.slot + 1, np.asarray([chunk], np.int64), [row.length])
+        chunk = prompt[row.length : row.length + _chunk_size(len(prompt) - row.length, budget)]
+        first = row.length == 0  # GroupQueryAttention's first-prompt path, as GenAI's prefill takes it
+        ids = np.asarray([chunk], np.int64)
+        logits = self._run(row.slot, row.slot + 1, ids, [row.length], width=len(chunk) if first else None)
         row.length += len(chunk)
         if row.length < len(prompt):
             return len(chunk)
@@ -556,12 +559,16 @@ class ContinuousBatcher:
                 buf[slot, :, : row.length] = buf[row.slot, :, : row.length]
             row.slot = slot
 
-    def _run(self, lo: int, hi: int, ids: np.ndarray, lengths: list[int]) -> np.ndarray:
+    def _run(
+        self, lo: int, hi: int, ids: np.ndarray, lengths: list[int], width: int | None = None
+    ) -> np.ndarray:
         """One forward over slots [lo, hi): `ids` [rows, seq] after `lengths` cached positions per row; returns
-        the last position's logits [rows, 1, vocab]. Keys and values are written into the slots in place."""
+        the last position's logits [rows, 1, vocab]. Keys and values are written into the slots in place. The
+        attention mask is `width` wide (default the slot: GroupQueryAttention's total length; a chunk's own
+        length on an empty slot makes it the op's first-prompt case)."""
         rows, seq = ids.shape
         total = np.asarray(lengths, np.int64)[:, None] + seq
-        mask = (np.arange(self.config.slot_tokens)[None, :] < total).astype(np.int64)
+        mask = (np.arange(width or self.config.slot_tokens)[None, :] < total).astype(np.int64)
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
@@ -580,6 +587,19 @@ class ContinuousBatcher:
             return 1.0
         left = [r.request.max_new - len(r.request.completion.token_ids) for r in rows]
         return round(max(0.1, min(left) * self._step_seconds), 2)
+
+
+def _chunk_size(remaining: int, budget: int) -> int:
+    """How many of a prompt's `remaining` tokens to prefill now, within `budget` where possible, never leaving
+    a single token for a later chunk nor taking one alone after the first: ONNX Runtime's GroupQueryAttention
+    computes a one-token step on its decode path, whose keys, values and logits differ (up to 0.65 in a logit on
+    SmolLM2-135M int8) from the same position computed in a multi-token prefill, and the one-request decode
+    (`complete`, GenAI) prefills the whole prompt at once. Chunks of two or more tokens give its results bit for
+    bit."""
+    take = min(remaining, max(budget, 2))
+    if remaining - take == 1:
+        take = take - 1 if take > 2 else remaining
+    return take
 
 
 def _check_graph(model_dir: Path, inputs: dict) -> None:

@@ -178,11 +178,11 @@ def test_an_engine_failure_ends_the_running_requests_not_the_batcher_and_close_c
     real = batcher._run
     calls = {"n": 0}
 
-    def flaky(*args):
+    def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("ONNX Runtime said no")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(batcher, "_run", flaky)
     failed = batcher.submit(_ids(lm, "The cat sees"), _cfg(20))
@@ -282,3 +282,38 @@ def test_a_callback_that_raises_cancels_its_own_request_only(lm):
         assert fine.result(30).token_ids == _alone(lm, "the old man walks to", _cfg(20)).token_ids
         assert broken.result(30) is not None and broken.finish_reason == "cancelled"
         assert fine.finish_reason in ("stop", "length")
+
+
+def test_prefill_never_computes_a_prompt_position_alone_after_the_first_chunk(lm, monkeypatch):
+    # GroupQueryAttention computes a one-token step on its decode path, whose numbers differ from the same
+    # position in a multi-token prefill (SmolLM2 int8: greedy replies diverged); chunks of 2+ tokens are exact
+    calls: list[tuple[int, int, int | None]] = []
+    config = BatcherConfig(max_batch=1, slot_tokens=64, prefill_chunk=4, prefix_cache_tokens=256)
+    with ContinuousBatcher(lm, config) as batcher:
+        real = batcher._run
+
+        def spy(lo, hi, ids, lengths, width=None):
+            calls.append((ids.shape[1], lengths[0], width))
+            return real(lo, hi, ids, lengths, width)
+
+        monkeypatch.setattr(batcher, "_run", spy)
+        for text in ["the cat sees the red house", "Every student reads a long book", "hi"]:
+            ids = _ids(lm, text)
+            for again in (False, True):  # the second time, the prompt comes from the prefix cache
+                calls.clear()
+                request = batcher.submit(ids, _cfg(3))
+                done = request.result(30)
+                assert done.token_ids == _alone(lm, text, _cfg(3)).token_ids
+                prefill, seen = [], request.cached_tokens
+                for seq, length, width in calls:
+                    if seen >= len(ids):
+                        break
+                    assert length == seen
+                    prefill.append((seq, width))
+                    seen += seq
+                assert seen == len(ids)
+                assert all(seq >= 2 for seq, _ in prefill[1:]), (len(ids), prefill)
+                assert (request.cached_tokens > 0) == (again and len(ids) >= 6)
+                assert (prefill[0][1] == prefill[0][0]) == (
+                    request.cached_tokens == 0
+                )  # empty slot: first-prompt
