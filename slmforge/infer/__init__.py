@@ -10,4 +10,8 @@ From the bottom up (each module imports only those above it in this list, and no
 - engines.py     open_lm: one decode-step interface over torch, ONNX Runtime GenAI and llama.cpp
 - constrain.py   Constraint (JSON schema, JSON object, regex, choice, Lark) and its per-row token mask (LLGuidance)
 - generate.py    the decode loop: generate, chat, complete, complete_batch
+- tool_use.py    how a chat template writes tool calls, the constraint that forces one, reading calls back
+                 (it also uses slmforge.data.tool_calls, the tool schemas finetune checks rows against)
+- batch_kv.py    continuous batching's ONNX Runtime session, graph check and prefix cache
+- batcher.py     ContinuousBatcher: requests joining and leaving one running batch on the ort engine
 """

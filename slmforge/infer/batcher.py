@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from slmforge.core.errors import SlmError
+from slmforge.infer.batch_kv import PrefixCache, check_graph, decoder_session
 from slmforge.infer.configs import GenerateConfig
 from slmforge.infer.constrain import Constraint, Guide
-from slmforge.infer.engines import genai_session_options
 from slmforge.infer.generate import Completion, TextStream, penalise_repeats, pick_next
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -229,58 +229,6 @@ class BatchRequest:
         return pick_next(row, cfg, self._generator, self.guide)
 
 
-class _PrefixCache:
-    """The KV cache of recent prompts, one array per prompt ([layers x 2, kv_heads, length, head_size]), least
-    recently used first out when their positions pass `budget`. A new prompt reuses the longest common prefix
-    with any of them: keys and values at a position depend only on the tokens up to it."""
-
-    def __init__(self, budget: int, min_reuse: int = 4):
-        self.budget, self.min_reuse = budget, min_reuse
-        self.entries: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
-        self.hits = self.reused_tokens = 0
-        self._ids = itertools.count()
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(ids) for ids, _ in self.entries.values())
-
-    @property
-    def nbytes(self) -> int:
-        return sum(kv.nbytes for _, kv in self.entries.values())
-
-    def match(self, prompt: np.ndarray) -> tuple[int, np.ndarray | None]:
-        """The longest cached prefix of `prompt` and its KV array, leaving at least the prompt's last two tokens
-        to compute (see `ContinuousBatcher._prefill_chunk`)."""
-        best, best_kv, best_key = 0, None, None
-        for key, (ids, kv) in self.entries.items():
-            n = min(len(ids), len(prompt) - 2)
-            differ = np.flatnonzero(ids[:n] != prompt[:n])
-            common = int(differ[0]) if len(differ) else n
-            if common > best:
-                best, best_kv, best_key = common, kv, key
-        if best < self.min_reuse:
-            return 0, None
-        self.entries.move_to_end(best_key)
-        self.hits += 1
-        self.reused_tokens += best
-        return best, best_kv
-
-    def add(self, prompt: np.ndarray, kv: Callable[[], np.ndarray]) -> None:
-        """Keep `prompt`'s KV (`kv()` copies it out of its slot), unless a cached prompt already starts with it;
-        cached prompts it starts with are dropped."""
-        if len(prompt) > self.budget:
-            return
-        for key, (ids, _) in list(self.entries.items()):
-            if len(ids) >= len(prompt) and np.array_equal(ids[: len(prompt)], prompt):
-                self.entries.move_to_end(key)
-                return
-            if len(ids) < len(prompt) and np.array_equal(prompt[: len(ids)], ids):
-                del self.entries[key]
-        self.entries[next(self._ids)] = (prompt, kv())
-        while self.tokens > self.budget:
-            self.entries.popitem(last=False)
-
-
 class _Row:
     """A request holding a slot: how many positions of its slot's KV cache are filled, and what comes next."""
 
@@ -315,7 +263,7 @@ class ContinuousBatcher:
         self.lm, self.tokenizer, self.eos = lm, lm.tokenizer, set(lm.eos)
         model_dir = Path(lm.info["model_dir"])
         threads = config.threads or lm.info.get("threads") or 1
-        self.session = _session(model_dir, threads)
+        self.session = decoder_session(model_dir, threads)
         decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
         layers, heads, size = (
             decoder["num_hidden_layers"],
@@ -323,7 +271,7 @@ class ContinuousBatcher:
             decoder["head_size"],
         )
         kinds = {i.name: i.type for i in self.session.get_inputs()}
-        _check_graph(model_dir, kinds)
+        check_graph(model_dir, kinds)
         dtype = np.float16 if kinds.get("past_key_values.0.key") == "tensor(float16)" else np.float32
         shape = (config.max_batch, heads, config.slot_tokens, size)
         # one buffer per past input, bound to its present output too; np.zeros commits pages as they are written
@@ -334,7 +282,7 @@ class ContinuousBatcher:
                     shape, dtype
                 )
         self.kv_bytes = sum(a.nbytes for a in self._kv.values())
-        self._prefix = _PrefixCache(config.prefix_cache_tokens) if config.prefix_cache_tokens > 0 else None
+        self._prefix = PrefixCache(config.prefix_cache_tokens) if config.prefix_cache_tokens > 0 else None
         self._rows: list[_Row] = []  # decoding rows in slots [0, n), then at most one row being prefilled
         self._prefill: _Row | None = None
         self._waiting: collections.deque[BatchRequest] = collections.deque()
@@ -600,31 +548,3 @@ def _chunk_size(remaining: int, budget: int) -> int:
     if remaining - take == 1:
         take = take - 1 if take > 2 else remaining
     return take
-
-
-def _check_graph(model_dir: Path, inputs: dict) -> None:
-    """SlmError unless the decoder is what the batcher drives: GroupQueryAttention (per-row lengths from the
-    mask, right-padded KV) and no inputs but input_ids, attention_mask and the past keys and values."""
-    import onnx
-
-    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
-    if not any(node.op_type == "GroupQueryAttention" for node in graph.node):
-        raise SlmError(f"{model_dir} has no GroupQueryAttention: continuous batching cannot run it")
-    other = sorted(
-        n for n in inputs if n not in ("input_ids", "attention_mask") and "past_key_values" not in n
-    )
-    if other:
-        raise SlmError(f"{model_dir} takes inputs continuous batching does not feed: {', '.join(other)}")
-
-
-def _session(model_dir: Path, threads: int):
-    """A plain ONNX Runtime session on the converted decoder (its head reads the last position only)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    for key, value in genai_session_options(threads).items():
-        if key in ("intra_op_num_threads", "inter_op_num_threads"):
-            setattr(options, key, value)
-        else:
-            options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
