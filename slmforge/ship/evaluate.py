@@ -3,8 +3,8 @@
 Tasks: `perplexity` of causal LMs (`slmforge.lm.perplexity`); `generation`, and `classification` /
 `multiple-choice` by label log-likelihood, for causal LMs with latency, memory and cost next to quality
 (`slmforge.lm.evaluate`); `classification` of trained classifiers (`slmforge.clf.evaluate`) when the models
-are classifiers rather than causal LMs; `extraction` of entity spans by token classifiers and spaCy
-pipelines (`slmforge.ship.extraction`). Every task returns one row per (model, data) pair.
+are classifiers rather than causal LMs; `extraction` of entity spans by token classifiers, spaCy
+pipelines and causal LMs writing JSON under `--schema` (`slmforge.ship.extraction`). Every task returns one row per (model, data) pair.
 """
 
 from __future__ import annotations
