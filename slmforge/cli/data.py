@@ -1,4 +1,4 @@
-"""`slm data ingest` and `slm tokenizer train`: options from IngestConfig and TokenizerConfig."""
+"""`slm data ingest`, `slm data entities-to-sft` and `slm tokenizer train`: options from their configs."""
 
 from __future__ import annotations
 
@@ -35,6 +35,24 @@ def data_ingest(cfg) -> None:
     table.add_row("val", f"{s['val_docs']:,} docs, {s['val_chars']:,} chars")
     table.add_row("data hash", s["data_hash"][:16])
     table.add_row("seconds", f"{s['elapsed_s']:.1f}")
+    out.print(table)
+
+
+@data_app.command("entities-to-sft")
+@options(Opts("slmforge.data.entities:EntitiesToSftConfig", args=("data",), short={"out": "-o"},
+              comma=("labels",)))  # fmt: skip
+def data_entities_to_sft(cfg) -> None:
+    """Turn span-labelled entity JSONL into chat SFT rows for `slm finetune` (a generative extractor)."""
+    from rich.table import Table
+
+    from slmforge.data.entities import entities_to_sft_cfg
+
+    s = entities_to_sft_cfg(cfg)
+    table = Table(title="entities -> sft", show_header=False)
+    table.add_row("out", s["out"])
+    table.add_row("schema", s["schema"])
+    table.add_row("rows", f"{s['rows']:,} ({s['spans']:,} spans)")
+    table.add_row("labels", ", ".join(s["labels"]))
     out.print(table)
 
 

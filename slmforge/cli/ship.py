@@ -126,7 +126,7 @@ def extraction_table(rows: list[dict]) -> None:
         t.add_row(r["model"], r["runtime"], Path(r["data"]).name, f"{r['records']:,}", labels, f"{r['precision']:.4f}",
                   f"{r['recall']:.4f}", f"{r['micro_f1']:.4f}", f"{r['overlap_f1']:.4f}", f"{r['exact_match']:.4f}",
                   "n/a" if r["json_validity"] is None else f"{r['json_validity']:.3f}",
-                  f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['throughput_per_s']:.0f}",
+                  f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['throughput_per_s']:.3g}",
                   f"{r['params'] / 1e6:.1f}M" if r["params"] else "n/a",
                   f"{r['disk_mb']:.1f}" if r["disk_mb"] is not None else "n/a")  # fmt: skip
     print_wide(t)

@@ -69,7 +69,7 @@ def evaluate_model(model: str, task: str, jobs: list[dict], opts: dict, progress
     backend = opts["backend"] if generates else "torch"
     lm = open_lm(model, backend, opts["precision"], opts["threads"], opts["device"])
     load_seconds = time.perf_counter() - t0
-    size = {"params": _param_count(lm), "disk_mb": _disk_mb(lm)}
+    size = {"params": param_count(lm), "disk_mb": lm_disk_mb(lm)}
     rows = []
     for job in jobs:
         if task == "generation":
@@ -316,7 +316,7 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
     return max(common - 1, 0)
 
 
-def _param_count(lm) -> int | None:
+def param_count(lm) -> int | None:
     if lm.torch_model is not None:
         return sum(p.numel() for p in lm.torch_model.parameters())
     path = Path(lm.source)
@@ -332,7 +332,7 @@ def _param_count(lm) -> int | None:
     return total
 
 
-def _disk_mb(lm) -> float | None:
+def lm_disk_mb(lm) -> float | None:
     target = lm.info.get("model_dir") or lm.info.get("gguf") or lm.source
     path = Path(target) if target else None
     if path is None or not path.exists():

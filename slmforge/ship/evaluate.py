@@ -3,8 +3,8 @@
 Tasks: `perplexity` of causal LMs (`slmforge.lm.perplexity`); `generation`, and `classification` /
 `multiple-choice` by label log-likelihood, for causal LMs with latency, memory and cost next to quality
 (`slmforge.lm.evaluate`); `classification` of trained classifiers (`slmforge.clf.evaluate`) when the models
-are classifiers rather than causal LMs; `extraction` of entity spans by token classifiers and spaCy
-pipelines (`slmforge.ship.extraction`). Every task returns one row per (model, data) pair.
+are classifiers rather than causal LMs; `extraction` of entity spans by token classifiers, spaCy
+pipelines and causal LMs writing JSON under `--schema` (`slmforge.ship.extraction`). Every task returns one row per (model, data) pair.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class EvalConfig:
     task: str = "perplexity"
     """perplexity, generation, classification, multiple-choice or extraction.
 
-    extraction: entity spans of token classifiers and spacy:NAME pipelines against a span-labelled JSONL."""
+    extraction: entity spans of token classifiers, spacy:NAME pipelines and causal LMs (JSON under --schema)
+    against a span-labelled JSONL."""
     seq_len: int = field(default=512, metadata={"family": "causal LM"})
     """Perplexity: tokens per scored window.
 
@@ -67,6 +68,10 @@ class EvalConfig:
     """Extraction: spaCy label -> file label, e.g. ORG=MERCHANT,DATE.
 
     Default: PERSON, ORG, GPE/LOC/FAC -> LOCATION, DATE, MONEY, PRODUCT; unmapped labels are dropped."""
+    schema: str | None = None
+    """Extraction: entity schema JSON of a causal LM (from `slm data entities-to-sft`).
+
+    Default: one array of strings per label of the data file, sorted (what the converter writes)."""
     # causal-LM tasks (generation, classification / multiple-choice by log-likelihood): see gen_eval
     backend: str = field(default="auto", metadata={"family": "causal LM"})
     """Generation: auto, ort, torch or llama.cpp.
@@ -75,7 +80,7 @@ class EvalConfig:
     precision: str = field(default="int8", metadata={"family": "causal LM"})
     """ort weights: int8, int4 or fp32."""
     max_new_tokens: int = field(default=32, metadata={"family": "causal LM"})
-    """Generation: longest answer."""
+    """Generation: longest answer (extraction: at least 256 tokens)."""
     limit: int | None = field(default=None, metadata={"family": "causal LM"})
     """Evaluate a seeded sample of N items.
 
@@ -159,15 +164,8 @@ def _evaluate_classification(cfg: EvalConfig, progress: bool) -> list[dict]:
 
 def _evaluate_extraction(cfg: EvalConfig, progress: bool) -> list[dict]:
     """One row per (extractor, span-labelled file): see `slmforge.ship.extraction`."""
-    from slmforge.lm.evaluate import is_causal_lm
-    from slmforge.ship.extraction import evaluate_extraction, is_spacy
+    from slmforge.ship.extraction import evaluate_extraction
 
-    generative = [m for m in cfg.models if not is_spacy(m) and is_causal_lm(m)]
-    if generative:
-        raise SlmError(
-            f"{', '.join(generative)}: generative extraction (a causal LM writing JSON under a schema) is not "
-            "in this version; evaluate token classifiers (slm classify train --task tokens) or spacy:NAME"
-        )
     return [
         evaluate_extraction(
             name,
@@ -178,6 +176,10 @@ def _evaluate_extraction(cfg: EvalConfig, progress: bool) -> list[dict]:
             latency_queries=cfg.latency_queries,
             threads=cfg.threads,
             progress=progress,
+            schema=cfg.schema,
+            backend=cfg.backend,
+            precision=cfg.precision,
+            max_new_tokens=max(cfg.max_new_tokens, 256),  # a reply holds every label of the schema
         )  # fmt: skip
         for name in cfg.models
         for data in cfg.data
