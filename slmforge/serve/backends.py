@@ -153,6 +153,15 @@ class ChatBackend:
         reason = "stop" if done.stopped_at_eos else "length"
         return GenResult(done.text, len(ids), len(done.token_ids), reason, done.seconds)
 
+    def check_prompt(self, ids: list[int]) -> None:
+        """ApiError 400 for a prompt longer than a continuous-batching slot takes (checked before streaming)."""
+        if self.continuous is not None and len(ids) >= self.continuous.config.slot_tokens:
+            from slmforge.serve.errors import ApiError
+
+            limit = self.continuous.config.slot_tokens - 1
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit}",
+                           "invalid_request_error", "context_length_exceeded", param="messages")  # fmt: skip
+
     def _generate_batched(
         self, ids: list[int], p: GenParams, on_text: Callable[[str], None] | None, cancel: threading.Event
     ) -> GenResult:

@@ -58,6 +58,8 @@ def test_prompt_longer_than_a_slot_is_a_400_naming_the_limit(tiny_model_dir, mak
             r.json()["error"]["code"] == "context_length_exceeded"
             and "at most 23" in r.json()["error"]["message"]
         )
+        r = c.post("/v1/chat/completions", json={**body, "stream": True}, headers=bearer(new_key("*")))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
         short = {**body, "messages": [{"role": "user", "content": "a"}], "max_tokens": 500}
         r = c.post("/v1/chat/completions", json=short, headers=bearer(new_key("*")))  # clamped to the slot
         assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 24, r.text

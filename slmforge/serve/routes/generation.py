@@ -47,6 +47,10 @@ async def chat_completions(body: ChatRequest, request: Request):
     rec.tokens_in = len(ids)
     if not rec.tokens_in:
         raise ApiError(400, "the prompt is empty", param="prompt")
+    if callable(
+        check := getattr(b, "check_prompt", None)
+    ):  # a prompt over the model's slot: 400, before a stream
+        check(ids)
     cid = "chatcmpl-" + rec.request_id
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
@@ -87,6 +91,10 @@ async def completions(body: CompletionRequest, request: Request):
     rec.tokens_in = len(ids)
     if not rec.tokens_in:
         raise ApiError(400, "the prompt is empty", param="prompt")
+    if callable(
+        check := getattr(b, "check_prompt", None)
+    ):  # a prompt over the model's slot: 400, before a stream
+        check(ids)
     cid = "cmpl-" + rec.request_id
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
@@ -199,6 +207,9 @@ async def generate_stream(
             r = fut.result()
         except (SlmError, UpstreamError) as e:
             yield error_body(str(e), "invalid_request_error" if isinstance(e, SlmError) else "server_error")
+            return
+        except ApiError as e:  # refused after the stream began (every batch slot busy): the error as an event
+            yield error_body(e.message, e.type, e.code, e.param)
             return
         except Cancelled:
             return
