@@ -167,21 +167,19 @@ class ChatBackend:
     ) -> GenResult:
         """Join the continuous batch and wait (in a worker thread) for the reply. A full batcher is a 503 with
         Retry-After, a prompt longer than a slot a 400; `cancel` frees the slot at the next step."""
-        from slmforge.infer.batcher import BatcherFull, PromptTooLong
+        from slmforge.infer.batcher import BatcherFull
         from slmforge.infer.generate import GenerateConfig
         from slmforge.serve.errors import ApiError
 
         gen = GenerateConfig(model=self.cfg.name, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
                              top_p=p.top_p, seed=p.seed)  # fmt: skip
+        self.check_prompt(ids)  # the batcher's PromptTooLong, said as the API's 400
         try:
             req = self.continuous.submit(ids, gen, constraint=p.constraint, stop=p.stop, on_text=on_text,
                                          cancel=cancel)  # fmt: skip
         except BatcherFull as e:
             raise ApiError(503, "every generation slot is busy; retry shortly", "server_error", "queue_full",
                            headers={"Retry-After": str(max(1, round(e.retry_after)))}) from None  # fmt: skip
-        except PromptTooLong as e:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {e.limit}",
-                           "invalid_request_error", "context_length_exceeded", param="messages") from None  # fmt: skip
         done = req.result()
         if req.finish_reason == "cancelled":
             raise Cancelled
